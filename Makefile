@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv if absent, install torch (keeping one that is already importable, e.g. a
+# CUDA build), this package with its C++ extension, and the test/bench extras.
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.timescale_kernels-installed
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= demo_out
+
+.PHONY: all install demo test test-fast bench gpu-check clean
+
+all: test
+
+$(VPY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(STAMP): $(VPY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q setuptools wheel ninja
+	$(VPY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(VPY) -c "import timescale_kernels as tk; print('backends:', tk.available_backends())"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) -m timescale_kernels.cli demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(VPY) benchmarks/bench_cpu.py
+
+# On a machine with CUDA and a python3 that already has torch and triton (no network needed):
+# builds and installs the package, runs the GPU tests, then the whole benchmark table, and writes
+# benchmarks/results/.
+gpu-check:
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PYTHON) benchmarks/gpu_check.py
+
+clean:
+	rm -rf build *.egg-info timescale_kernels/*.so $(DEMO_OUT)

@@ -1,0 +1,30 @@
+"""timescale_kernels: fast, exact leaky RNNs with trainable per-neuron time constants.
+
+    import timescale_kernels as tk
+    rnn = tk.LeakyRNN(1, 500)                  # torch.nn.RNN's conventions
+    output, h_n = rnn(x)                        # x (T, B, 1)
+    tk.leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau)   # the functional op
+"""
+from __future__ import annotations
+
+import warnings
+
+from .nn import LeakyRNN, MultiHeadReadout
+from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS, available_backends, leaky_rnn
+
+__version__ = "0.1.0"
+
+
+def _warn_if_cpu_kernel_missing() -> None:
+    from .ops import _compiled_available, _unavailable_reason
+    if not _compiled_available("cpu"):
+        warnings.warn(
+            "timescale_kernels: the C++ CPU kernel is not built, CPU runs use the slow reference loop "
+            f"({_unavailable_reason('cpu')}). Build it with: pip install --no-build-isolation -e .",
+            RuntimeWarning, stacklevel=2)
+
+
+_warn_if_cpu_kernel_missing()
+
+__all__ = ["LeakyRNN", "MultiHeadReadout", "leaky_rnn", "available_backends", "BACKENDS", "NONLINEARITIES",
+           "PLACEMENTS", "__version__"]

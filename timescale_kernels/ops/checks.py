@@ -1,0 +1,86 @@
+"""Argument checks at the public boundary: each error names the argument, what was expected
+and what came."""
+from __future__ import annotations
+
+import torch
+
+from .core import NONLINEARITIES, PLACEMENTS, PRECISIONS
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_choice(name: str, value, choices) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_tensor(name: str, value, ndims, shape=None) -> None:
+    """value must be a floating tensor with a rank in ndims and, where shape gives a size, that size."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor; got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype (float32, float64, float16, bfloat16); got {value.dtype}")
+    if value.dim() not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        raise ValueError(f"{name}: expected a {want} tensor; got shape {tuple(value.shape)}")
+    if shape is not None:
+        for axis, (want, got) in enumerate(zip(shape, value.shape)):
+            if want is not None and want != got:
+                raise ValueError(
+                    f"{name}: expected shape {_fmt(shape)}; got {tuple(value.shape)} (dimension {axis} differs)"
+                )
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+
+def check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement, precision):
+    """Validates leaky_rnn's arguments; returns (T, B, I, H)."""
+    check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    check_choice("placement", placement, PLACEMENTS)
+    check_choice("precision", precision, PRECISIONS)
+    check_tensor("weight_hh", weight_hh, (2,))
+    hidden = weight_hh.shape[0]
+    check_tensor("weight_hh", weight_hh, (2,), (hidden, hidden))
+    check_tensor("input", input, (3,))
+    steps, batch, in_size = input.shape
+    if steps == 0:
+        raise ValueError(f"input: expected at least one time step (T >= 1); got shape {tuple(input.shape)}")
+    if batch == 0:
+        raise ValueError(f"input: expected a batch of at least one (B >= 1); got shape {tuple(input.shape)}")
+    if hidden == 0:
+        raise ValueError("weight_hh: expected hidden size H >= 1; got shape (0, 0)")
+    check_tensor("hx", hx, (2,), (batch, hidden))
+    check_tensor("weight_ih", weight_ih, (2,), (hidden, in_size))
+    for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if bias is not None:
+            check_tensor(name, bias, (1,), (hidden,))
+    check_tensor("tau", tau, (0, 1))
+    if tau.dim() == 1 and tau.shape[0] != hidden:
+        raise ValueError(f"tau: expected shape ({hidden},) or a 0-dim tensor; got {tuple(tau.shape)}")
+    named = [("input", input), ("hx", hx), ("weight_ih", weight_ih), ("weight_hh", weight_hh),
+             ("bias_ih", bias_ih), ("bias_hh", bias_hh), ("tau", tau)]
+    for name, t in named[1:]:
+        if t is None:
+            continue
+        if t.dtype != input.dtype:
+            raise TypeError(f"{name}: expected dtype {input.dtype} (the input's); got {t.dtype}")
+        if t.device != input.device:
+            raise ValueError(f"{name}: expected device {input.device} (the input's); got {t.device}")
+    _check_finite_tau(tau)
+    return steps, batch, in_size, hidden
+
+
+def _check_finite_tau(tau: torch.Tensor) -> None:
+    """On the CPU a plain check; on an accelerator an asynchronous assert, so that no call waits
+    for the device; skipped while torch.compile traces (the value is not known then)."""
+    if torch.compiler.is_compiling():
+        return
+    finite = torch.isfinite(tau.detach())
+    if tau.device.type == "cpu":
+        if not finite.all():
+            bad = tau.detach().flatten()[~finite.flatten()][:3].tolist()
+            raise ValueError(f"tau: expected finite values; got {bad}")
+    else:
+        torch._assert_async(finite.all(), "tau: expected finite values; got a NaN or an infinity")
