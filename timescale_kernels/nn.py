@@ -170,7 +170,7 @@ class LeakyRNN(nn.Module):
             raise ValueError(f"nonlinearity: torch.nn.RNN supports 'tanh' or 'relu'; this module has {self.nonlinearity!r}")
         if bool((self.tau.detach() > 1).any()):
             raise ValueError(f"tau: torch.nn.RNN has no time constant, expected tau <= 1 everywhere; "
-                             f"got max tau {float(self.tau.max()):.4g}")
+                             f"got max tau {float(self.tau.detach().max()):.4g}")
         ref = self.weight_hh
         rnn = nn.RNN(self.input_size, self.hidden_size, nonlinearity=self.nonlinearity, bias=self.bias,
                      batch_first=self.batch_first, device=ref.device, dtype=ref.dtype)

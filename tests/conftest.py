@@ -1,0 +1,31 @@
+"""Shared fixtures. Without CUDA, Triton kernels run under the interpreter on the CPU."""
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+warnings.filterwarnings("ignore", message="timescale_kernels: the C\\+\\+ CPU kernel is not built")
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY_CHECKPOINTS = REPO.parent / "shared" / "reference_checkpoints"
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||, in float64; NaN anywhere gives inf so that it never passes."""
+    a, b = a.detach().double(), b.detach().double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("inf")
+    denom = b.norm().item()
+    return (a - b).norm().item() / (denom if denom > 0 else 1.0)
+
+
+@pytest.fixture
+def study_checkpoints():
+    if not STUDY_CHECKPOINTS.is_dir():
+        pytest.skip(f"the study's checkpoints are not at {STUDY_CHECKPOINTS}")
+    return STUDY_CHECKPOINTS

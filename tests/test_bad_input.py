@@ -1,0 +1,57 @@
+"""Every bad-input path names the argument, what was expected and what came."""
+import pytest
+import torch
+
+import timescale_kernels as tk
+
+from test_op import make_args
+
+
+def call(**changes):
+    args = make_args(requires_grad=False)
+    options = {k: changes.pop(k) for k in list(changes) if k in ("nonlinearity", "placement", "backend", "precision")}
+    args.update(changes)
+    return tk.leaky_rnn(*args.values(), **options)
+
+
+@pytest.mark.parametrize("changes, error, words", [
+    (dict(input=torch.randn(6, 3)), ValueError, ["input", "3-D", "(6, 3)"]),
+    (dict(input=torch.randn(0, 3, 2)), ValueError, ["input", "T >= 1"]),
+    (dict(input=torch.randn(6, 0, 2), hx=torch.randn(0, 13)), ValueError, ["input", "B >= 1"]),
+    (dict(input=torch.randn(6, 3, 4)), ValueError, ["weight_ih", "(13, 4)", "(13, 2)"]),
+    (dict(hx=torch.randn(4, 13)), ValueError, ["hx", "(3, 13)", "(4, 13)"]),
+    (dict(hx=torch.randn(1, 3, 13)), ValueError, ["hx", "2-D", "(1, 3, 13)"]),
+    (dict(weight_hh=torch.randn(13, 12)), ValueError, ["weight_hh", "(13, 13)", "(13, 12)"]),
+    (dict(bias_ih=torch.randn(12)), ValueError, ["bias_ih", "(13)", "(12,)"]),
+    (dict(tau=torch.rand(12) + 1), ValueError, ["tau", "(13,)", "(12,)"]),
+    (dict(tau=torch.tensor([float("nan")] * 13)), ValueError, ["tau", "finite", "nan"]),
+    (dict(tau=torch.full((13,), float("inf"))), ValueError, ["tau", "finite", "inf"]),
+    (dict(hx=torch.randn(3, 13, dtype=torch.float64)), TypeError, ["hx", "float32", "float64"]),
+    (dict(input=torch.ones(6, 3, 2, dtype=torch.int64)), TypeError, ["input", "floating", "int64"]),
+    (dict(weight_ih=[[1.0]]), TypeError, ["weight_ih", "torch.Tensor", "list"]),
+    (dict(nonlinearity="softplus"), ValueError, ["nonlinearity", "leaky_relu", "softplus"]),
+    (dict(placement="middle"), ValueError, ["placement", "outside", "middle"]),
+    (dict(backend="cuda"), ValueError, ["backend", "auto", "cuda"]),
+    (dict(precision="fp8"), ValueError, ["precision", "fp32", "fp8"]),
+    (dict(precision="bf16", backend="reference"), ValueError, ["precision", "triton", "reference"]),
+])
+def test_bad_input_is_named(changes, error, words):
+    with pytest.raises(error) as info:
+        call(**changes)
+    message = str(info.value)
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_device_mismatch_is_named():
+    if not hasattr(torch, "device") or torch.device("meta") is None:
+        pytest.skip("no meta device")
+    with pytest.raises(ValueError, match=r"hx: expected device cpu .* got meta"):
+        call(hx=torch.empty(3, 13, device="meta"))
+
+
+def test_unavailable_backend_says_what_is_available():
+    if "triton" in tk.available_backends():
+        pytest.skip("triton is available here")
+    with pytest.raises(ValueError, match=r"backend: 'triton' is not available.*available"):
+        call(backend="triton")

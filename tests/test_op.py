@@ -1,0 +1,127 @@
+"""The functional op: every backend against the reference, gradients, bad input."""
+import pytest
+import torch
+
+import timescale_kernels as tk
+from timescale_kernels.ops import NONLINEARITIES, PLACEMENTS, leaky_rnn_reference
+
+from conftest import rel_err
+
+FAST_BACKENDS = [b for b in tk.available_backends() if b != "reference"]
+
+
+def make_args(T=6, B=3, I=2, H=13, dtype=torch.float32, tau_range=(0.5, 3.0), seed=0, requires_grad=True):
+    """Fresh random arguments; tau spans both sides of 1."""
+    g = torch.Generator().manual_seed(seed)
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_(requires_grad)
+    tau = (tau_range[0] + (tau_range[1] - tau_range[0]) * torch.rand(H, generator=g, dtype=dtype))
+    return dict(input=r(T, B, I), hx=r(B, H, scale=0.5), weight_ih=r(H, I, scale=0.5),
+                weight_hh=r(H, H, scale=1.0 / H ** 0.5), bias_ih=r(H, scale=0.1), bias_hh=r(H, scale=0.1),
+                tau=tau.requires_grad_(requires_grad))
+
+
+GRAD_NAMES = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "tau"]
+
+
+def run(args, backend, **kw):
+    """Output, h_n and the gradients of a loss that reaches both output and h_n."""
+    for t in args.values():
+        t.grad = None
+    out, hn = tk.leaky_rnn(*args.values(), backend=backend, **kw)
+    g = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum() + (hn ** 2).sum()
+    loss.backward()
+    return out.detach(), hn.detach(), {n: args[n].grad.clone() for n in GRAD_NAMES}
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("self_connections", [False, True])
+def test_backend_matches_reference(backend, placement, nonlinearity, self_connections):
+    kw = dict(nonlinearity=nonlinearity, placement=placement, self_connections=self_connections)
+    args = make_args(H=13 if backend == "triton" else 37)
+    ref = run(args, "reference", **kw)
+    got = run(args, backend, **kw)
+    assert rel_err(got[0], ref[0]) <= 1e-5
+    assert rel_err(got[1], ref[1]) <= 1e-5
+    for name in GRAD_NAMES:
+        assert rel_err(got[2][name], ref[2][name]) <= 1e-5, name
+
+
+def test_reference_gradients_follow_the_design():
+    """tau < 1 gets no gradient; the diagonal gets none without self-connections."""
+    args = make_args(H=9, tau_range=(0.2, 3.0))
+    _, _, grads = run(args, "reference")
+    below = args["tau"].detach() < 1
+    assert below.any() and (~below).any()
+    assert torch.all(grads["tau"][below] == 0)
+    assert torch.all(grads["tau"][~below] != 0)
+    assert torch.all(grads["weight_hh"].diagonal() == 0)
+    _, _, grads = run(args, "reference", self_connections=True)
+    assert torch.all(grads["weight_hh"].diagonal() != 0)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [b for b in FAST_BACKENDS if b == "cpu"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "leaky_relu", "sigmoid"])
+def test_gradcheck_float64(backend, placement, nonlinearity):
+    args = make_args(T=4, B=2, I=2, H=5, dtype=torch.float64, tau_range=(1.2, 3.0))
+    names = list(args)
+
+    def fn(*tensors):
+        out, hn = tk.leaky_rnn(*tensors, nonlinearity=nonlinearity, placement=placement, backend=backend)
+        return out, hn
+
+    assert torch.autograd.gradcheck(fn, tuple(args[n] for n in names), eps=1e-6, atol=1e-5)
+
+
+def test_scalar_tau_and_no_bias():
+    args = make_args(H=8)
+    args["tau"] = torch.tensor(1.7, requires_grad=True)
+    args["bias_ih"] = args["bias_hh"] = None
+    ref_out, _ = tk.leaky_rnn(*args.values(), backend="reference")
+    for backend in FAST_BACKENDS:
+        out, _ = tk.leaky_rnn(*args.values(), backend=backend)
+        assert rel_err(out, ref_out) <= 1e-5
+        out.sum().backward()
+        assert args["tau"].grad is not None and args["tau"].grad.shape == ()
+
+
+def test_noncontiguous_input_matches():
+    args = make_args(T=5, B=4, H=11, requires_grad=False)
+    batch_major = args["input"].transpose(0, 1).contiguous()
+    strided = batch_major.transpose(0, 1)
+    assert not strided.is_contiguous()
+    for backend in tk.available_backends():
+        a, _ = tk.leaky_rnn(*args.values(), backend=backend)
+        args2 = dict(args, input=strided)
+        b, _ = tk.leaky_rnn(*args2.values(), backend=backend)
+        assert rel_err(b, a) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_run_in_float32(dtype):
+    args = make_args(requires_grad=False)
+    low = {k: v.to(dtype) for k, v in args.items()}
+    for backend in FAST_BACKENDS:
+        out, hn = tk.leaky_rnn(*low.values(), backend=backend)
+        assert out.dtype == dtype and hn.dtype == dtype
+        ref, _ = tk.leaky_rnn(*{k: v.float() for k, v in low.items()}.values(), backend="reference")
+        assert rel_err(out.float(), ref) <= 1e-2
+
+
+def test_available_backends_lists_reference_first():
+    backends = tk.available_backends()
+    assert backends[0] == "reference"
+    assert set(backends) <= {"reference", "cpu", "triton"}
+
+
+def test_forward_without_grad_runs_on_every_backend():
+    args = make_args(requires_grad=False)
+    ref, _ = tk.leaky_rnn(*args.values(), backend="reference")
+    for backend in FAST_BACKENDS:
+        with torch.no_grad():
+            out, hn = tk.leaky_rnn(*args.values(), backend=backend)
+        assert rel_err(out, ref) <= 1e-5 and torch.equal(hn, out[-1])
