@@ -14,11 +14,19 @@ BACKENDS = ("auto", "reference", "cpu", "triton")
 _warned = set()
 
 
+_availability: dict[str, bool] = {}
+
+
+@torch._dynamo.assume_constant_result
 def _compiled_available(name: str) -> bool:
-    try:
-        return bool(core.backend_module(name).is_available())
-    except ImportError:
-        return False
+    """Whether a compiled backend runs here; asked once per process (torch.compile treats the
+    answer as a constant instead of tracing the import)."""
+    if name not in _availability:
+        try:
+            _availability[name] = bool(core.backend_module(name).is_available())
+        except ImportError:
+            _availability[name] = False
+    return _availability[name]
 
 
 def _unavailable_reason(name: str) -> str:

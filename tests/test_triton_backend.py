@@ -1,0 +1,236 @@
+"""The triton backend's serial core against the reference; runs under TRITON_INTERPRET=1 without CUDA.
+
+Outputs are poisoned with NaN before every launch, so an element a kernel does not write fails.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from timescale_kernels.ops import core, triton_recurrence as tr  # noqa: E402
+from timescale_kernels.ops.reference import recurrence_reference  # noqa: E402
+
+from conftest import REPO, rel_err  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not tr.is_available(), reason=f"triton backend: {tr.unavailable_reason()}")
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setattr(tr, "poison_outputs", True)
+
+
+def make_core(T, B, H, dtype=torch.float32, seed=0, device=DEVICE):
+    """u (T, B, H), h0 (B, H), w (H, H) with a zero diagonal (torch.nn.RNN's init range), alpha (H,)
+    from tau in [1, 10], and an upstream gradient grad_h (T, B, H)."""
+    g = torch.Generator().manual_seed(seed)
+    bound = H ** -0.5
+    w = (torch.rand(H, H, generator=g, dtype=torch.float64) * 2 - 1) * bound
+    w.fill_diagonal_(0.0)
+    tensors = dict(u=torch.randn(T, B, H, generator=g, dtype=torch.float64) * 0.5,
+                   h0=torch.randn(B, H, generator=g, dtype=torch.float64) * 0.5, w=w,
+                   alpha=1.0 / (1.0 + 9.0 * torch.rand(H, generator=g, dtype=torch.float64)),
+                   grad_h=torch.randn(T, B, H, generator=g, dtype=torch.float64))
+    return {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
+
+
+def reference_grads(c, nonlinearity, placement, dtype=torch.float64):
+    """h and the gradients (d_drive = du, dh0, d_alpha) of <h, grad_h> by autograd of the reference."""
+    u, h0, alpha = (c[k].detach().to(dtype).requires_grad_() for k in ("u", "h0", "alpha"))
+    h = recurrence_reference(u, h0, c["w"].to(dtype), alpha, nonlinearity, placement)
+    du, dh0, dalpha = torch.autograd.grad(h, (u, h0, alpha), c["grad_h"].to(dtype))
+    return h.detach(), du, dh0, dalpha
+
+
+def check_core(c, nonlinearity, placement, precision="fp32", tol=1e-5):
+    h_ref, du, dh0, dalpha = reference_grads(c, nonlinearity, placement)
+    h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], nonlinearity, placement, True, precision)
+    assert rel_err(h, h_ref) <= tol
+    drive_ref = c["u"].double() + torch.cat([c["h0"][None].double(), h_ref[:-1]]) @ c["w"].double().t()
+    assert rel_err(drive, drive_ref) <= tol
+    d_drive, dh0_got, dalpha_got = tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"],
+                                               nonlinearity, placement, precision)
+    for name, got, want in (("d_drive", d_drive, du), ("dh0", dh0_got, dh0), ("d_alpha", dalpha_got, dalpha)):
+        assert got.shape == want.shape, name
+        assert rel_err(got, want) <= tol, name
+
+
+# Every nonlinearity and placement at one cheap shape; then awkward shapes: B not a multiple of the
+# 16-row tile, B = 1, T = 1, H not a power of two and larger than one column block.
+NONLINEARITIES = ("leaky_relu", "relu", "tanh", "sigmoid", "identity")
+
+
+@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+def test_core_matches_reference(nonlinearity, placement):
+    check_core(make_core(7, 3, 20), nonlinearity, placement)
+
+
+@pytest.mark.parametrize("T,B,H,nonlinearity,placement", [
+    (7, 19, 50, "tanh", "outside"),
+    (7, 19, 50, "leaky_relu", "inside"),
+    (1, 1, 20, "leaky_relu", "outside"),
+    (1, 3, 50, "sigmoid", "inside"),
+    (6, 1, 50, "relu", "outside"),
+    (5, 17, 33, "sigmoid", "outside"),
+])
+def test_core_awkward_shapes(T, B, H, nonlinearity, placement):
+    check_core(make_core(T, B, H, seed=T * B + H), nonlinearity, placement)
+
+
+@pytest.mark.parametrize("placement", ["outside", "inside"])
+def test_core_float64(placement):
+    check_core(make_core(5, 3, 20, dtype=torch.float64), "tanh", placement, tol=1e-12)
+
+
+@pytest.mark.parametrize("precision,tol", [("tf32", 1e-3), ("bf16", 1e-2)])
+def test_core_reduced_precision(precision, tol):
+    check_core(make_core(6, 5, 50), "tanh", "outside", precision, tol)
+
+
+def test_forward_without_drive_keeps_only_h():
+    c = make_core(5, 3, 20)
+    h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "leaky_relu", "outside", False, "fp32")
+    assert drive.numel() == 0
+    h_ref, *_ = reference_grads(c, "leaky_relu", "outside")
+    assert rel_err(h, h_ref) <= 1e-5
+    with pytest.raises(ValueError, match="drive"):
+        tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"], "leaky_relu", "outside", "fp32")
+
+
+def test_chunked_forward_equals_one_launch():
+    """Long runs may be split in time: the chunk boundary changes nothing."""
+    c = make_core(6, 3, 20)
+    args = (c["w"], c["alpha"], "tanh", "inside", False, "fp32")
+    whole, _ = tr.forward(c["u"], c["h0"], *args)
+    first, _ = tr.forward(c["u"][:4], c["h0"], *args)
+    second, _ = tr.forward(c["u"][4:], first[-1], *args)
+    assert torch.equal(torch.cat([first, second]), whole)
+
+
+def test_bad_arguments_are_named():
+    c = make_core(2, 2, 20)
+    with pytest.raises(TypeError, match="float16"):
+        tr.forward(c["u"].half(), c["h0"].half(), c["w"].half(), c["alpha"].half(), "tanh", "outside", False, "fp32")
+    d = make_core(2, 2, 20, dtype=torch.float64)
+    with pytest.raises(ValueError, match="precision"):
+        tr.forward(d["u"], d["h0"], d["w"], d["alpha"], "tanh", "outside", False, "tf32")
+    with pytest.raises(ValueError, match="h0"):
+        tr.forward(c["u"], c["h0"][:1], c["w"], c["alpha"], "tanh", "outside", False, "fp32")
+    with pytest.raises(TypeError, match="alpha"):
+        tr.forward(c["u"], c["h0"], c["w"], c["alpha"].double(), "tanh", "outside", False, "fp32")
+    with pytest.raises(ValueError, match="nonlinearity"):
+        tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "gelu", "outside", False, "fp32")
+
+
+def test_custom_op_autograd_including_w():
+    """torch.ops.timescale_kernels.recurrence with backend='triton': gradients for u, h0, w, alpha."""
+    c = make_core(5, 4, 20, seed=3)
+    leaves = {k: c[k].clone().requires_grad_() for k in ("u", "h0", "w", "alpha")}
+    h, _ = torch.ops.timescale_kernels.recurrence(leaves["u"], leaves["h0"], leaves["w"], leaves["alpha"],
+                                                  "tanh", "outside", "triton", "fp32", True)
+    got = torch.autograd.grad(h, list(leaves.values()), c["grad_h"])
+    ref_leaves = {k: c[k].double().requires_grad_() for k in leaves}
+    h_ref = recurrence_reference(*ref_leaves.values(), "tanh", "outside")
+    want = torch.autograd.grad(h_ref, list(ref_leaves.values()), c["grad_h"].double())
+    assert rel_err(h, h_ref) <= 1e-5
+    for name, a, b in zip(leaves, got, want):
+        assert rel_err(a, b) <= 1e-5, name
+    assert core.recurrence is not None  # the op is registered by importing core
+
+
+def test_kernels_compile_for_h100():
+    """The interpreter cannot see GPU-only compile errors: compile for sm_90 (ptxas ships with
+    triton) in a fresh process without TRITON_INTERPRET. No GPU needed."""
+    script = (
+        "import torch\n"
+        "from timescale_kernels.ops import triton_recurrence as tr\n"
+        "for p, d, nl, pl in (('fp32', torch.float32, 'tanh', 'outside'), ('tf32', torch.float32, 'sigmoid', 'inside'),"
+        " ('bf16', torch.float32, 'leaky_relu', 'outside'), ('fp32', torch.float64, 'relu', 'inside')):\n"
+        "    for k, c in tr.compile_for_target(90, p, d, nl, pl).items():\n"
+        "        ptx = c.asm['ptx']\n"
+        "        assert 'bar.sync' in ptx and 'ld.global.nc' not in ptx, (p, k)\n"
+        "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    if run.returncode != 0 and "ptxas" in run.stderr and "not found" in run.stderr.lower():
+        pytest.skip("ptxas not available")
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+
+
+# ---- GPU only: the study's shapes and the reduced-precision modes ----
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])
+def test_study_shape_on_gpu(precision, tol, placement):
+    check_core(make_core(100, 256, 500, device="cuda"), "leaky_relu", placement, precision, tol)
+
+
+@pytest.mark.gpu
+@gpu
+def test_leaky_rnn_triton_on_gpu():
+    import timescale_kernels as tk
+    g = torch.Generator().manual_seed(0)
+    T, B, I, H = 50, 64, 1, 500
+    args = [torch.randn(T, B, I, generator=g), torch.randn(B, H, generator=g) * 0.5,
+            torch.randn(H, I, generator=g), torch.randn(H, H, generator=g) * H ** -0.5,
+            torch.randn(H, generator=g) * 0.1, torch.randn(H, generator=g) * 0.1, 1 + 9 * torch.rand(H, generator=g)]
+    ref = [a.double().cuda().requires_grad_() for a in args]
+    got = [a.cuda().requires_grad_() for a in args]
+    out_ref, _ = tk.leaky_rnn(*ref, backend="reference")
+    out, _ = tk.leaky_rnn(*got, backend="triton")
+    weight = torch.randn(out.shape, generator=g).cuda()
+    (out_ref * weight.double()).sum().backward()
+    (out * weight).sum().backward()
+    assert rel_err(out, out_ref) <= 1e-5
+    for i, (a, b) in enumerate(zip(got, ref)):
+        assert rel_err(a.grad, b.grad) <= 1e-5, i
+
+
+@pytest.mark.gpu
+@gpu
+def test_offsets_beyond_int32_on_gpu():
+    """T * B * H > 2**31 elements: the kernels' time offsets are 64-bit. About 18 GB of GPU memory."""
+    T, B, H = 16400, 256, 512
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2 ** 30:
+        pytest.skip("needs 24 GB of GPU memory")
+    c = make_core(1, B, H, device="cuda")
+    u = torch.randn(T, B, H, device="cuda") * 0.5
+    h, _ = tr.forward(u, c["h0"], c["w"], c["alpha"], "leaky_relu", "outside", False, "fp32")
+    tail = recurrence_reference(u[-3:].double(), h[-4].double(), c["w"].double(), c["alpha"].double(),
+                                "leaky_relu", "outside")
+    assert rel_err(h[-3:], tail) <= 1e-5
+    del u, h
+
+
+@pytest.mark.gpu
+@gpu
+def test_new_length_does_not_recompile():
+    """T is a runtime argument: sequences of 5, 16 and 37 steps share one compiled forward kernel."""
+    from timescale_kernels.ops import triton_kernels
+
+    kernel = triton_kernels.recurrence_fwd_kernel
+    if not hasattr(kernel, "device_caches"):
+        pytest.skip("this triton keeps its kernel cache elsewhere")
+
+    def compiled():
+        return sum(len(caches[0]) for caches in kernel.device_caches.values())
+    c = make_core(37, 20, 50, device="cuda")
+    tr.forward(c["u"][:5], c["h0"], c["w"], c["alpha"], "tanh", "inside", False, "fp32")
+    before = compiled()
+    for steps in (16, 37):
+        tr.forward(c["u"][:steps], c["h0"], c["w"], c["alpha"], "tanh", "inside", False, "fp32")
+    assert compiled() == before
