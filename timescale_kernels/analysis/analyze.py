@@ -1,0 +1,212 @@
+"""analyze_run: every analysis for every checkpoint of a run, written as JSON, Markdown and PNGs."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..io import atomic_write_json, atomic_write_text, load_checkpoint, load_study_checkpoint
+from . import plots
+from .ablation import ablation_study
+from .dimensionality import dimensionality
+from .forgetting import forgetting_matrix
+from .generalisation import length_generalisation, n_generalisation
+from .perturbation import perturbation_study
+from .simulate import network_timescales
+from .timescales import effective_tau, tau_stats
+
+DEFAULT_EPS = (0.0, 0.01, 0.0215, 0.0464, 0.1, 0.215, 0.464, 1.0)  # the study's grid up to 1
+_OURS = re.compile(r"N(\d+)-N(\d+)\.pt")
+_STUDY = re.compile(r"rnn_N(\d+)_N(\d+)\.pt")
+
+
+@dataclass
+class Checkpoint:
+    label: str           # "N2-N11"
+    path: Path
+    Ns: list             # the N's it was trained on together
+    head_for_N: dict     # {N: head index}
+
+
+def find_checkpoints(run_dir) -> tuple[str, dict, list[Checkpoint]]:
+    """(source, config, checkpoints) of a run directory ("run": config.json and checkpoints/N*-N*.pt)
+    or of a folder of the study's files ("study": rnn_N*_N*.pt); checkpoints ordered by largest, then
+    smallest N. Ns and head_for_N are filled in by load()."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.json").is_file():
+        config = json.loads((run_dir / "config.json").read_text())
+        found = [(int(m.group(2)), int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("*.pt")
+                 if (m := _OURS.fullmatch(p.name))]
+        return "run", config, [Checkpoint(f"N{lo}-N{hi}", p, [], {}) for hi, lo, p in sorted(found)]
+    found = [(int(m.group(2)), int(m.group(1)), p) for p in run_dir.glob("*.pt") if (m := _STUDY.fullmatch(p.name))]
+    if not found:
+        raise FileNotFoundError(f"run_dir: {run_dir} holds neither config.json (a run directory) nor the "
+                                "study's rnn_N*_N*.pt files")
+    single = all(lo == hi for hi, lo, _ in found)
+    config = {"task": "parity", "curriculum": "single" if single else "multi", "source": "study"}
+    return "study", config, [Checkpoint(f"N{lo}-N{hi}", p, [], {}) for hi, lo, p in sorted(found)]
+
+
+def load(source: str, ckpt: Checkpoint, device):
+    """The checkpoint's model on device; fills ckpt.Ns and ckpt.head_for_N."""
+    if source == "study":
+        model = load_study_checkpoint(ckpt.path, device=device)
+        ckpt.Ns, ckpt.head_for_N = list(model.trained_Ns), dict(model.head_for_N)
+    else:
+        model, meta = load_checkpoint(ckpt.path, device=device)
+        ckpt.Ns = [int(n) for n in meta.get("Ns", [])]
+        # JSON round trips turn int keys into strings; accept both.
+        ckpt.head_for_N = {int(n): int(h) for n, h in dict(meta.get("head_for_N", {})).items()}
+        if not ckpt.Ns:
+            m = _OURS.fullmatch(ckpt.path.name)
+            ckpt.Ns = list(range(int(m.group(1)), int(m.group(2)) + 1))
+        for n in ckpt.Ns:  # a single-head checkpoint may omit its map: its one head serves
+            ckpt.head_for_N.setdefault(n, model.num_heads - 1 if model.num_heads else 0)
+    model.eval()
+    return model
+
+
+def jsonable(x):
+    """Numbers, lists and dicts with NaN/inf as None and numpy types as Python ones."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, eval_kwargs: dict) -> dict:
+    N = max(ckpt.Ns)
+    head = ckpt.head_for_N[N]
+    leaky = model.core == "leaky"
+    res = {"label": ckpt.label, "file": str(ckpt.path), "Ns": ckpt.Ns, "N": N, "head": head,
+           "head_for_N": {str(n): h for n, h in sorted(ckpt.head_for_N.items())}, "figures": {}}
+    figs = res["figures"]
+    t0 = time.perf_counter()
+    if leaky:
+        res["tau"] = tau_stats(model)
+        res["tau_values"] = effective_tau(model).tolist()
+        figs["tau_hist"] = plots.tau_histogram(res["tau"], out_dir / f"tau_hist_{ckpt.label}.png",
+                                               f"{ckpt.label}: trained tau").name
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(s["seed"])
+    nt = network_timescales(model, trials=s["trials"], steps=s["steps"], burn_in=s["burn_in"],
+                            max_lag=s["max_lag"], generator=gen, chunk=s["chunk"], backend=s["backend"],
+                            progress=s["progress"], warn=False)
+    res["tau_net"] = {**nt.summary(), "values": nt.tau_net.tolist(), "model": nt.fit.model.tolist(),
+                      "reasons": nt.fit.reason.tolist(), "ac_population": nt.sim.ac_population.tolist()}
+    res["dimensionality"] = dimensionality(covariance=nt.sim.covariance)
+    figs["ac_fits"] = plots.autocorrelation_fits(nt.fit, out_dir / f"ac_fits_{ckpt.label}.png",
+                                                 title=f"{ckpt.label}: autocorrelations").name
+    if leaky:
+        figs["tau_scatter"] = plots.tau_scatter(res["tau_values"], res["tau_net"]["values"],
+                                                out_dir / f"tau_scatter_{ckpt.label}.png", ckpt.label).name
+        res["ablation"] = ablation_study(model, task, N, head, s["ablate_k"], metric=s["metric"],
+                                         progress=s["progress"], **eval_kwargs)
+        figs["ablation"] = plots.ablation_bars(res["ablation"], out_dir / f"ablation_{ckpt.label}.png",
+                                               f"{ckpt.label}: ablation at N = {N}").name
+        res["perturbation"] = perturbation_study(model, task, N, head, s["eps"], s["perturb_trials"],
+                                                 direction_seed=s["seed"], metric=s["metric"],
+                                                 progress=s["progress"], **eval_kwargs)
+        figs["perturbation"] = plots.perturbation_curves(
+            res["perturbation"], out_dir / f"perturbation_{ckpt.label}.png", f"{ckpt.label}: perturbation at N = {N}").name
+    task_kwargs = {k: v for k, v in eval_kwargs.items() if k in ("batches", "batch_size", "seed")}
+    res["generalisation"] = {"length": length_generalisation(model, task, N, head, s["length_factors"], **task_kwargs),
+                             "N": n_generalisation(model, task, ckpt.head_for_N, s["extra_N"], **task_kwargs)}
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, burn_in=500, max_lag=30,
+                ablate_k=10, eps=DEFAULT_EPS, perturb_trials=5, eval_batches=10, batch_size=256, seed=0,
+                device=None, metric="task", only=None, chunk=2048, backend=None, length_factors=(1, 2, 4),
+                extra_N=3, progress=True) -> dict:
+    """Every analysis of every checkpoint of a run; writes out_dir/analysis.json, analysis.md, PNGs.
+
+    Args:
+        run_dir: a run directory (config.json with "task"; checkpoints/N{lo}-N{hi}.pt) or a folder of
+            the study's files (rnn_N{lo}_N{hi}.pt; task parity; single-head if every file has lo == hi).
+        out_dir: where to write (default run_dir/analysis).
+        task: override the task ("parity" or "dms").
+        trials, steps, burn_in, max_lag: the tau_net simulation and fit (simulate, fit_autocorrelation).
+        ablate_k: neurons silenced from each end of the tau order. eps, perturb_trials: perturbation grid.
+        eval_batches, batch_size: every accuracy evaluation (same sequences for all, from seed).
+        seed: seeds the evaluation sequences, the simulation and the perturbation directions.
+        device: "cpu", "cuda", ... (default: CUDA when available).
+        metric: "task" (the training task, accuracy()) or "stream" (the study's in-time measure) for
+            ablation, perturbation and the forgetting matrix.
+        only: labels ("N2-N11") or largest N's of the checkpoints to analyse in depth (default all);
+            the forgetting matrix always covers every checkpoint.
+        chunk, backend: simulation chunk length and op backend (default: the model's own).
+        length_factors: generalisation to T = factor * (4N + 1). extra_N: N's beyond the trained range.
+        progress: tqdm bars.
+
+    Returns:
+        The dict written to analysis.json: source, task, curriculum, settings, forgetting matrix, and
+        per checkpoint: tau stats and values, tau_net (summary, values, fit model, reasons, population
+        autocorrelation), dimensionality, accuracy per trained N, ablation, perturbation, generalisation.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "analysis"
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    source, config, ckpts = find_checkpoints(run_dir)
+    if not ckpts:
+        raise FileNotFoundError(f"run_dir: {run_dir} has no checkpoints")
+    task = task or config.get("task")
+    if task is None:
+        raise ValueError(f"task: {run_dir}/config.json names no task; pass task=")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to analyse
+    s = {"trials": trials, "steps": steps, "burn_in": burn_in, "max_lag": max_lag, "ablate_k": ablate_k,
+         "eps": [float(e) for e in eps], "perturb_trials": perturb_trials, "eval_batches": eval_batches,
+         "batch_size": batch_size, "seed": seed, "device": str(device), "metric": metric, "chunk": chunk,
+         "backend": backend, "length_factors": list(length_factors), "extra_N": extra_N, "progress": progress}
+    eval_kwargs = {"batches": eval_batches, "batch_size": batch_size, "seed": seed}
+    start = time.perf_counter()
+    models = [load(source, c, device) for c in ckpts]
+    all_Ns = sorted({n for c in ckpts for n in c.Ns})
+    forgetting = forgetting_matrix([(c.label, m, c.head_for_N) for c, m in zip(ckpts, models)], task, all_Ns,
+                                   metric=metric, progress=progress, **eval_kwargs)
+    forgetting["figure"] = plots.forgetting_heatmap(forgetting, out_dir / "forgetting.png",
+                                                    f"{run_dir.name}: accuracy ({metric})").name
+    wanted = None if only is None else {str(o) for o in only}
+    results = []
+    chosen = [(c, m, i) for i, (c, m) in enumerate(zip(ckpts, models))
+              if wanted is None or c.label in wanted or str(max(c.Ns)) in wanted]
+    for c, m, i in tqdm(chosen, desc=f"analyze {run_dir.name}", disable=not progress):
+        res = _analyze_checkpoint(m, c, task, out_dir, s, eval_kwargs)
+        row = forgetting["accuracy"][i]
+        res["accuracy"] = {str(n): row[all_Ns.index(n)] for n in c.Ns}
+        results.append(res)
+    summary = {"run_dir": str(run_dir), "source": source, "task": task, "curriculum": config.get("curriculum"),
+               "seed_of_run": config.get("seed"), "settings": s, "forgetting": forgetting, "checkpoints": results,
+               "seconds": time.perf_counter() - start, "version": __version__}
+    if len(results) > 1:
+        summary["figures"] = {"tau_vs_N": _tau_vs_N(results, out_dir / "tau_vs_N.png", run_dir.name).name}
+    summary = jsonable(summary)
+    atomic_write_json(out_dir / "analysis.json", summary)
+    from .report import run_markdown
+    atomic_write_text(out_dir / "analysis.md", run_markdown(summary))
+    return summary
+
+
+def _tau_vs_N(results, path, title):
+    Ns = [r["N"] for r in results]
+    series = {"tau_net median": (Ns, [r["tau_net"]["neurons"]["median"] for r in results])}
+    if all("tau" in r for r in results):
+        series["trained tau mean"] = (Ns, [r["tau"]["mean"] for r in results], [r["tau"]["std"] for r in results])
+    return plots.lines(series, path, "N", "timescale (steps)", title)

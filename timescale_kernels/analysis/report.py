@@ -1,0 +1,303 @@
+"""Markdown: one analysed run (run_markdown) and several runs side by side with the study's figures
+(write_report)."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write_text
+from . import plots
+
+# What the study reports (500 neurons, N-parity), to print beside our numbers.
+STUDY = {
+    "n_reached": {"multi": "N = 100 (its head cap) within 1000 epochs", "single": "stalls near N = 35"},
+    "tau_mean": {"single": "grows with N: about 1.4 (N = 15) to 1.7 (N = 32)", "multi": "stays near 1.2-1.5"},
+    "ablation_N": 30,
+    "ablation_long": {"single": 0.71, "multi": 0.99},
+    "perturb_eps": 0.215,
+    "perturb_weights": {"multi": 0.96, "single": 0.74},
+}
+STUDY_TAU_POINTS = {"single": ([15, 32], [1.4, 1.7])}
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
+    return str(x)
+
+
+def _eps_index(pert: dict, eps: float):
+    e = np.asarray(pert["eps"], dtype=float)
+    i = int(np.argmin(np.abs(np.log(np.where(e > 0, e, 1e-12)) - np.log(eps))))
+    return i if e[i] > 0 else None
+
+
+def run_markdown(summary: dict) -> str:
+    """analysis.md for one analyze_run() result (the dict in analysis.json)."""
+    s = summary["settings"]
+    lines = [f"# Analysis of {summary['run_dir']}", "",
+             f"source: {summary['source']}, task: {summary['task']}, curriculum: {summary['curriculum']}, "
+             f"accuracy metric: {s['metric']}, device: {s['device']}, {summary['seconds']:.0f} s", "",
+             f"tau_net: {s['trials']} trials x {s['steps']} steps after {s['burn_in']} burn-in, "
+             f"lags 0..{s['max_lag']}; "
+             f"evaluation: {s['eval_batches']} batches x {s['batch_size']}, seed {s['seed']}", "",
+             "| checkpoint | N | acc(N) | tau mean +- std | tau_net median (ok/all) | population tau | PCs 90% | "
+             "ablate short / long (rel.) | W / tau perturbed at eps 0.215 (rel.) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["checkpoints"]:
+        tn = r["tau_net"]["neurons"]
+        tau = f"{r['tau']['mean']:.3f} +- {r['tau']['std']:.3f}" if "tau" in r else "-"
+        abl = (f"{_fmt(r['ablation']['short']['mean_relative'])} / {_fmt(r['ablation']['long']['mean_relative'])}"
+               if "ablation" in r else "-")
+        pert = "-"
+        if "perturbation" in r and (i := _eps_index(r["perturbation"], 0.215)) is not None:
+            p = r["perturbation"]
+            pert = (f"{_fmt(p['weights']['relative_mean'][i])} / {_fmt(p['tau']['relative_mean'][i])} "
+                    f"(eps {p['eps'][i]:.3g})")
+        lines.append(f"| {r['label']} | {r['N']} | {_fmt(r['accuracy'].get(str(r['N'])))} | {tau} | "
+                     f"{_fmt(tn['median'])} ({tn['n_ok']}/{tn['n']}) | {_fmt(r['tau_net']['population_tau'])} | "
+                     f"{_fmt(r['dimensionality']['mean'])} | {abl} | {pert} |")
+    lines += ["", "Fit failures (tau_net NaN) by reason: " + "; ".join(
+        f"{r['label']}: {r['tau_net']['neurons']['failures'] or 'none'}" for r in summary["checkpoints"]), ""]
+    lines += ["## Generalisation", "", "| checkpoint | T: accuracy | beyond N (newest head): accuracy |",
+              "|---|---|---|"]
+    for r in summary["checkpoints"]:
+        g = r["generalisation"]
+        lines.append(f"| {r['label']} | " + ", ".join(f"{t}: {_fmt(a)}" for t, a in zip(g["length"]["lengths"],
+                                                                                       g["length"]["accuracy"]))
+                     + " | " + ", ".join(f"{n}: {_fmt(a)}" for n, a in zip(g["N"]["Ns"], g["N"]["accuracy"])) + " |")
+    lines += ["", "## Figures", "", f"![forgetting]({summary['forgetting']['figure']})", ""]
+    for name in summary.get("figures", {}).values():
+        lines += [f"![{name}]({name})", ""]
+    for r in summary["checkpoints"]:
+        lines += [f"### {r['label']}", ""] + [f"![{k}]({v})" for k, v in r["figures"].items()] + [""]
+    return "\n".join(lines) + "\n"
+
+
+# -- several runs -----------------------------------------------------------------------------------
+
+def _find_analysis(d: Path) -> Path:
+    for p in (d / "analysis.json", d / "analysis" / "analysis.json"):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"run_dirs: no analysis.json in {d} or {d / 'analysis'} (run analyze_run first)")
+
+
+def _kind(curriculum) -> str:
+    c = str(curriculum or "").lower()
+    if "single" in c:
+        return "single"
+    if "multi" in c or "cumulative" in c:
+        return "multi"
+    return c or "unknown"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.csv rows as dicts of floats where they parse (other cells kept as text)."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {}
+            for k, v in raw.items():
+                try:
+                    row[k] = float(v)
+                except (TypeError, ValueError):
+                    row[k] = v
+            rows.append(row)
+    return rows
+
+
+def _n_reached(rows: list[dict]):
+    """(epochs, N reached) from metrics rows: the N_reached column where the log has one (rows before
+    the first pass are skipped), else N_high / N_max, else the largest int in an "Ns" column."""
+    keys = [k for k in ("N_reached", "N_high", "N_max", "max_N") if rows and k in rows[0]]
+    epochs, reached = [], []
+    for i, row in enumerate(rows):
+        n = row.get(keys[0]) if keys else None
+        if not keys and isinstance(row.get("Ns"), str) and (ints := re.findall(r"\d+", row["Ns"])):
+            n = float(max(map(int, ints)))
+        if not isinstance(n, float):
+            continue
+        epochs.append(row["epoch"] if isinstance(row.get("epoch"), float) else float(i + 1))
+        reached.append(n)
+    return epochs, reached
+
+
+def _gather(run_dirs) -> list[dict]:
+    runs = []
+    for d in map(Path, run_dirs):
+        summary = json.loads(_find_analysis(d).read_text())
+        src = Path(summary.get("run_dir", d))
+        config = {}
+        for c in (src / "config.json", d / "config.json"):
+            if c.is_file():
+                config = json.loads(c.read_text())
+                break
+        rows = read_metrics(src / "metrics.csv") or read_metrics(d / "metrics.csv")
+        kind = _kind(config.get("curriculum") or summary.get("curriculum"))
+        name = d.name if d.name != "analysis" else d.parent.name
+        if any(r["name"] == name for r in runs):  # figure files are named after runs: keep them apart
+            name = f"{name}-{len(runs)}"
+        runs.append({"name": name, "kind": kind,
+                     "seed": config.get("seed", summary.get("seed_of_run")), "summary": summary,
+                     "n_reached": _n_reached(rows), "analysis_dir": _find_analysis(d).parent})
+    return runs
+
+
+def _by_N(runs, kind, value):
+    """{N: [values over runs of this kind]} for value(checkpoint) not None."""
+    out = {}
+    for r in runs:
+        if r["kind"] == kind:
+            for c in r["summary"]["checkpoints"]:
+                v = value(c)
+                if v is not None:
+                    out.setdefault(c["N"], []).append(v)
+    return dict(sorted(out.items()))
+
+
+def _mean_series(runs, value):
+    series = {}
+    for kind in sorted({r["kind"] for r in runs}):
+        by = _by_N(runs, kind, value)
+        if by:
+            series[kind] = (list(by), [float(np.mean(v)) for v in by.values()], [float(np.std(v)) for v in by.values()])
+    return series
+
+
+def _nearest(runs, kind, N, value):
+    """Mean over runs of kind of value(checkpoint) at the checkpoint whose N is closest to N."""
+    vals, used = [], set()
+    for r in runs:
+        if r["kind"] != kind:
+            continue
+        cands = [c for c in r["summary"]["checkpoints"] if value(c) is not None]
+        if cands:
+            c = min(cands, key=lambda c: abs(c["N"] - N))
+            vals.append(value(c))
+            used.add(c["N"])
+    return (float(np.mean(vals)), sorted(used)) if vals else (None, [])
+
+
+def write_report(run_dirs, out_path) -> Path:
+    """Gathers analysed runs (single- vs multi-head, several seeds) into one Markdown file with PNGs.
+
+    Args:
+        run_dirs: run directories (or analysis output folders) holding analysis.json (from analyze_run)
+            and, where available, config.json ("curriculum", "seed") and metrics.csv (epoch, N_reached).
+        out_path: the Markdown file; its figures go to a folder beside it named <stem>_files.
+
+    Returns:
+        out_path.
+    """
+    out_path = Path(out_path)
+    fig_dir = out_path.parent / f"{out_path.stem}_files"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    runs = _gather(run_dirs)
+    rel = lambda p: f"{fig_dir.name}/{Path(p).name}"  # noqa: E731
+    metrics = sorted({r["summary"]["settings"].get("metric", "task") for r in runs})
+    lines = ["# Timescales, curricula and memory: report", "",
+             "Our runs beside the values reported by Khajehabdollahi, Zeraati et al., ICLR 2024 "
+             "(500 neurons, N-parity). A '-' means the runs hold no data for that entry. The study scores "
+             "ablation and perturbation with its in-time stream accuracy (metric \"stream\"); these runs "
+             f"were scored with metric {', '.join(metrics)}.", "",
+             "## Runs", "", "| run | curriculum | seed | task | checkpoints | largest N | epochs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        s, (ep, nr) = r["summary"], r["n_reached"]
+        top = max((c["N"] for c in s["checkpoints"]), default=None)
+        lines.append(f"| {r['name']} | {r['kind']} | {_fmt(r['seed'])} | {s['task']} | {len(s['checkpoints'])} | "
+                     f"{_fmt(max(nr) if nr else top)} | {_fmt(int(max(ep)) if ep else None)} |")
+    lines.append("")
+
+    # N reached over training.
+    curves = {f"{r['name']} ({r['kind']})": r["n_reached"] for r in runs if r["n_reached"][0]}
+    lines += ["## N reached vs epoch", ""]
+    if curves:
+        plots.lines(curves, fig_dir / "n_reached.png", "epoch", "N reached", "curriculum progress")
+        lines += [f"![N reached]({rel('n_reached.png')})", ""]
+    for kind in ("multi", "single"):
+        ours = [max(r["n_reached"][1]) for r in runs if r["kind"] == kind and r["n_reached"][1]]
+        lines.append(f"- {kind}-head: ours {_fmt(max(ours)) if ours else '-'} "
+                     f"(largest N reached over runs); study: {STUDY['n_reached'][kind]}")
+    lines.append("")
+
+    # Timescales vs N.
+    tau_series = _mean_series(runs, lambda c: c.get("tau", {}).get("mean"))
+    net_series = _mean_series(runs, lambda c: c["tau_net"]["neurons"]["median"])
+    lines += ["## Timescales vs N", ""]
+    if tau_series:
+        plots.lines(tau_series, fig_dir / "tau_vs_N.png", "N", "mean trained tau", "trained tau (mean +- sd over runs)",
+                    refs={"study, single-head": STUDY_TAU_POINTS["single"]})
+        lines += [f"![trained tau]({rel('tau_vs_N.png')})", ""]
+    if net_series:
+        plots.lines(net_series, fig_dir / "tau_net_vs_N.png", "N", "median tau_net (steps)",
+                    "network-mediated timescale")
+        lines += [f"![tau_net]({rel('tau_net_vs_N.png')})", ""]
+    lines += ["| curriculum | mean trained tau at N (ours) | study |", "|---|---|---|"]
+    for kind in ("single", "multi"):
+        by = _by_N(runs, kind, lambda c: c.get("tau", {}).get("mean"))
+        ours = ", ".join(f"N={n}: {np.mean(v):.2f}" for n, v in by.items()) or "-"
+        lines.append(f"| {kind} | {ours} | {STUDY['tau_mean'][kind]} |")
+    lines.append("")
+
+    # Ablation.
+    n_ab = STUDY["ablation_N"]
+    lines += ["## Ablation (one neuron at a time)", "",
+              f"Mean accuracy relative to the intact network after silencing one of the longest-tau neurons, "
+              f"at the checkpoint nearest N = {n_ab}.", "",
+              "| curriculum | ours: longest tau | ours: shortest tau | at N | study (longest, N = 30) |",
+              "|---|---|---|---|---|"]
+    for kind in ("single", "multi"):
+        long_, used = _nearest(runs, kind, n_ab, lambda c: c.get("ablation", {}).get("long", {}).get("mean_relative"))
+        short, _ = _nearest(runs, kind, n_ab, lambda c: c.get("ablation", {}).get("short", {}).get("mean_relative"))
+        lines.append(f"| {kind} | {_fmt(long_)} | {_fmt(short)} | {used or '-'} | {STUDY['ablation_long'][kind]} |")
+    ab_series = {}
+    for which in ("long", "short"):
+        got = _mean_series(runs, lambda c, w=which: c.get("ablation", {}).get(w, {}).get("mean_relative"))
+        ab_series.update({f"{kind} {which}": v for kind, v in got.items()})
+    if ab_series:
+        plots.lines(ab_series, fig_dir / "ablation_vs_N.png", "N", "relative accuracy", "ablating one neuron")
+        lines += ["", f"![ablation]({rel('ablation_vs_N.png')})"]
+    lines.append("")
+
+    # Perturbation.
+    eps0 = STUDY["perturb_eps"]
+    lines += ["## Perturbation", "", f"Relative accuracy at eps = {eps0}, at the checkpoint nearest N = {n_ab}.", "",
+              "| curriculum | ours: W | ours: tau | at N | study: W |", "|---|---|---|---|---|"]
+    curves = {}
+    for kind in ("single", "multi"):
+        def at(c, target):
+            p = c.get("perturbation")
+            i = _eps_index(p, eps0) if p else None
+            return p[target]["relative_mean"][i] if i is not None else None
+        w, used = _nearest(runs, kind, n_ab, lambda c: at(c, "weights"))
+        t, _ = _nearest(runs, kind, n_ab, lambda c: at(c, "tau"))
+        lines.append(f"| {kind} | {_fmt(w)} | {_fmt(t)} | {used or '-'} | {STUDY['perturb_weights'][kind]} |")
+        for r in runs:
+            cks = [c for c in r["summary"]["checkpoints"] if "perturbation" in c and r["kind"] == kind]
+            if cks:
+                c = min(cks, key=lambda c: abs(c["N"] - n_ab))
+                curves[f"{r['name']} N={c['N']}"] = c["perturbation"]
+    if curves:
+        plots.perturbation_curves(curves, fig_dir / "perturbation.png", "relative accuracy vs eps")
+        lines += ["", f"![perturbation]({rel('perturbation.png')})"]
+    lines.append("")
+
+    # Forgetting.
+    lines += ["## Forgetting (accuracy of every checkpoint on every N)", ""]
+    for r in runs:
+        f = r["summary"]["forgetting"]
+        name = f"forgetting_{r['name']}.png"
+        plots.forgetting_heatmap(f, fig_dir / name, f"{r['name']} ({r['kind']})")
+        lines += [f"![{r['name']}]({rel(name)})", ""]
+    atomic_write_text(out_path, "\n".join(lines) + "\n")
+    return out_path
