@@ -1,0 +1,203 @@
+"""Epochs per hour of the multi-head parity curriculum: our trainer against the study's training code.
+
+    python benchmarks/bench_training.py [--paper] [--device cpu|cuda] [--Ns 10 30] [--steps 3] [--json PATH]
+
+For each N (the curriculum holds N' = 2..N, one head each) both implementations run a few training
+steps and test batches at the same shape in this process; the time of one epoch is projected to
+600 training steps + 50 test batches (the study's epoch):
+
+  ours   experiments.Trainer: batches generated on the device in a few vectorised ops, T from a CPU
+         generator, the fastest available op backend, no host sync inside the epoch.
+  study  the study's code path, rewritten here: per-sequence task generation in a Python loop
+         (each sequence draws its bit rate, then its bits, then one parity per N; torch on the CPU,
+         then moved to the device), the eager loop over time with small ops (leaky ReLU outside
+         placement, diagonal zeroed in place every forward), all 100 readout heads evaluated each
+         forward, loss.item() every step.
+
+Default shapes are small (H=128, B=64) so that it ends in a couple of minutes on a laptop CPU;
+--paper uses the study's H=500, B=256. The projection of the study's headline run (multi-head parity
+from N=2 to N=100) assumes 1000 epochs with N growing linearly from 2 to 100, and an epoch cost
+linear in N through the two measured points.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from timescale_kernels.experiments import Trainer, make_config
+
+EPOCH_STEPS, EPOCH_TESTS = 600, 50
+
+
+# The study's way --------------------------------------------------------------------------------------
+def study_batch(Ns, batch_size):
+    """Per-sequence generation as in the study's make_batch_Nbit_pair_parity: (T, B, 1), [labels (B,)]."""
+    top = Ns[-1]
+    length = np.random.randint(top + 2, top + 2 + 3 * top)
+    with torch.no_grad():
+        sequences = [((torch.rand(length) < torch.rand(1)) * 1.0).unsqueeze(-1) for _ in range(batch_size)]
+        labels = [torch.stack([(s[-n:].sum() % 2).long() for s in sequences]) for n in Ns]
+        sequences = torch.stack(sequences).permute(1, 0, 2)
+    return sequences, labels
+
+
+class StudyRNN(nn.Module):
+    """The study's RNN_Stack with one layer: Linear input, Linear recurrence, tau per neuron, 100 heads."""
+
+    def __init__(self, hidden, heads=100):
+        super().__init__()
+        self.input_layer = nn.Linear(1, hidden)
+        self.w_hh = nn.Linear(hidden, hidden)
+        self.taus = nn.Parameter(1 + torch.rand(hidden))
+        self.fc = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(heads))
+        self.afunc = nn.LeakyReLU()
+
+    def forward(self, data):
+        h = 0.1 * torch.rand(data.size(1), self.w_hh.in_features, device=data.device)
+        x = self.input_layer(data)
+        self.w_hh.weight.data.fill_diagonal_(0.0)
+        for t in range(data.size(0)):
+            tau = torch.clamp(self.taus, min=1.0)
+            h = (1 - 1 / tau) * h + (self.w_hh(h) + x[t]) / tau
+            h = self.afunc(h)
+        return [fc(h) for fc in self.fc]
+
+
+def study_runner(Ns, hidden, batch_size, device):
+    model = StudyRNN(hidden).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.1, nesterov=True)
+    criterion = nn.CrossEntropyLoss()
+
+    def train_step():
+        opt.zero_grad()
+        x, labels = study_batch(Ns, batch_size)
+        x, labels = x.to(device), [y.to(device) for y in labels]
+        out = model(x)
+        loss = sum(criterion(out[i], labels[i]) for i in range(len(Ns)))
+        loss.backward()
+        loss.item()  # the study logs every step's loss
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=2.0)
+        opt.step()
+
+    @torch.no_grad()
+    def test_step():
+        x, labels = study_batch(Ns, batch_size)
+        x, labels = x.to(device), [y.to(device) for y in labels]
+        out = model(x)
+        return [(out[i].argmax(1) == labels[i]).sum() for i in range(len(Ns))]
+
+    return train_step, test_step
+
+
+# Ours ---------------------------------------------------------------------------------------------------
+def our_runner(Ns, hidden, batch_size, device, backend):
+    config = make_config("paper", hidden_size=hidden, batch_size=batch_size, steps_per_epoch=1, test_batches=1,
+                         device=device, backend=backend)
+    trainer = Trainer(config)
+    while trainer.curriculum.Ns[-1] < Ns[-1]:
+        trainer.curriculum.advance()
+    trainer.ensure_heads()
+    return (lambda: trainer.train_epoch()), (lambda: trainer.evaluate(1)), trainer.backend
+
+
+# Timing -------------------------------------------------------------------------------------------------
+def seconds_per_call(fn, calls, device):
+    fn()  # warm-up
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / calls
+
+
+def measure(N, args):
+    """Both implementations at one N, timed in alternating rounds; the median round counts."""
+    Ns = list(range(2, N + 1))
+    np.random.seed(0)
+    torch.manual_seed(0)
+    ours_train, ours_test, backend = our_runner(Ns, args.hidden, args.batch, args.device, args.backend)
+    study_train, study_test = study_runner(Ns, args.hidden, args.batch, args.device)
+    impls = {"ours": (ours_train, ours_test, backend), "study": (study_train, study_test, "eager loop")}
+    times = {name: {"train": [], "test": []} for name in impls}
+    for _ in range(args.rounds):  # alternate, so that a busy moment of the machine hits both
+        for name, (train, test, _) in impls.items():
+            times[name]["train"].append(seconds_per_call(train, args.steps, args.device))
+            times[name]["test"].append(seconds_per_call(test, args.steps, args.device))
+    rows = {}
+    for name, (_, _, backend) in impls.items():
+        t_train, t_test = (float(np.median(times[name][k])) for k in ("train", "test"))
+        epoch = EPOCH_STEPS * t_train + EPOCH_TESTS * t_test
+        rows[name] = {"backend": backend, "train_step_s": t_train, "test_batch_s": t_test, "epoch_s": epoch,
+                      "epochs_per_hour": 3600.0 / epoch}
+    rows["speedup"] = rows["study"]["epoch_s"] / rows["ours"]["epoch_s"]
+    return rows
+
+
+def headline_projection(results, epochs=1000, n_end=100):
+    """Hours for `epochs` epochs with N rising linearly from 2 to n_end, epoch cost linear in N."""
+    (n1, r1), (n2, r2) = sorted(results.items())[:1][0], sorted(results.items())[-1]
+    out = {}
+    for name in ("ours", "study"):
+        slope = max(0.0, (r2[name]["epoch_s"] - r1[name]["epoch_s"]) / (n2 - n1))  # noise cannot make it cheaper
+        Ns = np.linspace(2, n_end, epochs)
+        out[name] = float(np.sum(r1[name]["epoch_s"] + slope * (Ns - n1))) / 3600.0
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--paper", action="store_true", help="the study's shapes: 500 neurons, batch 256")
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--Ns", type=int, nargs="+", default=[10, 30], help="highest N of the curriculum (default 10 30)")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps and test batches per round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the median counts")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args()
+    args.hidden = args.hidden or (500 if args.paper else 128)
+    args.batch = args.batch or (256 if args.paper else 64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="timescale_kernels: the")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    print(f"multi-head parity, H={args.hidden}, B={args.batch}, device {args.device} ({device_name}), "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; epoch = {EPOCH_STEPS} steps + "
+          f"{EPOCH_TESTS} test batches, projected from the median of {args.rounds} rounds of {args.steps} timed each")
+    results = {}
+    print(f"{'N':>4} {'impl':>6} {'backend':>11} {'train step':>11} {'test batch':>11} {'epoch':>9} {'epochs/h':>9}")
+    for N in args.Ns:
+        results[N] = measure(N, args)
+        for name in ("ours", "study"):
+            r = results[N][name]
+            print(f"{N:>4} {name:>6} {r['backend']:>11} {r['train_step_s'] * 1e3:>9.1f}ms {r['test_batch_s'] * 1e3:>9.1f}ms "
+                  f"{r['epoch_s']:>8.1f}s {r['epochs_per_hour']:>9.1f}")
+        print(f"{N:>4} study / ours epoch time: {results[N]['speedup']:.1f}x")
+    summary = {"hidden": args.hidden, "batch": args.batch, "device": args.device, "device_name": device_name,
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "date": datetime.date.today().isoformat(), "results": {str(k): v for k, v in results.items()}}
+    if len(results) >= 2:
+        hours = headline_projection(results)
+        summary["headline_hours"] = hours
+        print(f"projected headline run (1000 epochs, N rising linearly 2 -> 100, epoch cost linear in N through "
+              f"the measured points, these shapes, this device): ours {hours['ours']:.1f} h, "
+              f"study's code {hours['study']:.1f} h")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

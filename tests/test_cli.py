@@ -1,0 +1,113 @@
+"""The command line: training and resuming through main(), and one-line errors with exit status 2."""
+import json
+
+import pytest
+import torch
+
+from timescale_kernels.cli import main
+from timescale_kernels.experiments.demo import prepare_demo_dir
+from timescale_kernels.io import save_checkpoint
+from timescale_kernels.nn import MemoryNet
+
+TINY = ["--preset", "quick", "--hidden-size", "16", "--batch-size", "16", "--steps-per-epoch", "8",
+        "--test-batches", "2", "--threshold", "0.5", "--device", "cpu", "--quiet"]
+
+
+def _fails(argv, capsys, match):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.count("\n") == 1 and match in err, err
+    return err
+
+
+def test_train_then_resume_matches_a_straight_run(tmp_path, capsys):
+    assert main(["train", *TINY, "--max-epochs", "4", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *TINY, "--max-epochs", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "b"), "--max-epochs", "4", "--quiet"]) == 0
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved["max_epochs"] == 4 and saved["task"] == "parity" and saved["versions"]["torch"] == torch.__version__
+    for name in ("metrics.csv", "summary.json", "plots/accuracy.png", "plots/n_reached.png"):
+        assert (tmp_path / "b" / name).is_file(), name
+    assert capsys.readouterr().err == ""  # --quiet
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--task", "sum"], "--task"), (["--curriculum", "random"], "--curriculum"), (["--model", "mlp"], "--model"),
+    (["--n-start", "0"], "n_start"), (["--target-N", "0"], "target_N"), (["--batch-size", "0"], "batch_size"),
+    (["--hidden-size", "many"], "--hidden-size"), (["--preset", "huge"], "--preset"),
+])
+def test_bad_settings(tmp_path, capsys, flags, match):
+    _fails(["train", *TINY, *flags, "--out", str(tmp_path / "run")], capsys, match)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_is_required_and_must_be_writable(tmp_path, capsys):
+    _fails(["train", *TINY], capsys, "--out")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _fails(["train", *TINY, "--out", str(blocker / "run")], capsys, "cannot write")
+    _fails(["train", *TINY, "--out", str(blocker)], capsys, "not a directory")
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--max-epochs", "1", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in (out / "config.json", out / "state.pt", out / "metrics.csv")}
+    _fails(["train", *TINY, "--max-epochs", "1", "--out", str(out)], capsys, "already holds a run")
+    _fails(["train", *TINY, "--seed", "5", "--resume", str(out)], capsys, "seed: saved 0, asked 5")
+    assert {p.name: p.read_bytes() for p in (out / "config.json", out / "state.pt", out / "metrics.csv")} == before
+    assert main(["train", *TINY, "--max-epochs", "1", "--seed", "5", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 5
+
+
+def test_resume_needs_a_sound_run(tmp_path, capsys):
+    _fails(["train", "--resume", str(tmp_path / "absent")], capsys, "no config.json")
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--max-epochs", "1", "--out", str(out)]) == 0
+    (out / "state.pt").write_bytes(b"garbage")
+    _fails(["train", "--resume", str(out), "--quiet"], capsys, "cannot read")
+    torch.save({"weights": torch.ones(2)}, out / "state.pt")
+    _fails(["train", "--resume", str(out), "--quiet"], capsys, "not a timescale_kernels run state")
+    _fails(["train", "--resume", str(out), "--out", str(tmp_path / "other")], capsys, "different directories")
+
+
+def test_score_reads_ours_and_rejects_damaged_or_foreign_files(tmp_path, capsys):
+    model = MemoryNet("leaky", 8, num_heads=2, backend="reference")
+    save_checkpoint(tmp_path / "ours.pt", model, {"Ns": [2, 3], "head_for_N": {2: 0, 3: 1}, "task": "parity"})
+    assert main(["score", str(tmp_path / "ours.pt"), "--batch-size", "8"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["accuracy"]) == {"2", "3"}
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    _fails(["score", str(tmp_path / "bad.pt")], capsys, "cannot read")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
+    _fails(["score", str(tmp_path / "foreign.pt")], capsys, "neither")
+    _fails(["score", str(tmp_path / "ours.pt"), "--N", "0"], capsys, "--N")
+
+
+def test_score_a_study_network(study_checkpoints, capsys):
+    path = study_checkpoints / "single_head_parity" / "rnn_N5_N5.pt"
+    assert main(["score", str(path), "--backend", "reference"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"]["5"] >= 0.98
+
+
+def test_demo_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--budget", "3", "--hidden-size", "16", "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    assert "multi-head" in report and "single-head" in report and "study" in report
+    assert (out / "plots" / "n_reached.png").read_bytes()[:4] == b"\x89PNG"
+    prepare_demo_dir(out)  # what a second demo into the same directory does first
+    assert not (out / "report.md").exists() and not any((out / "multi").iterdir())
+    _fails(["demo", "--out", str(tmp_path), "--budget", "3"], capsys, "holds no earlier demo")
+
+
+def test_analyze_and_report_need_a_run(tmp_path, capsys):
+    _fails(["analyze", str(tmp_path / "absent")], capsys, "absent")
+    _fails(["report", str(tmp_path), "--out", str(tmp_path / "r.md")], capsys, "analysis")

@@ -1,0 +1,252 @@
+"""The `timescale-kernels` command (also `python -m timescale_kernels.cli`).
+
+    timescale-kernels train --task parity --curriculum multi --preset quick --out runs/multi
+    timescale-kernels train --resume runs/multi            # continue a stopped or killed run
+    timescale-kernels demo --out demo_out                  # multi- against single-head, with a report
+    timescale-kernels score CHECKPOINT                     # accuracy per N of ours or the study's file
+    timescale-kernels analyze runs/multi                   # the study's analyses of every checkpoint
+    timescale-kernels report runs/multi runs/single --out report.md
+
+Bad input ends with one line on stderr and exit status 2; Ctrl-C during training keeps the last
+completed epoch, writes the plots and exits with 130.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+# Settings that map one to one onto RunConfig fields (flag name = field name with dashes).
+_INT_FLAGS = ("seed", "hidden_size", "batch_size", "steps_per_epoch", "test_batches", "max_epochs", "target_N",
+              "n_start", "window", "forget", "threads")
+_FLOAT_FLAGS = ("lr", "momentum", "clip", "time_budget", "threshold")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of the usage block
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fail(message: str):
+    sys.stderr.write(f"timescale-kernels: error: {message}\n")
+    raise SystemExit(EXIT_USAGE)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from .experiments.config import CURRICULA, PRESETS
+    from .nn import CORES
+    from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS
+    from .tasks import TASKS
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="paper: the study's settings (the default); quick: small enough for a CPU. Explicit flags win.")
+    p.add_argument("--task", choices=TASKS)
+    p.add_argument("--curriculum", choices=CURRICULA,
+                   help="single: one N, head 0; multi: all N so far, one head each (the study's cumulative); "
+                        "sliding: the last --window N's; none: --n-start only")
+    p.add_argument("--model", choices=CORES)
+    for name in _INT_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+    for name in _FLOAT_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    tau = p.add_mutually_exclusive_group()
+    tau.add_argument("--learn-tau", dest="learn_tau", action="store_const", const=True, default=None)
+    tau.add_argument("--fixed-tau", dest="learn_tau", action="store_const", const=False,
+                     help="keep tau at its initial value (the study's fixed case: --fixed-tau --tau-init 1 1)")
+    p.add_argument("--tau-init", nargs=2, type=float, metavar=("LOW", "HIGH"))
+    p.add_argument("--nonlinearity", choices=NONLINEARITIES)
+    p.add_argument("--placement", choices=PLACEMENTS)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--backend", choices=BACKENDS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="timescale-kernels", description="Leaky RNNs with trainable time constants on memory tasks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train one network under one curriculum")
+    train.add_argument("--out", type=Path, help="the run directory to create")
+    train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last epoch")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    _add_train_flags(train)
+
+    demo = sub.add_parser("demo", help="multi-head against single-head parity on a CPU, with a report")
+    demo.add_argument("--out", type=Path, required=True)
+    demo.add_argument("--budget", type=float, default=600.0, help="seconds for the whole demo (default 600)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--hidden-size", type=int, dest="hidden_size")
+    demo.add_argument("--device")
+    demo.add_argument("--quiet", action="store_true")
+
+    score = sub.add_parser("score", help="accuracy per N of a checkpoint (ours or the study's)")
+    score.add_argument("checkpoint", type=Path)
+    score.add_argument("--task", choices=("parity", "dms"))
+    score.add_argument("--N", type=int, nargs="+", dest="Ns", help="N's to score (default: the trained ones)")
+    score.add_argument("--batch-size", type=int, default=256)
+    score.add_argument("--batches", type=int, default=1)
+    score.add_argument("--seed", type=int, default=0)
+    score.add_argument("--backend", default="auto")
+
+    # analyze RUN_DIR and report RUN_DIR...: thin wrappers over timescale_kernels.analysis.
+    analyze = sub.add_parser("analyze", help="the study's analyses of every checkpoint of a run (or of a "
+                                             "folder of the study's files)")
+    analyze.add_argument("run_dir", type=Path)
+    analyze.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/analysis")
+    analyze.add_argument("--task", choices=("parity", "dms"), default=None)
+    analyze.add_argument("--only", nargs="+", default=None, help="checkpoints to analyse in depth (e.g. N2-N11)")
+    analyze.add_argument("--device", default=None)
+    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--quiet", action="store_true")
+    report = sub.add_parser("report", help="one Markdown report over analysed runs")
+    report.add_argument("run_dirs", type=Path, nargs="+")
+    report.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
+    return parser
+
+
+def _messages(quiet: bool):
+    """(progress bars?, log function or None): bars on a terminal only; messages unless --quiet."""
+    if quiet:
+        return False, None
+    return sys.stderr.isatty(), lambda msg: tqdm.write(msg, file=sys.stderr)
+
+
+def _train(args) -> int:
+    from .experiments.config import PRESETS, RunConfig, make_config
+    from .experiments.plots import write_plots
+    from .experiments.rundir import RunDir, RunDirError, check_resume_config
+    from .experiments.trainer import Trainer
+    from .io import atomic_write_json
+
+    fields = _INT_FLAGS + _FLOAT_FLAGS + ("task", "curriculum", "model", "nesterov", "learn_tau", "tau_init",
+                                          "nonlinearity", "placement", "device", "backend")
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    progress, log = _messages(args.quiet)
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            _fail(f"train: --out {args.out} and --resume {args.resume} name different directories")
+        run_dir = RunDir(args.resume)
+        saved = run_dir.read_config()
+        wanted = RunConfig.from_dict({**saved.to_dict(), **(PRESETS[args.preset] if args.preset else {}),
+                                      **overrides}).validate()
+        check_resume_config(saved, wanted)
+        state = run_dir.load_state()
+        if state is None:
+            trainer = Trainer(wanted, run_dir, progress=progress, log=log)
+        else:
+            try:
+                check_resume_config(RunConfig.from_dict(state["config"]), wanted)
+                trainer = Trainer.from_state(wanted, state, run_dir, progress=progress, log=log)
+            except (KeyError, RuntimeError, TypeError) as err:
+                raise RunDirError(f"resume: {run_dir.state_path} does not match {run_dir.config_path} "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
+        run_dir.write_config(wanted, args.argv)  # a resumed run may carry new stop settings
+        if log:
+            log(f"resuming {run_dir.path} after epoch {trainer.epoch} at {trainer.curriculum.describe()}")
+    else:
+        if args.out is None:
+            _fail("train: --out DIR is required (or --resume DIR)")
+        config = make_config(args.preset, **overrides)
+        run_dir = RunDir(args.out)
+        trainer = Trainer(config, run_dir, progress=progress, log=log)  # fails before anything is written
+        run_dir.prepare_new(args.overwrite)
+        run_dir.write_config(config, args.argv)
+    if log:
+        c = trainer.config
+        log(f"training {c.model} ({c.hidden_size} neurons) on {c.task} with the {c.curriculum} curriculum, "
+            f"seed {c.seed}, on {c.device} (backend: {trainer.backend}) -> {run_dir.path}")
+    try:
+        summary = trainer.run()
+    finally:  # plots and summary whatever happened, so nothing is lost on a crash
+        try:
+            write_plots(run_dir, trainer.metrics)
+        except Exception as err:  # a failed plot must not hide the training result
+            sys.stderr.write(f"timescale-kernels: warning: plots not written ({type(err).__name__}: {err})\n")
+        atomic_write_json(run_dir.path / "summary.json", trainer.summary())
+    if log:
+        log(f"stopped ({summary['stop_reason']}) after {summary['epochs']} epochs, "
+            f"{summary['wall_time'] / 60:.1f} min: highest N passed = {summary['N_reached']}; see {run_dir.path}")
+    return EXIT_INTERRUPTED if summary["stop_reason"] == "interrupted" else 0
+
+
+def _demo(args) -> int:
+    from .experiments.demo import run_demo
+    progress, log = _messages(args.quiet)
+    if args.budget <= 0:
+        _fail(f"demo: --budget expected seconds > 0; got {args.budget}")
+    overrides = {k: getattr(args, k) for k in ("hidden_size", "device") if getattr(args, k) is not None}
+    report = run_demo(args.out, budget=args.budget, seed=args.seed, progress=progress, log=log, **overrides)
+    if log:
+        log(f"demo: report written to {report}")
+    return 0
+
+
+def _score(args) -> int:
+    from .experiments.scoring import load_any_checkpoint, score
+    if args.batch_size < 1 or args.batches < 1:
+        _fail("score: --batch-size and --batches expected integers >= 1")
+    model, meta = load_any_checkpoint(args.checkpoint, backend=args.backend)
+    head_for_N = meta.get("head_for_N", {})
+    Ns = args.Ns or meta.get("Ns") or sorted(head_for_N)
+    if not Ns:
+        _fail(f"score: {args.checkpoint} does not say which N's it was trained on; pass --N")
+    if any(n < 1 for n in Ns):
+        _fail(f"score: --N expected integers >= 1; got {Ns}")
+    # N's the network was not trained on are read by the head of the nearest lower trained N (head 0 if none).
+    heads = {n: head_for_N.get(n, max((h for m, h in head_for_N.items() if m <= n), default=0)) for n in Ns}
+    acc = score(model, args.task or meta.get("task", "parity"), heads, batch_size=args.batch_size,
+                batches=args.batches, seed=args.seed)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "accuracy": {str(n): a for n, a in acc.items()},
+                      "head_for_N": {str(n): h for n, h in heads.items()}}))
+    return 0
+
+
+def _analyze(args) -> int:
+    from .analysis import analyze_run
+    only = [int(o) if o.isdigit() else o for o in args.only] if args.only else None
+    try:
+        analyze_run(args.run_dir, out_dir=args.out, task=args.task, only=only, device=args.device,
+                    seed=args.seed, progress=not args.quiet and sys.stderr.isatty())
+    except FileNotFoundError as err:
+        _fail(str(err))
+    if not args.quiet:
+        print(f"analysis written to {args.out or args.run_dir / 'analysis'}", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from .analysis import write_report
+    try:
+        path = write_report(args.run_dirs, args.out)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    print(f"report written to {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Runs one command; returns 0 (130 after Ctrl-C in training); bad input raises SystemExit(2)."""
+    from .experiments.config import ConfigError
+    from .experiments.rundir import RunDirError
+    from .io import CheckpointError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = ["timescale-kernels", *argv]
+    handlers = {"train": _train, "demo": _demo, "score": _score, "analyze": _analyze, "report": _report}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, RunDirError, CheckpointError) as err:
+        _fail(str(err))
+    except ValueError as err:  # bad input found deeper, e.g. by the analyses: still one line
+        if args.command not in ("analyze", "report", "score"):
+            raise
+        _fail(str(err))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""A run directory and the files in it; every write is atomic.
+
+    DIR/config.json            settings, seed, versions: everything needed to rerun
+    DIR/metrics.csv            one row per completed epoch (rewritten whole, atomically, each epoch)
+    DIR/state.pt               the latest completed epoch: model, optimizer, curriculum, generators, metrics
+    DIR/checkpoints/N{lo}-N{hi}.pt   the model each time a set of N's passes (io.load_checkpoint reads it)
+    DIR/plots/*.png            figures (plots.py)
+"""
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from .config import ConfigError, RunConfig
+
+STATE_FORMAT = "timescale_kernels/run-state"
+STATE_VERSION = 1
+METRIC_COLUMNS = ("epoch", "N_low", "N_high", "N_reached", "passed", "loss", "mean_acc", "newest_acc", "acc",
+                  "tau_mean", "tau_std", "epoch_time", "wall_time", "steps_per_s")
+_CONFIG_EXTRAS = ("versions", "written", "argv")
+_CKPT_NAME = re.compile(r"N(\d+)-N(\d+)\.pt")
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used: unwritable, already holding a run, or damaged."""
+
+
+def versions() -> dict:
+    return {"timescale_kernels": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.metrics_path = self.path / "metrics.csv"
+        self.state_path = self.path / "state.pt"
+        self.checkpoint_dir = self.path / "checkpoints"
+        self.plots_dir = self.path / "plots"
+
+    def holds_run(self) -> bool:
+        return self.config_path.exists() or self.state_path.exists()
+
+    def prepare_new(self, overwrite: bool = False) -> None:
+        """Creates (or, with overwrite, clears the run files of) the directory; checks it is writable
+        before anything is removed."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"out: {self.path} exists and is not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.path, prefix=".write-test.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise RunDirError(f"out: cannot write to {self.path} ({err.strerror or err})") from None
+        if self.holds_run():
+            if not overwrite:
+                raise RunDirError(f"out: {self.path} already holds a run; pass --resume {self.path} to continue it "
+                                  "or --overwrite to replace it")
+            for p in (self.config_path, self.metrics_path, self.state_path, self.path / "summary.json"):
+                p.unlink(missing_ok=True)
+            for folder in (self.checkpoint_dir, self.plots_dir):
+                if folder.is_dir():
+                    shutil.rmtree(folder)
+
+    # config.json ------------------------------------------------------------------------------
+    def write_config(self, config: RunConfig, argv: list[str] | None = None) -> None:
+        """config.json: every setting at the top level (so other tools read e.g. "task" directly),
+        plus "versions", "written" and "argv" (the command line, when known)."""
+        atomic_write_json(self.config_path, {**config.to_dict(), "versions": versions(),
+                                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                             "argv": list(argv) if argv is not None else None})
+
+    def read_config(self) -> RunConfig:
+        if not self.config_path.is_file():
+            raise RunDirError(f"resume: {self.path} holds no run (no config.json)")
+        try:
+            blob = json.loads(self.config_path.read_text())
+            return RunConfig.from_dict({k: v for k, v in blob.items() if k not in _CONFIG_EXTRAS})
+        except (OSError, ValueError, AttributeError, TypeError) as err:
+            raise RunDirError(f"resume: {self.config_path} is damaged ({type(err).__name__}: {err})") from None
+
+    # state.pt ---------------------------------------------------------------------------------
+    def save_state(self, state: dict) -> None:
+        atomic_torch_save(self.state_path, {"format": STATE_FORMAT, "version": STATE_VERSION, **state})
+
+    def load_state(self) -> dict | None:
+        """The saved state, or None when no epoch completed yet."""
+        if not self.state_path.exists():
+            return None
+        try:
+            blob = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a damaged file
+            raise RunDirError(f"resume: cannot read {self.state_path} "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
+        if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
+            raise RunDirError(f"resume: {self.state_path} is not a timescale_kernels run state")
+        if blob.get("version") != STATE_VERSION:
+            raise RunDirError(f"resume: {self.state_path} has version {blob.get('version')!r}; expected {STATE_VERSION}")
+        return blob
+
+    # metrics.csv ------------------------------------------------------------------------------
+    def write_metrics(self, rows: list[dict]) -> None:
+        buffer = _stdio.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(k, row.get(k)) for k in METRIC_COLUMNS})
+        atomic_write_text(self.metrics_path, buffer.getvalue())
+
+    def read_metrics(self) -> list[dict]:
+        """Rows as written by write_metrics, with numbers parsed and acc as {N: accuracy}."""
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        with open(self.metrics_path, newline="") as f:
+            for raw in csv.DictReader(f):
+                row = {}
+                for key, value in raw.items():
+                    if key == "acc":
+                        row[key] = {int(n): float(a) for n, a in json.loads(value).items()}
+                    elif value in ("", None):
+                        row[key] = None
+                    elif key in ("epoch", "N_low", "N_high", "N_reached", "passed"):
+                        row[key] = int(value)
+                    else:
+                        row[key] = float(value)
+                rows.append(row)
+        return rows
+
+    # checkpoints ------------------------------------------------------------------------------
+    def checkpoint_path(self, Ns) -> Path:
+        return self.checkpoint_dir / f"N{min(Ns)}-N{max(Ns)}.pt"
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files in the order they were written (by highest, then lowest N)."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [(int(m.group(2)), int(m.group(1)), p) for p in self.checkpoint_dir.iterdir()
+                 if (m := _CKPT_NAME.fullmatch(p.name))]
+        return [p for _, _, p in sorted(found)]
+
+
+def _cell(key, value):
+    if value is None:
+        return ""
+    if key == "acc":  # {N: accuracy} as JSON, so the CSV keeps one column whatever the number of heads
+        return json.dumps({str(n): round(float(a), 6) for n, a in value.items()})
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def check_resume_config(saved: RunConfig, wanted: RunConfig) -> None:
+    """ConfigError when wanted differs from saved in anything but RESUMABLE_CHANGES."""
+    diffs = saved.identity_differences(wanted)
+    if diffs:
+        raise ConfigError("resume: settings differ from the saved run (" + "; ".join(diffs) + ")")
