@@ -73,8 +73,10 @@ def recurrence_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """d_drive (T, B, H), dh0 (B, H), d_alpha (H,)."""
     mod = backend_module(backend)
+    # grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies
+    # what it needs.
     return mod.backward(
-        grad_h.contiguous(), h, h0.contiguous(), drive, w.contiguous(), alpha.contiguous(),
+        grad_h, h, h0.contiguous(), drive, w.contiguous(), alpha.contiguous(),
         nonlinearity, placement, precision,
     )
 
@@ -89,6 +91,8 @@ def _setup_context(ctx, inputs, output):
     h, drive = output
     ctx.save_for_backward(h, h0, drive, w, alpha)
     ctx.args = (nonlinearity, placement, backend, precision)
+    # The saved drive is an output only for autograd's bookkeeping: never build a zero gradient for it.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_h, grad_drive):

@@ -1,0 +1,149 @@
+"""One forward + backward of a leaky RNN on the CPU: the cpu backend against its baselines.
+
+    python benchmarks/bench_cpu.py [--repeats N] [--json PATH] [--steps T] [--batch B] [--hidden H]
+
+Rows, all at the same shape (default T=100, B=256, H=500, I=1, float32), timed in one process,
+interleaved round by round, median over repeats:
+  cpu backend   timescale_kernels.leaky_rnn(..., backend="cpu"), loss = output.sum(), backward
+  eager loop    the study's way: a Python loop of small ops per time step, autograd backward
+  torch.nn.RNN  Elman tanh RNN (oneDNN), the floor a fused library reaches at this shape
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_params(hidden: int, inputs: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    params = {
+        "weight_ih": torch.randn(hidden, inputs, generator=gen),
+        "weight_hh": torch.randn(hidden, hidden, generator=gen) / hidden ** 0.5,
+        "bias_ih": 0.1 * torch.randn(hidden, generator=gen),
+        "bias_hh": 0.1 * torch.randn(hidden, generator=gen),
+        "tau": 1.0 + 9.0 * torch.rand(hidden, generator=gen),
+    }
+    return {k: v.requires_grad_() for k, v in params.items()}
+
+
+def cpu_backend_step(x, h0, p):
+    """The full op path: input GEMM, masked W, alpha, the C++ core, dW GEMM in the backward."""
+    try:
+        from timescale_kernels import leaky_rnn
+    except ImportError:
+        return core_op_step(x, h0, p)
+    out, _ = leaky_rnn(x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], p["tau"],
+                       nonlinearity="leaky_relu", placement="outside", backend="cpu")
+    out.sum().backward()
+
+
+def core_op_step(x, h0, p):
+    """The same op assembled by hand around torch.ops.timescale_kernels.recurrence (core.py)."""
+    from timescale_kernels.ops import core  # noqa: F401  (registers timescale_kernels::recurrence)
+    steps, batch, _ = x.shape
+    hidden = p["weight_hh"].shape[0]
+    u = torch.addmm(p["bias_ih"] + p["bias_hh"], x.reshape(steps * batch, -1), p["weight_ih"].t())
+    w = p["weight_hh"].masked_fill(torch.eye(hidden, dtype=torch.bool), 0.0)
+    alpha = (1.0 / torch.clamp(p["tau"], min=1.0)).contiguous()
+    out, _ = torch.ops.timescale_kernels.recurrence(
+        u.view(steps, batch, hidden), h0, w, alpha, "leaky_relu", "outside", "cpu", "fp32", True)
+    out.sum().backward()
+
+
+def eager_step(x, h0, p):
+    """The study's code: per step leaky_relu((1 - alpha) h + alpha (x W_ih^T + b_ih + h (W*mask)^T + b_hh))."""
+    hidden = p["weight_hh"].shape[0]
+    mask = 1.0 - torch.eye(hidden)
+    alpha = 1.0 / torch.clamp(p["tau"], min=1.0)
+    h = h0
+    outputs = []
+    for x_t in x:
+        pre = x_t @ p["weight_ih"].T + p["bias_ih"] + h @ (p["weight_hh"] * mask).T + p["bias_hh"]
+        h = F.leaky_relu((1 - alpha) * h + alpha * pre)
+        outputs.append(h)
+    torch.stack(outputs).sum().backward()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=500)
+    parser.add_argument("--no-eager", action="store_true", help="skip the (slow) eager loop")
+    args = parser.parse_args()
+    steps, batch, hidden, inputs = args.steps, args.batch, args.hidden, 1
+
+    torch.manual_seed(0)
+    x = torch.randn(steps, batch, inputs)
+    h0 = torch.zeros(batch, hidden)
+    params = make_params(hidden, inputs)
+    rnn = torch.nn.RNN(inputs, hidden, nonlinearity="tanh")
+
+    def nn_rnn_step():
+        out, _ = rnn(x, h0.unsqueeze(0))
+        out.sum().backward()
+
+    rows = {"cpu backend": lambda: cpu_backend_step(x, h0, params)}
+    if not args.no_eager:
+        rows["eager loop"] = lambda: eager_step(x, h0, params)
+    rows["torch.nn.RNN"] = nn_rnn_step
+
+    times = {name: [] for name in rows}
+    for fn in rows.values():  # warm-up: allocator, oneDNN primitives, thread pool
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in rows.items():
+            for p in list(params.values()) + list(rnn.parameters()):
+                p.grad = None
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    ms = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+    eager_ms, rnn_ms = ms.get("eager loop"), ms["torch.nn.RNN"]
+    print(f"forward+backward, T={steps} B={batch} H={hidden} I={inputs} float32, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{'':14s} {'ms':>9s} {'speedup vs eager':>17s} {'speedup vs nn.RNN':>18s}")
+    for name, value in ms.items():
+        vs_eager = f"{eager_ms / value:.2f}x" if eager_ms else "-"
+        print(f"{name:14s} {value:9.1f} {vs_eager:>17s} {rnn_ms / value:17.2f}x")
+
+    if args.json:
+        result = {
+            "benchmark": "bench_cpu",
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": cpu_name(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "shape": {"T": steps, "B": batch, "H": hidden, "I": inputs, "dtype": "float32"},
+            "repeats": args.repeats,
+            "median_ms": ms,
+            "all_ms": {name: [1e3 * t for t in ts] for name, ts in times.items()},
+        }
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

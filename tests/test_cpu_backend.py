@@ -1,0 +1,224 @@
+"""The C++ CPU backend's serial core against the reference (ops/reference.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from timescale_kernels.ops import core, cpu
+from timescale_kernels.ops.reference import recurrence_reference
+
+pytestmark = pytest.mark.skipif(
+    not cpu.is_available(), reason=f"the C++ extension is not built: {cpu.unavailable_reason()}")
+
+NONLINEARITIES = ("leaky_relu", "relu", "tanh", "sigmoid", "identity")
+PLACEMENTS = ("outside", "inside")
+SHAPES = [(1, 3, 20), (9, 4, 37), (6, 70, 300)]  # (T, B, H); the last one runs on several threads
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def assert_close_rel(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: NaN or inf in the output"
+    err = rel_err(got, want)
+    assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+    # Element-wise as well, so that a single unwritten element cannot hide in the norm.
+    worst = (got.double() - want.double()).abs().max().item()
+    assert worst <= 100 * tol * want.abs().max().item() + 1e-30, f"{name}: max abs error {worst:.2e}"
+
+
+def poison_allocator(*shapes, dtype=torch.float32) -> None:
+    """Allocate and free NaN-filled blocks of the outputs' sizes right before a kernel runs, so
+    that memory the kernel forgets to write is likely to read back as NaN (best effort)."""
+    blocks = [torch.full(s, float("nan"), dtype=dtype) for s in shapes]
+    del blocks
+
+
+def make_inputs(steps, batch, hidden, dtype=torch.float32, seed=0, weight_scale=1.0):
+    """Fresh random u, h0, w (masked diagonal), alpha; tau spans both sides of 1."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(steps, batch, hidden, generator=gen, dtype=dtype)
+    h0 = torch.randn(batch, hidden, generator=gen, dtype=dtype)
+    w = weight_scale * torch.randn(hidden, hidden, generator=gen, dtype=dtype) / hidden ** 0.5
+    w.fill_diagonal_(0.0)
+    tau = torch.cat([0.2 + 0.8 * torch.rand(hidden // 3, generator=gen, dtype=dtype),
+                     1.0 + 19.0 * torch.rand(hidden - hidden // 3, generator=gen, dtype=dtype)])
+    alpha = 1.0 / torch.clamp(tau, min=1.0)
+    return u, h0, w, alpha
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_forward_matches_reference(placement, nonlinearity, shape):
+    u, h0, w, alpha = make_inputs(*shape)
+    poison_allocator(u.shape, u.shape)
+    h, drive = cpu.forward(u, h0, w, alpha, nonlinearity, placement, True, "fp32")
+    want = recurrence_reference(u.double(), h0.double(), w.double(), alpha.double(), nonlinearity, placement)
+    assert h.dtype == torch.float32
+    assert_close_rel("h", h, want, 1e-5)
+    h_prev = torch.cat([h0.double()[None], want[:-1]])
+    assert_close_rel("drive", drive, u.double() + h_prev @ w.double().t(), 1e-5)
+
+    h_no_drive, empty = cpu.forward(u, h0, w, alpha, nonlinearity, placement, False, "fp32")
+    assert empty.numel() == 0
+    assert torch.equal(h_no_drive, h)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_backward_matches_autograd_of_reference(placement, nonlinearity, shape):
+    u, h0, w, alpha = make_inputs(*shape, seed=1)
+    grad_h = torch.randn(u.shape, generator=torch.Generator().manual_seed(2))
+    h, drive = cpu.forward(u, h0, w, alpha, nonlinearity, placement, True, "fp32")
+    poison_allocator(u.shape, h0.shape, alpha.shape)
+    d_drive, dh0, d_alpha = cpu.backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, "fp32")
+
+    u64, h064, alpha64 = (t.double().requires_grad_() for t in (u, h0, alpha))
+    ref = recurrence_reference(u64, h064, w.double(), alpha64, nonlinearity, placement)
+    want_du, want_dh0, want_dalpha = torch.autograd.grad(ref, (u64, h064, alpha64), grad_h.double())
+    assert_close_rel("d_drive", d_drive, want_du, 1e-5)
+    assert_close_rel("dh0", dh0, want_dh0, 1e-5)
+    assert_close_rel("d_alpha", d_alpha, want_dalpha, 1e-5)
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_gradcheck_float64_through_custom_op(placement, nonlinearity):
+    u, h0, w, alpha = make_inputs(4, 3, 5, dtype=torch.float64, seed=3)
+    alpha = alpha.clamp(max=0.9)  # alpha = 1 exactly is fine, but (1 - alpha) = 0 hides a term
+
+    def op(u, h0, w, alpha):
+        return torch.ops.timescale_kernels.recurrence(
+            u, h0, w, alpha, nonlinearity, placement, "cpu", "fp32", True)[0]
+
+    args = tuple(t.clone().requires_grad_() for t in (u, h0, w, alpha))
+    assert torch.autograd.gradcheck(op, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_full_op_matches_torch_rnn_at_tau_one():
+    """With alpha = 1 the outside update is torch.nn.RNN's Elman update."""
+    torch.manual_seed(4)
+    steps, batch, hidden = 5, 3, 24
+    rnn = torch.nn.RNN(1, hidden, nonlinearity="tanh")
+    x = torch.randn(steps, batch, 1)
+    h0 = torch.randn(batch, hidden)
+    want, _ = rnn(x, h0[None])
+    u = (x @ rnn.weight_ih_l0.t() + rnn.bias_ih_l0 + rnn.bias_hh_l0).detach()
+    h, _ = core.recurrence(u, h0, rnn.weight_hh_l0.detach(), torch.ones(hidden), "tanh", "outside", "cpu",
+                           "fp32", False)
+    assert_close_rel("h", h, want.detach(), 1e-5)
+
+
+@pytest.mark.parametrize("layout", ["expanded", "transposed"])
+def test_backward_accepts_strided_grad_h(layout):
+    u, h0, w, alpha = make_inputs(5, 6, 37, seed=9)
+    h, drive = cpu.forward(u, h0, w, alpha, "tanh", "inside", True, "fp32")
+    if layout == "expanded":  # what autograd passes for output.sum()
+        grad_h = torch.randn(1, 1, 37).expand(u.shape)
+    else:
+        grad_h = torch.randn(6, 5, 37).transpose(0, 1)
+    assert not grad_h.is_contiguous()
+    got = cpu.backward(grad_h, h, h0, drive, w, alpha, "tanh", "inside", "fp32")
+    want = cpu.backward(grad_h.contiguous(), h, h0, drive, w, alpha, "tanh", "inside", "fp32")
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_recycled_output_memory_is_never_shared():
+    """Outputs of 8 MB and more come from a pool of recycled blocks: a live tensor's block must
+    never be handed out again, a freed one may be."""
+    u, h0, w, alpha = make_inputs(30, 128, 600, seed=10)
+    h1, d1 = cpu.forward(u, h0, w, alpha, "relu", "outside", True, "fp32")
+    h2, d2 = cpu.forward(u, h0, w, alpha, "relu", "outside", True, "fp32")
+    assert len({t.data_ptr() for t in (h1, d1, h2, d2)}) == 4
+    assert torch.equal(h1, h2) and torch.equal(d1, d2)
+    freed = {h1.data_ptr(), d1.data_ptr()}
+    del h1, d1
+    h3, d3 = cpu.forward(u, h0, w, alpha, "relu", "outside", True, "fp32")
+    assert {h3.data_ptr(), d3.data_ptr()} == freed
+    assert torch.equal(h3, h2) and torch.equal(d3, d2)
+    del h3, d3
+    cpu.empty_cache()
+    h4, _ = cpu.forward(u, h0, w, alpha, "relu", "outside", False, "fp32")
+    assert torch.equal(h4, h2)
+
+
+def test_deterministic():
+    u, h0, w, alpha = make_inputs(12, 96, 300, seed=5)
+    grad_h = torch.randn(u.shape)
+    runs = []
+    for _ in range(2):
+        h, drive = cpu.forward(u, h0, w, alpha, "tanh", "outside", True, "fp32")
+        runs.append((h, drive) + tuple(cpu.backward(grad_h, h, h0, drive, w, alpha, "tanh", "outside", "fp32")))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def _denormal_count(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("case", ["states_decay", "gradients_decay"])
+def test_decay_into_denormal_range(case, placement):
+    """Tiny weights and tau in [1.5, 3]: with no input ("states_decay") the state shrinks by about
+    (1 - alpha) per step; with a gradient at the last step only ("gradients_decay") the adjoint
+    shrinks the same way backwards in time. The
+    kernel must flush instead of computing with denormals, stay finite, match the reference and
+    leave the caller's floating-point mode as it found it. ("states_decay" uses tanh: at a state of
+    exactly 0 the kink of (leaky) ReLU makes the derivative depend on the sign of a denormal.)"""
+    steps, batch, hidden = 400, 16, 37
+    nonlinearity = "tanh" if case == "states_decay" else "leaky_relu"
+    u, h0, w, _ = make_inputs(steps, batch, hidden, seed=6, weight_scale=1e-3)
+    if case == "states_decay":
+        u.zero_()
+    alpha = 1.0 / (1.5 + 1.5 * torch.rand(hidden, generator=torch.Generator().manual_seed(7)))
+    grad_h = torch.randn(u.shape, generator=torch.Generator().manual_seed(8))
+    if case == "gradients_decay":
+        grad_h[:-1] = 0.0
+
+    h, drive = cpu.forward(u, h0, w, alpha, nonlinearity, placement, True, "fp32")
+    d_drive, dh0, d_alpha = cpu.backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, "fp32")
+    for name, t in (("h", h), ("d_drive", d_drive), ("dh0", dh0), ("d_alpha", d_alpha)):
+        assert torch.isfinite(t).all(), name
+        assert _denormal_count(t) == 0, f"{name} holds denormals"
+    if case == "states_decay":  # the decay did reach the flushed range
+        assert h[-1].abs().max() == 0
+    else:
+        assert dh0.abs().max() == 0
+
+    u64, h064, alpha64 = (t.double().requires_grad_() for t in (u, h0, alpha))
+    ref = recurrence_reference(u64, h064, w.double(), alpha64, nonlinearity, placement)
+    want_du, want_dh0, want_dalpha = torch.autograd.grad(ref, (u64, h064, alpha64), grad_h.double())
+    assert rel_err(h, ref.detach()) <= 1e-5
+    assert rel_err(d_drive, want_du) <= 1e-5
+    assert rel_err(d_alpha, want_dalpha) <= 1e-5
+
+    tiny = torch.full((8192,), 1e-39)  # a float32 denormal; survives unless FTZ/DAZ leaked out
+    assert (tiny * 1.0).ne(0).all()
+
+
+def test_precision_other_than_fp32_is_rejected():
+    u, h0, w, alpha = make_inputs(2, 2, 4)
+    with pytest.raises(ValueError, match="precision: the cpu backend computes in the input dtype"):
+        cpu.forward(u, h0, w, alpha, "tanh", "outside", True, "tf32")
+    with pytest.raises(ValueError, match="precision"):
+        cpu.backward(u, u, h0, u, w, alpha, "tanh", "outside", "bf16")
+
+
+def test_bad_arguments_are_rejected():
+    u, h0, w, alpha = make_inputs(2, 2, 4)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        cpu.forward(u, h0, w, alpha, "gelu", "outside", True, "fp32")
+    with pytest.raises(ValueError, match="placement"):
+        cpu.forward(u, h0, w, alpha, "tanh", "middle", True, "fp32")
+    with pytest.raises(RuntimeError, match="dtype"):
+        cpu.forward(u, h0.double(), w, alpha, "tanh", "outside", True, "fp32")
+    with pytest.raises(RuntimeError, match="w: expected"):
+        cpu.forward(u, h0, w[:3], alpha, "tanh", "outside", True, "fp32")
+    with pytest.raises(RuntimeError, match="u: expected"):
+        cpu.forward(u[:, :1], h0, w, alpha, "tanh", "outside", True, "fp32")
