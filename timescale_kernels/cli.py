@@ -6,6 +6,7 @@
     timescale-kernels score CHECKPOINT                     # accuracy per N of ours or the study's file
     timescale-kernels analyze runs/multi                   # the study's analyses of every checkpoint
     timescale-kernels report runs/multi runs/single --out report.md
+    timescale-kernels retrain CKPT_A CKPT_B --N 12 --epochs 20 --out retrain_out   # learn a new N
 
 Bad input ends with one line on stderr and exit status 2; Ctrl-C during training keeps the last
 completed epoch, writes the plots and exits with 130.
@@ -103,9 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--device", default=None)
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument("--quiet", action="store_true")
-    report = sub.add_parser("report", help="one Markdown report over analysed runs")
+    report = sub.add_parser("report", help="one Markdown report over runs (analysed ones in full)")
     report.add_argument("run_dirs", type=Path, nargs="+")
     report.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
+
+    # retrain CHECKPOINT...: a thin wrapper over experiments.retrain.compare_retraining.
+    from .experiments.config import PRESETS
+    from .ops import BACKENDS
+    retrain = sub.add_parser("retrain", help="train trained networks single-head on a new N and compare "
+                                             "accuracy per epoch")
+    retrain.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT",
+                         help="our checkpoints or the study's rnn_N*_N*.pt files (only read)")
+    retrain.add_argument("--N", type=int, required=True, dest="N", help="the new memory length")
+    retrain.add_argument("--epochs", type=int, required=True)
+    retrain.add_argument("--out", type=Path, required=True, help="the folder for retrain.{json,md}, accuracy.png")
+    retrain.add_argument("--preset", choices=tuple(PRESETS),
+                         help="training settings (default: the study's); explicit flags win")
+    retrain.add_argument("--task", choices=("parity", "dms"), help="default: the first checkpoint's task")
+    for name in ("seed", "batch_size", "steps_per_epoch", "test_batches", "threads"):
+        retrain.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+    for name in ("lr", "momentum", "threshold"):
+        retrain.add_argument("--" + name, type=float, dest=name)
+    retrain.add_argument("--reuse-head", action="store_true",
+                         help="start from the head of the largest trained N <= N (default: a fresh head)")
+    retrain.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    retrain.add_argument("--backend", choices=BACKENDS, default="auto")
+    retrain.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -229,6 +253,24 @@ def _report(args) -> int:
     return 0
 
 
+def _retrain(args) -> int:
+    from .experiments.retrain import compare_retraining
+    _, log = _messages(args.quiet)
+    settings = {k: getattr(args, k) for k in ("seed", "batch_size", "steps_per_epoch", "test_batches", "threads",
+                                              "lr", "momentum", "threshold", "device")}
+    summary = compare_retraining(args.checkpoints, args.N, args.epochs, args.out, task=args.task,
+                                 reuse_head=args.reuse_head, backend=args.backend, preset=args.preset, log=log,
+                                 **settings)
+    if log:
+        for r in summary["networks"]:
+            reached = r["epochs_to_threshold"]
+            log(f"retrain: {r['label']} ({r['pretraining']}): "
+                + (f"passed N = {args.N} after {reached} epochs" if reached is not None else "did not pass")
+                + (f", final accuracy {r['final_accuracy']:.3f}" if r["final_accuracy"] is not None else ""))
+        log(f"retrain: results written to {args.out}")
+    return EXIT_INTERRUPTED if summary["interrupted"] else 0
+
+
 def main(argv=None) -> int:
     """Runs one command; returns 0 (130 after Ctrl-C in training); bad input raises SystemExit(2)."""
     from .experiments.config import ConfigError
@@ -237,13 +279,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = ["timescale-kernels", *argv]
-    handlers = {"train": _train, "demo": _demo, "score": _score, "analyze": _analyze, "report": _report}
+    handlers = {"train": _train, "demo": _demo, "score": _score, "analyze": _analyze, "report": _report,
+                "retrain": _retrain}
     try:
         return handlers[args.command](args)
     except (ConfigError, RunDirError, CheckpointError) as err:
         _fail(str(err))
     except ValueError as err:  # bad input found deeper, e.g. by the analyses: still one line
-        if args.command not in ("analyze", "report", "score"):
+        if args.command not in ("analyze", "report", "score", "retrain"):
             raise
         _fail(str(err))
 

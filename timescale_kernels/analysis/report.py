@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_write_text
 from . import plots
@@ -82,11 +83,34 @@ def run_markdown(summary: dict) -> str:
 
 # -- several runs -----------------------------------------------------------------------------------
 
-def _find_analysis(d: Path) -> Path:
+def _find_analysis(d: Path, required: bool = True) -> Path | None:
     for p in (d / "analysis.json", d / "analysis" / "analysis.json"):
         if p.is_file():
             return p
-    raise FileNotFoundError(f"run_dirs: no analysis.json in {d} or {d / 'analysis'} (run analyze_run first)")
+    if not required:
+        return None
+    raise FileNotFoundError(f"run_dirs: no analysis.json in {d} or {d / 'analysis'} (run analyze_run first) "
+                            "and no training run there (config.json, metrics.csv or summary.json)")
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from path, or {} when it is missing, damaged or not an object."""
+    try:
+        blob = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return blob if isinstance(blob, dict) else {}
+
+
+def _model(config: dict, summary: dict | None, training: dict) -> str:
+    """The recurrent core: config.json's (or summary.json's) "model"; the study's files and analyses
+    with trained tau are leaky; else "unknown"."""
+    model = config.get("model") or training.get("model")
+    if model:
+        return str(model)
+    if summary and (summary.get("source") == "study" or any("tau" in c for c in summary.get("checkpoints", []))):
+        return "leaky"
+    return "unknown"
 
 
 def _kind(curriculum) -> str:
@@ -131,25 +155,107 @@ def _n_reached(rows: list[dict]):
     return epochs, reached
 
 
+def _first_reach(rows: list[dict], training: dict, summary: dict | None) -> dict:
+    """{"N": highest N passed, "epoch" and "wall_time" (s) when it first passed, "epochs": epochs run}
+    from metrics.csv rows (N_reached, epoch, wall_time), else summary.json, else the largest checkpoint N
+    of the analysis; None where unknown."""
+    best = None
+    for i, row in enumerate(rows):
+        n = row.get("N_reached")
+        if isinstance(n, float) and (best is None or n > best["N"]):  # the first row at a new maximum
+            best = {"N": int(n), "epoch": int(row["epoch"]) if isinstance(row.get("epoch"), float) else i + 1,
+                    "wall_time": row.get("wall_time") if isinstance(row.get("wall_time"), float) else None}
+    if best is None and (reached := _n_reached(rows))[1]:  # logs of another layout: no wall time
+        i = reached[1].index(max(reached[1]))
+        best = {"N": int(reached[1][i]), "epoch": int(reached[0][i]), "wall_time": None}
+    if best is None:
+        n = training.get("N_reached")
+        if n is None and summary and summary.get("checkpoints"):
+            n = max(c["N"] for c in summary["checkpoints"])
+        best = {"N": int(n) if isinstance(n, (int, float)) else None, "epoch": None, "wall_time": None}
+    last = rows[-1].get("epoch") if rows else None
+    best["epochs"] = int(last) if isinstance(last, float) else training.get("epochs")
+    return best
+
+
 def _gather(run_dirs) -> list[dict]:
+    """One dict per run directory. A directory with an analysis.json is "analysed" (summary holds it);
+    a training run without one (config.json, metrics.csv, summary.json) has summary None and enters
+    only the tables that need no analysis."""
     runs = []
     for d in map(Path, run_dirs):
-        summary = json.loads(_find_analysis(d).read_text())
-        src = Path(summary.get("run_dir", d))
-        config = {}
-        for c in (src / "config.json", d / "config.json"):
-            if c.is_file():
-                config = json.loads(c.read_text())
-                break
+        found = _find_analysis(d, required=False)
+        if found is None and not any((d / f).is_file() for f in ("config.json", "metrics.csv", "summary.json")):
+            _find_analysis(d)  # raises, naming what is missing
+        summary = json.loads(found.read_text()) if found is not None else None
+        src = Path(summary.get("run_dir", d)) if summary else d
+        config = _read_json(src / "config.json") or _read_json(d / "config.json")
+        training = _read_json(src / "summary.json") or _read_json(d / "summary.json")
         rows = read_metrics(src / "metrics.csv") or read_metrics(d / "metrics.csv")
-        kind = _kind(config.get("curriculum") or summary.get("curriculum"))
+        kind = _kind(config.get("curriculum") or (summary or {}).get("curriculum") or training.get("curriculum"))
         name = d.name if d.name != "analysis" else d.parent.name
         if any(r["name"] == name for r in runs):  # figure files are named after runs: keep them apart
             name = f"{name}-{len(runs)}"
-        runs.append({"name": name, "kind": kind,
-                     "seed": config.get("seed", summary.get("seed_of_run")), "summary": summary,
-                     "n_reached": _n_reached(rows), "analysis_dir": _find_analysis(d).parent})
+        runs.append({"name": name, "kind": kind, "model": _model(config, summary, training),
+                     "seed": config.get("seed", (summary or {}).get("seed_of_run")), "summary": summary,
+                     "task": (summary or {}).get("task") or config.get("task") or training.get("task"),
+                     "n_reached": _n_reached(rows), "reach": _first_reach(rows, training, summary),
+                     "checkpoint_files": len(list((src / "checkpoints").glob("N*-N*.pt"))),
+                     "analysis_dir": found.parent if found is not None else None})
     return runs
+
+
+_MODEL_COLORS = {"leaky": "C0", "gru": "C1", "lstm": "C2"}
+_CURRICULUM_STYLES = {"multi": "-", "single": "--"}
+
+
+def _plot_models(runs: list[dict], path) -> Path:
+    """N reached against the epoch, one step line per run: colour by model, line style by curriculum."""
+    fig, ax = plots._new((5.5, 3.8))
+    others = sorted({r["model"] for r in runs} - set(_MODEL_COLORS))
+    colors = {**_MODEL_COLORS, **{m: f"C{3 + i}" for i, m in enumerate(others)}}
+    labelled = set()
+    for r in runs:
+        epochs, reached = r["n_reached"]
+        if not epochs:
+            continue
+        key = (r["model"], r["kind"])
+        ax.step(epochs, reached, where="post", color=colors[r["model"]], ls=_CURRICULUM_STYLES.get(r["kind"], ":"),
+                label=None if key in labelled else f"{r['model']}, {r['kind']}")
+        labelled.add(key)
+    ax.set(xlabel="epoch", ylabel="highest N passed", title="N reached by model and curriculum")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, frameon=False)
+    return plots._save(fig, path)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _model_table(runs: list[dict]) -> list[str]:
+    """Markdown rows: per (model, curriculum), the highest N passed over its runs and the fewest epochs
+    (and that run's wall time) in which a run reached it."""
+    lines = ["| model | curriculum | runs | highest N passed | epochs to reach it | wall time to reach it | "
+             "N reached per run |", "|---|---|---|---|---|---|---|"]
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["model"], r["kind"]), []).append(r)
+    for (model, kind), group in sorted(groups.items()):
+        reaches = [r["reach"] for r in group if r["reach"]["N"] is not None]
+        top = max((x["N"] for x in reaches), default=None)
+        at_top = [x for x in reaches if x["N"] == top and x["epoch"] is not None]
+        first = min(at_top, key=lambda x: x["epoch"]) if at_top else {"epoch": None, "wall_time": None}
+        wall = _duration(first["wall_time"])
+        per_run = ", ".join(f"{r['name']}: {_fmt(r['reach']['N'])}" for r in group)
+        lines.append(f"| {model} | {kind} | {len(group)} | {_fmt(top)} | {_fmt(first['epoch'])} | {wall} | "
+                     f"{per_run} |")
+    return lines
 
 
 def _by_N(runs, kind, value):
@@ -188,11 +294,14 @@ def _nearest(runs, kind, N, value):
 
 
 def write_report(run_dirs, out_path) -> Path:
-    """Gathers analysed runs (single- vs multi-head, several seeds) into one Markdown file with PNGs.
+    """Gathers runs (single- vs multi-head, leaky against GRU/LSTM, several seeds) into one Markdown file
+    with PNGs.
 
     Args:
         run_dirs: run directories (or analysis output folders) holding analysis.json (from analyze_run)
-            and, where available, config.json ("curriculum", "seed") and metrics.csv (epoch, N_reached).
+            and, where available, config.json ("model", "curriculum", "seed"), metrics.csv (epoch,
+            N_reached, wall_time) and summary.json. A training run without analysis.json enters the run
+            and model tables and the N-reached figures only.
         out_path: the Markdown file; its figures go to a folder beside it named <stem>_files.
 
     Returns:
@@ -202,20 +311,24 @@ def write_report(run_dirs, out_path) -> Path:
     fig_dir = out_path.parent / f"{out_path.stem}_files"
     fig_dir.mkdir(parents=True, exist_ok=True)
     runs = _gather(run_dirs)
+    analysed = [r for r in runs if r["summary"] is not None]  # the sections after the N-reached ones
     rel = lambda p: f"{fig_dir.name}/{Path(p).name}"  # noqa: E731
-    metrics = sorted({r["summary"]["settings"].get("metric", "task") for r in runs})
+    metrics = sorted({r["summary"]["settings"].get("metric", "task") for r in analysed})
+    scored = (f"these runs were scored with metric {', '.join(metrics)}." if metrics else
+              "none of these runs has been analysed (timescale-kernels analyze RUN_DIR).")
     lines = ["# Timescales, curricula and memory: report", "",
              "Our runs beside the values reported by Khajehabdollahi, Zeraati et al., ICLR 2024 "
              "(500 neurons, N-parity). A '-' means the runs hold no data for that entry. The study scores "
-             "ablation and perturbation with its in-time stream accuracy (metric \"stream\"); these runs "
-             f"were scored with metric {', '.join(metrics)}.", "",
+             "ablation and perturbation with its in-time stream accuracy (metric \"stream\"); " + scored, "",
              "## Runs", "", "| run | curriculum | seed | task | checkpoints | largest N | epochs |",
              "|---|---|---|---|---|---|---|"]
     for r in runs:
         s, (ep, nr) = r["summary"], r["n_reached"]
-        top = max((c["N"] for c in s["checkpoints"]), default=None)
-        lines.append(f"| {r['name']} | {r['kind']} | {_fmt(r['seed'])} | {s['task']} | {len(s['checkpoints'])} | "
-                     f"{_fmt(max(nr) if nr else top)} | {_fmt(int(max(ep)) if ep else None)} |")
+        cks = s["checkpoints"] if s is not None else None
+        top = max((c["N"] for c in cks or []), default=r["reach"]["N"])
+        lines.append(f"| {r['name']} | {r['kind']} | {_fmt(r['seed'])} | {_fmt(r['task'])} | "
+                     f"{len(cks) if cks is not None else r['checkpoint_files']} | {_fmt(max(nr) if nr else top)} | "
+                     f"{_fmt(int(max(ep)) if ep else r['reach']['epochs'])} |")
     lines.append("")
 
     # N reached over training.
@@ -229,6 +342,15 @@ def write_report(run_dirs, out_path) -> Path:
         lines.append(f"- {kind}-head: ours {_fmt(max(ours)) if ours else '-'} "
                      f"(largest N reached over runs); study: {STUDY['n_reached'][kind]}")
     lines.append("")
+
+    # Leaky RNN against the GRU / LSTM baselines.
+    lines += ["## N reached by model and curriculum", "",
+              "Highest N passed per (model, curriculum) over its runs, and the fewest epochs (with that run's "
+              "training wall time) in which a run reached it.", ""] + _model_table(runs) + [""]
+    if any(r["n_reached"][0] for r in runs):
+        _plot_models(runs, fig_dir / "n_reached_by_model.png")
+        lines += [f"![N reached by model]({rel('n_reached_by_model.png')})", ""]
+    runs = analysed  # every section below reads analysis.json
 
     # Timescales vs N.
     tau_series = _mean_series(runs, lambda c: c.get("tau", {}).get("mean"))
