@@ -211,6 +211,13 @@ class MultiHeadReadout(nn.Module):
     def __len__(self) -> int:
         return len(self.heads)
 
+    def clear(self) -> None:
+        """Removes every head; heads added later get the device and dtype of the removed ones."""
+        ref = next(self.parameters(), None)
+        if ref is not None:
+            self._factory = {"device": ref.device, "dtype": ref.dtype}
+        self.heads = nn.ModuleList()
+
     def forward(self, h: torch.Tensor, index=None) -> torch.Tensor:
         chosen = range(len(self.heads)) if index is None else index
         heads = [self.heads[i] for i in chosen]

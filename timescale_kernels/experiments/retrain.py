@@ -111,20 +111,14 @@ def retrain(model: MemoryNet, N: int, epochs: int, *, task: str = "parity", reus
     config = retrain_config(model, N, epochs, task, preset, **settings)
     if reuse_head is not None and not 0 <= reuse_head < model.num_heads:
         raise ConfigError(f"reuse_head: expected a head index in 0..{model.num_heads - 1}; got {reuse_head!r}")
-    # A Trainer for the "none" curriculum at N, with no head yet; its freshly built network is then
-    # swapped for a copy of ours (the Trainer has no other way in), with an optimizer over the copy.
-    trainer = Trainer(config, num_heads=0)
+    # A Trainer for the "none" curriculum at N, training a copy of the network whose new N is read
+    # by head 0, as "none" expects.
     net = copy.deepcopy(model).to(config.device)
     if net.core == "leaky" and config.backend != "auto":
         net.rnn.backend = config.backend
     kept = net.readout.heads[reuse_head] if reuse_head is not None else None
-    net.readout.heads = torch.nn.ModuleList()  # the new N is read by head 0, as "none" expects
-    # An empty readout builds heads from its factory settings: make them those of the moved core.
-    core = next(net.rnn.parameters())
-    net.readout._factory = {"device": core.device, "dtype": core.dtype}
-    trainer.model = net
-    trainer.optimizer = torch.optim.SGD(trainer._core_parameters(), lr=config.lr, momentum=config.momentum,
-                                        nesterov=config.nesterov and config.momentum > 0)
+    net.readout.clear()
+    trainer = Trainer(config, num_heads=0, model=net)
     trainer.ensure_heads()  # head 0, seeded like the Trainer's own
     if kept is not None:
         with torch.no_grad():

@@ -58,12 +58,13 @@ class Trainer:
     checkpoints. progress: show tqdm bars. log: a callable for one-line messages (or None)."""
 
     def __init__(self, config: RunConfig, run_dir: RunDir | None = None, *, progress: bool = False,
-                 log=None, num_heads: int | None = None):
+                 log=None, num_heads: int | None = None, model=None):
         self.config = config.validate()
         self.run_dir, self.progress, self.log = run_dir, progress, log
         self.device = torch.device(config.device)
         self.curriculum = Curriculum.from_config(config)
-        self.model = build_model(config)
+        # model: an existing MemoryNet to train further (e.g. retraining); default a fresh one.
+        self.model = model if model is not None else build_model(config)
         self.optimizer = torch.optim.SGD(self._core_parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov and config.momentum > 0)
         for _ in range(num_heads if num_heads is not None else self.curriculum.num_heads):
