@@ -111,3 +111,22 @@ def test_demo_writes_a_report(tmp_path, capsys):
 def test_analyze_and_report_need_a_run(tmp_path, capsys):
     _fails(["analyze", str(tmp_path / "absent")], capsys, "absent")
     _fails(["report", str(tmp_path), "--out", str(tmp_path / "r.md")], capsys, "analysis")
+
+
+def test_analyze_settings_reach_the_analysis(tmp_path, study_checkpoints):
+    import json
+    out = tmp_path / "analysis"
+    code = main(["analyze", str(study_checkpoints / "single_head_parity"), "--out", str(out), "--quiet",
+                 "--trials", "2", "--steps", "600", "--burn-in", "50", "--max-lag", "12", "--ablate-k", "2",
+                 "--perturb-trials", "1", "--eval-batches", "1", "--batch-size", "32", "--only", "N5-N5"])
+    assert code == 0
+    result = json.loads((out / "analysis.json").read_text())
+    text = json.dumps(result)
+    assert '"trials": 2' in text and '"steps": 600' in text and '"max_lag": 12' in text
+
+
+def test_analyze_rejects_bad_settings(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", str(tmp_path), "--trials", "0"])
+    assert info.value.code == 2
+    assert "trials" in capsys.readouterr().err

@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--only", nargs="+", default=None, help="checkpoints to analyse in depth (e.g. N2-N11)")
     analyze.add_argument("--device", default=None)
     analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--trials", type=_positive_int, default=10, help="tau_net: bit streams (default 10)")
+    analyze.add_argument("--steps", type=_positive_int, default=100_000,
+                         help="tau_net: steps per stream after the burn-in (default 100000)")
+    analyze.add_argument("--burn-in", type=_nonnegative_int, default=500, help="default 500")
+    analyze.add_argument("--max-lag", type=_positive_int, default=30, help="lags fitted (default 30)")
+    analyze.add_argument("--ablate-k", type=_positive_int, default=10,
+                         help="neurons silenced from each end of the tau order (default 10)")
+    analyze.add_argument("--perturb-trials", type=_positive_int, default=5, help="default 5")
+    analyze.add_argument("--eval-batches", type=_positive_int, default=10, help="batches per accuracy (default 10)")
+    analyze.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
+    analyze.add_argument("--backend", choices=("auto", "reference", "cpu", "triton"), default=None)
     analyze.add_argument("--quiet", action="store_true")
     report = sub.add_parser("report", help="one Markdown report over runs (analysed ones in full)")
     report.add_argument("run_dirs", type=Path, nargs="+")
@@ -230,12 +241,29 @@ def _score(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text}")
+    return value
+
+
 def _analyze(args) -> int:
     from .analysis import analyze_run
     only = [int(o) if o.isdigit() else o for o in args.only] if args.only else None
     try:
         analyze_run(args.run_dir, out_dir=args.out, task=args.task, only=only, device=args.device,
-                    seed=args.seed, progress=not args.quiet and sys.stderr.isatty())
+                    seed=args.seed, trials=args.trials, steps=args.steps, burn_in=args.burn_in,
+                    max_lag=args.max_lag, ablate_k=args.ablate_k, perturb_trials=args.perturb_trials,
+                    eval_batches=args.eval_batches, batch_size=args.batch_size, backend=args.backend,
+                    progress=not args.quiet and sys.stderr.isatty())
     except FileNotFoundError as err:
         _fail(str(err))
     if not args.quiet:
