@@ -55,3 +55,9 @@ def test_unavailable_backend_says_what_is_available():
         pytest.skip("triton is available here")
     with pytest.raises(ValueError, match=r"backend: 'triton' is not available.*available"):
         call(backend="triton")
+
+
+def test_cpu_backend_refuses_other_devices():
+    from timescale_kernels.ops import resolve_backend
+    with pytest.raises(ValueError, match=r"backend: 'cpu' runs on CPU tensors; got tensors on meta"):
+        resolve_backend("cpu", torch.device("meta"))

@@ -51,6 +51,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend that 'auto' (or an explicit name) means for tensors on device."""
     check_choice("backend", backend, BACKENDS)
     if backend != "auto":
+        if backend == "cpu" and device.type != "cpu":
+            raise ValueError(f"backend: 'cpu' runs on CPU tensors; got tensors on {device} "
+                             "(use 'auto' or 'triton' for CUDA tensors)")
         if backend != "reference" and not _compiled_available(backend):
             raise ValueError(f"backend: {backend!r} is not available here ({_unavailable_reason(backend)}); "
                              f"available: {available_backends()}")
