@@ -19,7 +19,7 @@ $(VPY):
 $(STAMP): $(VPY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install "$(TORCH_SPEC)"
 	$(VPY) -m pip install -q setuptools wheel ninja
-	$(VPY) -m pip install -q --no-build-isolation -e ".[test]"
+	TIMESCALE_KERNELS_REQUIRE_EXT=1 $(VPY) -m pip install -q --no-build-isolation -e ".[test]"
 	$(VPY) -c "import timescale_kernels as tk; print('backends:', tk.available_backends())"
 	touch $(STAMP)
 

@@ -40,7 +40,21 @@ def _ext_modules():
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+    class OptionalBuildExtension(BuildExtension.with_options(use_ninja=True)):
+        """A failed compile leaves the package installable: it then runs on the reference backend
+        and says at import how to build the kernel."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as err:  # compiler missing or failing: report, do not abort the install
+                if os.environ.get("TIMESCALE_KERNELS_REQUIRE_EXT") == "1":
+                    raise
+                print(f"WARNING: timescale_kernels._C was not built ({err}); the CPU backend will be "
+                      "unavailable", file=sys.stderr)
+
+    return [ext], {"build_ext": OptionalBuildExtension}
 
 
 ext_modules, cmdclass = _ext_modules()

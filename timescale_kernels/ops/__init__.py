@@ -61,6 +61,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     wanted = "triton" if device.type == "cuda" else "cpu"
     if device.type in ("cuda", "cpu") and _compiled_available(wanted):
         return wanted
+    if wanted == "cpu":
+        return "reference"  # the package said so once, at import, with the command that builds it
     _warn_once(f"fallback-{wanted}",
                f"timescale_kernels: the fast {wanted!r} backend is not available "
                f"({_unavailable_reason(wanted)}); using the slow reference loop")
