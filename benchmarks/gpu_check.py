@@ -125,7 +125,45 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {c['block_b']} | {c['block_n']} | {c['block_k']} | {c['num_warps']} | "
                              f"{c['num_stages']} | {row['precision']} | {_fmt(row.get('fwd_bwd_ms'))} | "
                              f"{_fmt(row.get('rel_err_vs_default_fp32'))} | {row.get('error', '')[:120]} |")
+    for extra in report.get("extra", []):
+        lines.append(f"\n## {extra['name']} benchmark\n")
+        if "output" in extra:
+            lines.append("```\n" + extra["output"].strip() + "\n```")
+        else:
+            lines.append(extra.get("error") or extra.get("skipped", ""))
     return "\n".join(lines) + "\n"
+
+
+# The study-level benchmarks, shortened to fit what is left of the budget: the tau_net simulation
+# (extrapolated from 10,000 steps) and epochs per hour of the multi-head curriculum at the study's shapes.
+EXTRA_BENCHMARKS = (
+    ("tau_net", ["bench_tau_net.py", "--device", "cuda", "--steps", "10000", "--repeats", "1"]),
+    ("training", ["bench_training.py", "--paper", "--device", "cuda", "--steps", "20", "--rounds", "1"]),
+)
+
+
+def run_extra_benchmarks(deadline: float, stem: Path) -> list[dict]:
+    """Each extra benchmark in a subprocess with what is left of the budget; its JSON is kept."""
+    results = []
+    for name, argv in EXTRA_BENCHMARKS:
+        remaining = deadline - time.monotonic() - 15
+        if remaining < 60:
+            results.append({"name": name, "skipped": "budget spent"})
+            continue
+        json_path = Path(f"{stem}-{name}.json")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(REPO / "benchmarks" / argv[0]), *argv[1:], "--json", str(json_path)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=remaining, cwd=REPO)
+            entry = {"name": name, "returncode": proc.returncode, "output": proc.stdout[-4000:],
+                     "stderr": proc.stderr[-2000:] if proc.returncode else ""}
+            if json_path.is_file():
+                entry["results"] = json.loads(json_path.read_text())
+        except subprocess.TimeoutExpired:
+            entry = {"name": name, "error": f"timed out after {remaining:.0f} s"}
+        print(f"extra benchmark {name}: {entry.get('returncode', entry.get('error'))}")
+        results.append(entry)
+    return results
 
 
 def main() -> int:
@@ -175,6 +213,8 @@ def main() -> int:
             save(bench_gpu.run(deadline=deadline - 20, checkpoint=save))
         except Exception as err:
             report["bench_error"] = repr(err)
+    if not args.skip_bench:
+        report["extra"] = run_extra_benchmarks(deadline, out_dir / f"{stem}-extra")
     save()
     print(f"wrote {out_dir / stem}.json and .md in {report['seconds']}s")
     return 0 if all(t["ok"] for t in report.get("tests", [])) else 1
