@@ -10,7 +10,7 @@ Rows, at each (T, B, H), I = 1, float32, timed in one process with triton.testin
   cudnn           torch.nn.RNN(1, H, nonlinearity="tanh"), torch's defaults (cuDNN may use TF32)
   cudnn-fp32      the same with torch.backends.cudnn.allow_tf32 = False
   triton-fp32     timescale_kernels.leaky_rnn(..., backend="triton"), exact fp32 (the reference row)
-  triton-tf32, triton-bf16   the same with precision="tf32" / "bf16"
+  triton-tf32x3, triton-tf32, triton-bf16   the same with precision="tf32x3" / "tf32" / "bf16"
 Ratios are baseline / triton-fp32. Floors per step are computed from the device's measured matmul
 rate and L2 bandwidth (see floors()). A failing row records its error; the table goes on.
 """
@@ -119,7 +119,7 @@ def build_rows(T, B, H):
     mask = 1.0 - torch.eye(H, device=DEVICE)
     rnn = torch.nn.RNN(1, H, nonlinearity="tanh").to(DEVICE)
     rows = [(f"triton-{prec}", (lambda prec=prec: triton_op(x, h0, p, prec)), params)
-            for prec in ("fp32", "tf32", "bf16")]
+            for prec in ("fp32", "tf32x3", "tf32", "bf16")]
     rows += [("cudnn", lambda: rnn(x, h0[None])[0], list(rnn.parameters())),
              ("cudnn-fp32", "cudnn-fp32", list(rnn.parameters())),
              ("eager", lambda: eager_loop(x, h0, p, mask), params),
@@ -303,7 +303,7 @@ def sweep_configs(T=400, B=256, H=500, deadline=None):
         want = triton_op(x, h0, p, "fp32")
     try:
         for cfg in configs:
-            for precision in ("fp32", "tf32"):
+            for precision in ("fp32", "tf32x3", "tf32"):
                 if deadline is not None and time.monotonic() + 20 > deadline:  # 20 s: a cold compile
                     return out
                 tr.GPU_CONFIG = cfg

@@ -93,7 +93,7 @@ def test_core_float64(placement):
     check_core(make_core(5, 3, 20, dtype=torch.float64), "tanh", placement, tol=1e-12)
 
 
-@pytest.mark.parametrize("precision,tol", [("tf32", 1e-3), ("bf16", 1e-2)])
+@pytest.mark.parametrize("precision,tol", [("tf32x3", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])
 def test_core_reduced_precision(precision, tol):
     check_core(make_core(6, 5, 50), "tanh", "outside", precision, tol)
 
@@ -156,7 +156,8 @@ def test_kernels_compile_for_h100():
         "import torch\n"
         "from timescale_kernels.ops import triton_recurrence as tr\n"
         "for p, d, nl, pl in (('fp32', torch.float32, 'tanh', 'outside'), ('tf32', torch.float32, 'sigmoid', 'inside'),"
-        " ('bf16', torch.float32, 'leaky_relu', 'outside'), ('fp32', torch.float64, 'relu', 'inside')):\n"
+        " ('bf16', torch.float32, 'leaky_relu', 'outside'), ('fp32', torch.float64, 'relu', 'inside'),"
+        " ('tf32x3', torch.float32, 'tanh', 'inside')):\n"
         "    for k, c in tr.compile_for_target(90, p, d, nl, pl).items():\n"
         "        ptx = c.asm['ptx']\n"
         "        assert 'bar.sync' in ptx and 'ld.global.nc' not in ptx, (p, k)\n"
@@ -174,7 +175,7 @@ def test_kernels_compile_for_h100():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("placement", ["outside", "inside"])
-@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("tf32x3", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])
 def test_study_shape_on_gpu(precision, tol, placement):
     check_core(make_core(100, 256, 500, device="cuda"), "leaky_relu", placement, precision, tol)
 

@@ -98,7 +98,9 @@ def leaky_rnn(
             drive_t = h_{t-1} W^T + bias_hh + x_t weight_ih^T + bias_ih.
         self_connections: keep (and train) the diagonal of weight_hh.
         backend: "auto" (the fastest available for the tensors' device), "reference", "cpu", "triton".
-        precision: "fp32" (exact); "tf32" or "bf16" matmuls with fp32 state (triton only).
+        precision: "fp32" (exact); "tf32x3" (three tf32 tensor-core products per fp32 product:
+            near-fp32 accuracy on tensor cores); "tf32" or "bf16" matmuls; state and accumulation
+            always fp32 (all but "fp32" need the triton backend).
 
     Returns:
         output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.

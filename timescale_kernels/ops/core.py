@@ -21,7 +21,7 @@ import torch
 
 NONLINEARITIES = ("leaky_relu", "relu", "tanh", "sigmoid", "identity")
 PLACEMENTS = ("outside", "inside")
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32x3", "tf32", "bf16")
 
 _BACKEND_MODULES = {"cpu": "timescale_kernels.ops.cpu", "triton": "timescale_kernels.ops.triton_recurrence"}
 

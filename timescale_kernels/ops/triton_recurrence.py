@@ -9,7 +9,8 @@ Implements the interface in core.py:
         -> (d_drive (T, B, H), dh0 (B, H), d_alpha (H,))
 
 Each call is one kernel launch covering all T steps (see triton_kernels.py for the design).
-precision: "fp32" exact (IEEE fp32 dots; float64 tensors run in float64), "tf32" (tf32 dots),
+precision: "fp32" exact (IEEE fp32 dots; float64 tensors run in float64), "tf32x3" (fp32 products
+from three tf32 tensor-core products: near-fp32 accuracy at tensor-core speed), "tf32" (tf32 dots),
 "bf16" (bf16 dot operands, W cast once per call, fp32 accumulation and state).
 
 A forward pass with save_drive=False allocates nothing but h, so long gradient-free runs cost
@@ -42,7 +43,7 @@ except Exception as err:  # triton missing, or broken at import: the backend rep
 # cannot pass a test. Off by default (it costs a memset); tests switch it on.
 poison_outputs = os.environ.get("TIMESCALE_KERNELS_POISON", "0") == "1"
 
-_DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee"}
+_DOT_PRECISION = {"fp32": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "ieee"}
 
 
 def _interpreting() -> bool:
