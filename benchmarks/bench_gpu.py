@@ -11,6 +11,9 @@ Rows, at each (T, B, H), I = 1, float32, timed in one process with triton.testin
   cudnn-fp32      the same with torch.backends.cudnn.allow_tf32 = False
   triton-fp32     timescale_kernels.leaky_rnn(..., backend="triton"), exact fp32 (the reference row)
   triton-tf32x3, triton-tf32, triton-bf16   the same with precision="tf32x3" / "tf32" / "bf16"
+  triton-persistent-fp32, triton-persistent-tf32x3   the opt-in persistent column-split kernels
+                  (TIMESCALE_KERNELS_TRITON_PERSISTENT=1), each timed in a subprocess with a timeout so
+                  that a grid-barrier deadlock records an error instead of hanging the table
 Ratios are baseline / triton-fp32. Floors per step are computed from the device's measured matmul
 rate and L2 bandwidth (see floors()). A failing row records its error; the table goes on.
 """
@@ -19,7 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +35,7 @@ DEVICE = "cuda"  # a smoke test may set "cpu" (with TRITON_INTERPRET=1) to exerc
 SHAPES = ((100, 256, 500), (400, 256, 500), (1000, 64, 256), (100, 16, 500))
 # Dynamo unrolls the loop: compile time grows with T, so the whole-loop compile runs at one shape.
 COMPILE_LOOP_SHAPES = {(100, 256, 500)}
+PERSISTENT_TIMEOUT_S = 60
 # Seconds a row needs (cold compile included) before it may start near the deadline.
 ROW_RESERVE_S = {"compile-cell": 60, "compile-loop": 180}
 
@@ -120,6 +128,7 @@ def build_rows(T, B, H):
     rnn = torch.nn.RNN(1, H, nonlinearity="tanh").to(DEVICE)
     rows = [(f"triton-{prec}", (lambda prec=prec: triton_op(x, h0, p, prec)), params)
             for prec in ("fp32", "tf32x3", "tf32", "bf16")]
+    rows += [(f"triton-persistent-{prec}", ("persistent", prec), None) for prec in ("fp32", "tf32x3")]
     rows += [("cudnn", lambda: rnn(x, h0[None])[0], list(rnn.parameters())),
              ("cudnn-fp32", "cudnn-fp32", list(rnn.parameters())),
              ("eager", lambda: eager_loop(x, h0, p, mask), params),
@@ -140,6 +149,8 @@ def time_ms(fn, grads):
 def measure_row(name, fn, grads, problem):
     """{'fwd_bwd_ms', 'fwd_ms'} for one row; a mode that fails records its error."""
     x, h0, p, mask, rnn = problem
+    if isinstance(fn, tuple) and fn[0] == "persistent":
+        return persistent_row(x.shape[0], x.shape[1], p["weight_hh"].shape[0], fn[1])
     out = {}
     for mode, train in (("fwd_bwd_ms", True), ("fwd_ms", False)):
         try:
@@ -170,6 +181,39 @@ def measure_row(name, fn, grads, problem):
             out[mode] = None
             out[f"{mode}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
     return out
+
+
+def persistent_row(T, B, H, precision, timeout=PERSISTENT_TIMEOUT_S):
+    """The triton-{precision} row with the persistent kernels, measured by this script in a child
+    process (--persistent-row) that a deadlocked grid barrier cannot take down with the table."""
+    env = dict(os.environ, TIMESCALE_KERNELS_TRITON_PERSISTENT="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    try:
+        run = subprocess.run([sys.executable, __file__, "--persistent-row", f"{T}x{B}x{H}:{precision}"],
+                             env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"fwd_bwd_ms": None, "fwd_ms": None, "error": f"timed out after {timeout} s (deadlock?)"}
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    if run.returncode != 0 or not lines:
+        return {"fwd_bwd_ms": None, "fwd_ms": None, "error": run.stderr[-300:]}
+    return json.loads(lines[-1])
+
+
+def _persistent_child(spec):
+    """Child side of persistent_row: prints one JSON row, with which path ran and the error vs triton-fp32."""
+    from timescale_kernels.ops import triton_persistent, triton_recurrence
+    shape, precision = spec.split(":")
+    T, B, H = (int(v) for v in shape.split("x"))
+    x, h0, p = make_problem(T, B, H)
+    row = measure_row(f"triton-persistent-{precision}", lambda: triton_op(x, h0, p, precision), list(p.values()),
+                      (x, h0, p, None, None))
+    row["path"] = triton_persistent.last_launch
+    with torch.no_grad():
+        got = triton_op(x, h0, p, precision)
+        triton_recurrence.persistent = False
+        want = triton_op(x, h0, p, "fp32")
+    row["rel_err_vs_triton_fp32"] = ((got - want).norm() / want.norm()).item()
+    print(json.dumps(row))
 
 
 def measured_rates():
@@ -329,7 +373,10 @@ def main():
     parser.add_argument("--json", default=None)
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--shapes", default=None, help="e.g. 100x256x500,400x256x500")
+    parser.add_argument("--persistent-row", default=None, help=argparse.SUPPRESS)  # TxBxH:precision
     args = parser.parse_args()
+    if args.persistent_row:
+        return _persistent_child(args.persistent_row)
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu: no CUDA device")
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]

@@ -33,15 +33,22 @@ try:
     import triton
 
     from . import triton_kernels as _kernels
+    from . import triton_persistent as _persistent
     _IMPORT_ERROR = None
 except Exception as err:  # triton missing, or broken at import: the backend reports itself unavailable
     triton = None
     _kernels = None
+    _persistent = None
     _IMPORT_ERROR = err
 
 # Fill every output with NaN before launching, so that an element a kernel fails to write
 # cannot pass a test. Off by default (it costs a memset); tests switch it on.
 poison_outputs = os.environ.get("TIMESCALE_KERNELS_POISON", "0") == "1"
+
+# Opt-in: the persistent column-split kernels of triton_persistent.py (one grid barrier per step,
+# the grid must fit on the SMs; otherwise these kernels run, with one warning). Off by default
+# until measured on a GPU.
+persistent = os.environ.get("TIMESCALE_KERNELS_TRITON_PERSISTENT", "0") == "1"
 
 _DOT_PRECISION = {"fp32": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "ieee"}
 
@@ -150,6 +157,10 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     m = _operand(w, dot_bf16)
     grid = (triton.cdiv(batch, cfg.block_b),)
     with _on_device(u):
+        if persistent and _persistent.launch_forward(
+                u, h0, m, alpha, h, drive, save_drive, m.stride(1), m.stride(0), act, inside,
+                dot_precision, dot_bf16, cfg):
+            return h, drive
         _kernels.recurrence_fwd_kernel[grid](
             u, h0, m, alpha, h, drive if save_drive else h,
             steps, batch, hidden, m.stride(1), m.stride(0),  # M = W^T: M[k, n] = W[n, k]
@@ -181,6 +192,10 @@ def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, 
         return d_drive, dh0.zero_(), d_alpha_rows.zero_().sum(0)
     m = _operand(w, dot_bf16)
     with _on_device(h):
+        if persistent and _persistent.launch_backward(
+                grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows, m.stride(0), m.stride(1),
+                act, inside, dot_precision, dot_bf16, cfg):
+            return d_drive, dh0, d_alpha_rows.sum(0)
         _kernels.recurrence_bwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
             grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows,
             steps, batch, hidden, m.stride(0), m.stride(1),  # M = W
