@@ -65,15 +65,19 @@ def _act_backward(g, y, ACT: tl.constexpr):
 
 @triton.jit
 def _row_tile_matmul(x_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
-                     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr, BLOCK_K: tl.constexpr):
+                     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
+                     X_CACHE: tl.constexpr):
     """acc + x[rows, :] @ M[:, cols] over all H reduction indices, in BLOCK_K slices.
-    x is a (B, H) row-major slice; masked elements load as zero so padding adds nothing."""
+    x is a (B, H) row-major slice; masked elements load as zero so padding adds nothing.
+    X_CACHE: the cache modifier of the x loads ("" by default; ".cg", L2 only, where other
+    programs wrote x)."""
     rk = tl.arange(0, BLOCK_K)
     row_ok = rows[:, None] < B
     col_ok = cols[None, :] < H
     for k0 in range(0, H, BLOCK_K):
         k = k0 + rk
-        x = tl.load(x_ptr + rows[:, None] * H + k[None, :], mask=row_ok & (k[None, :] < H), other=0.0)
+        x = tl.load(x_ptr + rows[:, None] * H + k[None, :], mask=row_ok & (k[None, :] < H), other=0.0,
+                    cache_modifier=X_CACHE)
         m = tl.load(w_ptr + k[:, None] * stride_wk + cols[None, :] * stride_wn,
                     mask=(k[:, None] < H) & col_ok, other=0.0)
         if DOT_BF16 == 1:
@@ -117,7 +121,7 @@ def recurrence_fwd_kernel(
             offs = rows[:, None] * H + cols[None, :]
             acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
             acc = _row_tile_matmul(prev_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
-                                   DOT_PRECISION, DOT_BF16, BLOCK_K)
+                                   DOT_PRECISION, DOT_BF16, BLOCK_K, "")
             drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
             h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
             alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]
@@ -205,7 +209,7 @@ def recurrence_bwd_kernel(
             offs = rows[:, None] * H + cols[None, :]
             acc = tl.load(dh_ptr + offs, mask=mask, other=0.0)
             acc = _row_tile_matmul(d_drive_ptr + cur, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
-                                   DOT_PRECISION, DOT_BF16, BLOCK_K)
+                                   DOT_PRECISION, DOT_BF16, BLOCK_K, "")
             tl.store(dh_ptr + offs, acc, mask=mask)
         # The next step's phase 1 reads the carry written here by other warps.
         tl.debug_barrier()

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernels import _act, _act_backward
+from .triton_kernels import _act, _act_backward, _row_tile_matmul
 
 
 @triton.jit
@@ -48,30 +48,6 @@ def _grid_barrier(counter_ptr, target):
     while seen < target:
         seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
-
-
-@triton.jit
-def _shared_rows_matmul(x_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
-                        DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + x[rows, :] @ M[:, cols]; x (B, H) row-major, written by other programs before the barrier."""
-    rk = tl.arange(0, BLOCK_K)
-    row_ok = rows[:, None] < B
-    col_ok = cols[None, :] < H
-    for k0 in range(0, H, BLOCK_K):
-        k = k0 + rk
-        x = tl.load(x_ptr + rows[:, None] * H + k[None, :], mask=row_ok & (k[None, :] < H), other=0.0,
-                    cache_modifier=".cg")
-        m = tl.load(w_ptr + k[:, None] * stride_wk + cols[None, :] * stride_wn,
-                    mask=(k[:, None] < H) & col_ok, other=0.0)
-        if DOT_BF16 == 1:
-            acc = tl.dot(x.to(tl.bfloat16), m.to(tl.bfloat16), acc)
-        elif DOT_BF16 == 2:
-            # As in triton_kernels: the interpreter's bf16 dot is wrong, rounded fp32 operands are exact.
-            acc = tl.dot(x.to(tl.bfloat16).to(tl.float32), m.to(tl.bfloat16).to(tl.float32), acc,
-                         input_precision="ieee")
-        else:
-            acc = tl.dot(x, m, acc, input_precision=DOT_PRECISION)
-    return acc
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -103,8 +79,9 @@ def persistent_fwd_kernel(
         else:
             prev_ptr = h_ptr + (cur - B * H)
         acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
-        acc = _shared_rows_matmul(prev_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
-                                  DOT_PRECISION, DOT_BF16, BLOCK_K)
+        # h[t-1] was written by the other programs of this tile: read it from L2 (".cg").
+        acc = _row_tile_matmul(prev_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
+                               DOT_PRECISION, DOT_BF16, BLOCK_K, ".cg")
         drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
         if INSIDE:
             h_own = (1.0 - alpha) * h_own + alpha * _act(drive, ACT)
@@ -168,8 +145,8 @@ def persistent_bwd_kernel(
             carry = (1.0 - alpha) * dz
         tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
         _grid_barrier(counter, (i + 1) * splits)
-        carry = _shared_rows_matmul(d_drive_ptr + cur, w_ptr, rows, cols, B, H, stride_wk, stride_wn, carry,
-                                    DOT_PRECISION, DOT_BF16, BLOCK_K)
+        carry = _row_tile_matmul(d_drive_ptr + cur, w_ptr, rows, cols, B, H, stride_wk, stride_wn, carry,
+                                 DOT_PRECISION, DOT_BF16, BLOCK_K, ".cg")
     tl.store(dh_ptr + offs, carry, mask=mask)
     tl.store(d_alpha_ptr + offs, d_alpha_rows, mask=mask)
 
