@@ -339,3 +339,17 @@ def test_write_report_gathers_runs(analysed, tmp_path):
         if line.startswith("!["):
             assert (tmp_path / line.split("](")[1].rstrip(")")).is_file(), line
     assert (tmp_path / "report_files" / "n_reached.png").is_file()
+
+
+def test_fit_timescales_at_the_study_recording_length():
+    """10 trials x 100,000 steps, as the study records: AR(1) timescales come back within 3%."""
+    from timescale_kernels.analysis import fit_timescales
+    rng = np.random.default_rng(1)
+    a = np.array([0.3, 0.5, 0.7, 0.9, 0.95])
+    x = np.zeros((10, 100_000, a.size))
+    noise = rng.standard_normal(x.shape)
+    x[:, 0] = noise[:, 0]
+    for t in range(1, x.shape[1]):
+        x[:, t] = a * x[:, t - 1] + noise[:, t]
+    tau = fit_timescales(x, max_lag=30)
+    np.testing.assert_allclose(tau, -1.0 / np.log(a), rtol=0.03)
