@@ -3,7 +3,8 @@
     python benchmarks/bench_gpu.py [--json PATH] [--budget-s S] [--shapes 100x256x500,...]
 
 Rows, at each (T, B, H), I = 1, float32, timed in one process with triton.testing.do_bench (median):
-  eager           the study's loop: per step leaky_relu((1-a) h + a (x_t Wih^T + b_ih + h (W*mask)^T + b_hh))
+  eager           the study's model as a lean loop: per step leaky_relu((1-a) h + a (x_t Wih^T + b_ih + h (W*mask)^T + b_hh))
+  eager-study     the loop as the study's code writes it (input layer over all T, x[t] indexed per step)
   compile-cell    torch.compile of that step, the Python loop around it
   compile-loop    torch.compile of the whole loop (unrolled by dynamo; at (100, 256, 500) only)
   cuda-graph      the eager loop, forward and backward captured once in a CUDA graph, replayed
@@ -118,6 +119,20 @@ def _graphed(fn, params, train):
     return graph.replay
 
 
+def study_loop(x, h0, p, mask):
+    """The loop as the study's code writes it: the input layer over all T at once, then x[t]
+    indexed per step out of that (T, B, H) tensor (its backward builds a zero (T, B, H) gradient
+    per step), tau clamped twice per step."""
+    w = p["weight_hh"] * mask
+    inp = x @ p["weight_ih"].T + p["bias_ih"]
+    h, outputs = h0, []
+    for t in range(x.shape[0]):
+        h = F.leaky_relu((1 - 1 / torch.clamp(p["tau"], min=1.0)) * h
+                         + (h @ w.T + p["bias_hh"] + inp[t]) / torch.clamp(p["tau"], min=1.0))
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
 def build_rows(T, B, H):
     """[(name, fn, grads)] in measuring order: the backend's rows first, torch.compile's last
     (their compile time is what a deadline cuts). fn produces the output (T, B, H); the
@@ -132,6 +147,7 @@ def build_rows(T, B, H):
     rows += [("cudnn", lambda: rnn(x, h0[None])[0], list(rnn.parameters())),
              ("cudnn-fp32", "cudnn-fp32", list(rnn.parameters())),
              ("eager", lambda: eager_loop(x, h0, p, mask), params),
+             ("eager-study", lambda: study_loop(x, h0, p, mask), params),
              ("cuda-graph", "graph", None)]
     cell = torch.compile(study_step, dynamic=False)
     rows.append(("compile-cell", lambda: eager_loop(x, h0, p, mask, step=cell), params))
