@@ -63,7 +63,13 @@ def _load(path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{what}: cannot read {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        if "Weights only load failed" in first or not first:
+            # torch's message suggests weights_only=False, which would run arbitrary pickled code.
+            detail = "not a PyTorch checkpoint of tensors, or damaged"
+        else:
+            detail = f"{type(err).__name__}: {first[:200]}"
+        raise CheckpointError(f"{what}: cannot read {path} ({detail})") from None
 
 
 def save_checkpoint(path, model: MemoryNet, meta: dict | None = None) -> None:
