@@ -31,8 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q tests
 
+# The CPU benchmarks, each written to benchmarks/results/ as JSON (a few minutes on 2 cores).
 bench: $(STAMP)
-	$(VPY) benchmarks/bench_cpu.py
+	$(VPY) benchmarks/bench_cpu.py --repeats 5 --json benchmarks/results/cpu-2core-epyc.json
+	$(VPY) benchmarks/bench_training.py --json benchmarks/results/training-cpu-2core.json
+	$(VPY) benchmarks/bench_tau_net.py --steps 10000 --repeats 2 --json benchmarks/results/tau_net-cpu-2core.json
 
 # On a machine with CUDA and a python3 that already has torch and triton (no network needed):
 # builds and installs the package, runs the GPU tests, then the whole benchmark table, and writes
