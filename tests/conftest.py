@@ -29,3 +29,14 @@ def study_checkpoints():
     if not STUDY_CHECKPOINTS.is_dir():
         pytest.skip(f"the study's checkpoints are not at {STUDY_CHECKPOINTS}")
     return STUDY_CHECKPOINTS
+
+
+def cli_fails(argv, capsys, match):
+    """Runs the CLI in-process on argv; asserts exit status 2 and one stderr line containing match."""
+    from timescale_kernels.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.count("\n") == 1 and match in err, err
+    return err

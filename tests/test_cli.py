@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from timescale_kernels.cli import main
+
+from conftest import cli_fails as _fails
 from timescale_kernels.experiments.demo import prepare_demo_dir
 from timescale_kernels.io import save_checkpoint
 from timescale_kernels.nn import MemoryNet
@@ -13,13 +15,6 @@ TINY = ["--preset", "quick", "--hidden-size", "16", "--batch-size", "16", "--ste
         "--test-batches", "2", "--threshold", "0.5", "--device", "cpu", "--quiet"]
 
 
-def _fails(argv, capsys, match):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert err.count("\n") == 1 and match in err, err
-    return err
 
 
 def test_train_then_resume_matches_a_straight_run(tmp_path, capsys):

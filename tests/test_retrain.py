@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from timescale_kernels.cli import main
+
+from conftest import cli_fails as _fails
 from timescale_kernels.experiments.config import ConfigError
 from timescale_kernels.experiments.retrain import compare_retraining, retrain
 from timescale_kernels.io import load_checkpoint, save_checkpoint
@@ -33,12 +35,6 @@ def _tiny_checkpoint(path, core="leaky"):
     return model
 
 
-def _fails(argv, capsys, match):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert err.count("\n") == 1 and match in err, err
 
 
 def test_retrain_returns_per_epoch_accuracy_and_leaves_the_model_alone():

@@ -64,6 +64,35 @@ def _act_backward(g, y, ACT: tl.constexpr):
 
 
 @triton.jit
+def _step_forward(h_prev, drive, alpha, ACT: tl.constexpr, INSIDE: tl.constexpr):
+    """h_t from h_{t-1} and drive_t, element-wise; alpha broadcasts over rows."""
+    if INSIDE:
+        h_new = (1.0 - alpha) * h_prev + alpha * _act(drive, ACT)
+    else:
+        h_new = _act((1.0 - alpha) * h_prev + alpha * drive, ACT)
+    return h_new
+
+
+@triton.jit
+def _step_backward(dh, drive, h_prev, h_t_ptrs, mask, alpha, ACT: tl.constexpr, INSIDE: tl.constexpr):
+    """One reverse step, element-wise: (d_drive_t, this step's d_alpha term, the carry
+    (1 - alpha) * dz or (1 - alpha) * dh, to which d_drive_t @ W is added). h_t is loaded from
+    h_t_ptrs only where it is needed (the "outside" placement writes f' through it)."""
+    if INSIDE:
+        f_drive = _act(drive, ACT)
+        d_drive = alpha * _act_backward(dh, f_drive, ACT)
+        d_alpha = dh * (f_drive - h_prev)
+        carry = (1.0 - alpha) * dh
+    else:
+        h_t = tl.load(h_t_ptrs, mask=mask, other=0.0)
+        dz = _act_backward(dh, h_t, ACT)
+        d_drive = alpha * dz
+        d_alpha = dz * (drive - h_prev)
+        carry = (1.0 - alpha) * dz
+    return d_drive, d_alpha, carry
+
+
+@triton.jit
 def _row_tile_matmul(x_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
                      DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
                      X_CACHE: tl.constexpr):
@@ -125,10 +154,7 @@ def recurrence_fwd_kernel(
             drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
             h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
             alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]
-            if INSIDE:
-                h_new = (1.0 - alpha) * h_prev + alpha * _act(drive, ACT)
-            else:
-                h_new = _act((1.0 - alpha) * h_prev + alpha * drive, ACT)
+            h_new = _step_forward(h_prev, drive, alpha, ACT, INSIDE)
             tl.store(h_ptr + cur + offs, h_new, mask=mask)
             if SAVE_DRIVE:
                 tl.store(drive_ptr + cur + offs, drive, mask=mask)
@@ -187,17 +213,8 @@ def recurrence_bwd_kernel(
             drive = tl.load(drive_ptr + cur + offs, mask=mask, other=0.0)
             h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
             alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]
-            if INSIDE:
-                f_drive = _act(drive, ACT)
-                d_drive = alpha * _act_backward(dh, f_drive, ACT)
-                d_alpha = dh * (f_drive - h_prev)
-                carry = (1.0 - alpha) * dh
-            else:
-                h_t = tl.load(h_ptr + cur + offs, mask=mask, other=0.0)
-                dz = _act_backward(dh, h_t, ACT)
-                d_drive = alpha * dz
-                d_alpha = dz * (drive - h_prev)
-                carry = (1.0 - alpha) * dz
+            d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, h_ptr + cur + offs, mask, alpha,
+                                                     ACT, INSIDE)
             tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
             tl.store(dh_ptr + offs, carry, mask=mask)
             tl.store(d_alpha_ptr + offs, tl.load(d_alpha_ptr + offs, mask=mask, other=0.0) + d_alpha, mask=mask)

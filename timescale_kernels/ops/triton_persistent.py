@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernels import _act, _act_backward, _row_tile_matmul
+from .triton_kernels import _row_tile_matmul, _step_backward, _step_forward
 
 
 @triton.jit
@@ -83,10 +83,7 @@ def persistent_fwd_kernel(
         acc = _row_tile_matmul(prev_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
                                DOT_PRECISION, DOT_BF16, BLOCK_K, ".cg")
         drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
-        if INSIDE:
-            h_own = (1.0 - alpha) * h_own + alpha * _act(drive, ACT)
-        else:
-            h_own = _act((1.0 - alpha) * h_own + alpha * drive, ACT)
+        h_own = _step_forward(h_own, drive, alpha, ACT, INSIDE)
         tl.store(h_ptr + cur + offs, h_own, mask=mask)
         if SAVE_DRIVE:
             tl.store(drive_ptr + cur + offs, drive, mask=mask)
@@ -132,17 +129,8 @@ def persistent_bwd_kernel(
         dh = tl.load(grad_h_ptr + cur + offs, mask=mask, other=0.0) + carry
         drive = tl.load(drive_ptr + cur + offs, mask=mask, other=0.0)
         h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
-        if INSIDE:
-            f_drive = _act(drive, ACT)
-            d_drive = alpha * _act_backward(dh, f_drive, ACT)
-            d_alpha_rows += dh * (f_drive - h_prev)
-            carry = (1.0 - alpha) * dh
-        else:
-            h_t = tl.load(h_ptr + cur + offs, mask=mask, other=0.0)
-            dz = _act_backward(dh, h_t, ACT)
-            d_drive = alpha * dz
-            d_alpha_rows += dz * (drive - h_prev)
-            carry = (1.0 - alpha) * dz
+        d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, h_ptr + cur + offs, mask, alpha, ACT, INSIDE)
+        d_alpha_rows += d_alpha
         tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
         _grid_barrier(counter, (i + 1) * splits)
         carry = _row_tile_matmul(d_drive_ptr + cur, w_ptr, rows, cols, B, H, stride_wk, stride_wn, carry,
@@ -193,47 +181,42 @@ def plan(batch: int, hidden: int, block_b: int, device: torch.device):
     return grid, block_n
 
 
-def launch_forward(u, h0, m, alpha, h, drive, save_drive, stride_wk, stride_wn, act, inside,
-                   dot_precision, dot_bf16, cfg) -> bool:
-    """Runs the forward core in place (shapes as in persistent_fwd_kernel); False (nothing launched)
-    when the grid cannot be co-resident and the caller must run the default kernel."""
+def _launch(kernel, args, steps, batch, hidden, stride_wk, stride_wn, device, cfg, **constexprs) -> bool:
+    """Plans the grid and launches kernel on (*args, counter, T, B, H, strides); False (nothing
+    launched) when the grid cannot be co-resident and the caller must run the default kernel."""
     global last_launch
-    steps, batch, hidden = u.shape
-    planned = plan(batch, hidden, cfg.block_b, u.device)
+    planned = plan(batch, hidden, cfg.block_b, device)
     last_launch = "persistent" if planned else "fallback"
     if planned is None:
         return False
     grid, block_n = planned
-    counter = torch.zeros(grid[0], dtype=torch.int32, device=u.device)
-    persistent_fwd_kernel[grid](
-        u, h0, m, alpha, h, drive if save_drive else h, counter,
-        steps, batch, hidden, stride_wk, stride_wn,
-        ACT=act, INSIDE=inside, SAVE_DRIVE=bool(save_drive), DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16,
-        BLOCK_B=cfg.block_b, BLOCK_N=block_n, BLOCK_K=cfg.block_k if _interpreting() else BLOCK_K_GPU,
-        num_warps=cfg.num_warps if _interpreting() else NUM_WARPS_GPU, num_stages=cfg.num_stages,
+    counter = torch.zeros(grid[0], dtype=torch.int32, device=device)  # one barrier counter per batch tile
+    interpreting = _interpreting()
+    kernel[grid](
+        *args, counter, steps, batch, hidden, stride_wk, stride_wn, **constexprs,
+        BLOCK_B=cfg.block_b, BLOCK_N=block_n, BLOCK_K=cfg.block_k if interpreting else BLOCK_K_GPU,
+        num_warps=cfg.num_warps if interpreting else NUM_WARPS_GPU, num_stages=cfg.num_stages,
     )
     return True
+
+
+def launch_forward(u, h0, m, alpha, h, drive, save_drive, stride_wk, stride_wn, act, inside,
+                   dot_precision, dot_bf16, cfg) -> bool:
+    """Runs the forward core in place (shapes as in persistent_fwd_kernel); False as _launch."""
+    steps, batch, hidden = u.shape
+    return _launch(persistent_fwd_kernel, (u, h0, m, alpha, h, drive if save_drive else h),
+                   steps, batch, hidden, stride_wk, stride_wn, u.device, cfg,
+                   ACT=act, INSIDE=inside, SAVE_DRIVE=bool(save_drive), DOT_PRECISION=dot_precision,
+                   DOT_BF16=dot_bf16)
 
 
 def launch_backward(grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows, stride_wk, stride_wn,
                     act, inside, dot_precision, dot_bf16, cfg) -> bool:
-    """Runs the backward core in place (shapes as in persistent_bwd_kernel); False as launch_forward."""
-    global last_launch
+    """Runs the backward core in place (shapes as in persistent_bwd_kernel); False as _launch."""
     steps, batch, hidden = h.shape
-    planned = plan(batch, hidden, cfg.block_b, h.device)
-    last_launch = "persistent" if planned else "fallback"
-    if planned is None:
-        return False
-    grid, block_n = planned
-    counter = torch.zeros(grid[0], dtype=torch.int32, device=h.device)
-    persistent_bwd_kernel[grid](
-        grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows, counter,
-        steps, batch, hidden, stride_wk, stride_wn,
-        ACT=act, INSIDE=inside, DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16,
-        BLOCK_B=cfg.block_b, BLOCK_N=block_n, BLOCK_K=cfg.block_k if _interpreting() else BLOCK_K_GPU,
-        num_warps=cfg.num_warps if _interpreting() else NUM_WARPS_GPU, num_stages=cfg.num_stages,
-    )
-    return True
+    return _launch(persistent_bwd_kernel, (grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows),
+                   steps, batch, hidden, stride_wk, stride_wn, h.device, cfg,
+                   ACT=act, INSIDE=inside, DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16)
 
 
 def compile_for_target(arch: int = 90, precision: str = "fp32", dtype: torch.dtype = torch.float32,
