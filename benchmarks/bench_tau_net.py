@@ -34,8 +34,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timescale_kernels import available_backends, leaky_rnn  # noqa: E402
 from timescale_kernels.analysis import autocorrelation, fit_autocorrelation, simulate  # noqa: E402
-from timescale_kernels.io import load_study_checkpoint  # noqa: E402
-from timescale_kernels.nn import MemoryNet  # noqa: E402
+from timescale_kernels.checkpoints import load_study_checkpoint  # noqa: E402
+from timescale_kernels.models import MemoryNet  # noqa: E402
 
 FULL_STEPS = 100_500
 STUDY_FILE = (Path(__file__).resolve().parents[2] / "shared" / "reference_checkpoints" / "multi_head_parity"

@@ -15,7 +15,7 @@ from timescale_kernels.analysis import (StreamMoments, ablate, ablation_study, a
                                         forgetting_matrix, head_for, perturb, perturbation_study, simulate,
                                         stream_accuracy, tau_stats, write_report)
 from timescale_kernels.analysis.accuracy import stream_labels
-from timescale_kernels.nn import MemoryNet
+from timescale_kernels.models import MemoryNet
 
 STUDY = Path(__file__).resolve().parents[1].parent / "shared" / "reference_checkpoints"
 
@@ -239,7 +239,7 @@ TINY = dict(trials=2, steps=1000, burn_in=50, max_lag=30, ablate_k=2, eps=(0.0, 
 
 def fake_run(path, core, curriculum, Ns_list):
     """A run directory as the experiment runner writes it, with small untrained networks."""
-    from timescale_kernels.io import save_checkpoint
+    from timescale_kernels.checkpoints import save_checkpoint
     (path / "checkpoints").mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"task": "parity", "curriculum": curriculum, "seed": 3}))
     (path / "metrics.csv").write_text("epoch,N_low,N_high,N_reached\n1,2,2,2\n2,2,3,3\n")
@@ -318,7 +318,7 @@ def test_analyze_run_on_the_study_checkpoints(analysed):
 def test_stream_accuracy_of_a_study_network():
     if not STUDY.is_dir():
         pytest.skip(f"the study's checkpoints are not at {STUDY}")
-    from timescale_kernels.io import load_study_checkpoint
+    from timescale_kernels.checkpoints import load_study_checkpoint
     model = load_study_checkpoint(STUDY / "multi_head_parity" / "rnn_N2_N11.pt")
     assert stream_accuracy(model, "parity", 11, 9, batches=1, batch_size=4, length=400, warmup=20) >= 0.95
 

@@ -8,8 +8,8 @@ from timescale_kernels.cli import main
 
 from conftest import cli_fails as _fails
 from timescale_kernels.experiments.demo import prepare_demo_dir
-from timescale_kernels.io import save_checkpoint
-from timescale_kernels.nn import MemoryNet
+from timescale_kernels.checkpoints import save_checkpoint
+from timescale_kernels.models import MemoryNet
 
 TINY = ["--preset", "quick", "--hidden-size", "16", "--batch-size", "16", "--steps-per-epoch", "8",
         "--test-batches", "2", "--threshold", "0.5", "--device", "cpu", "--quiet"]

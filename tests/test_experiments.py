@@ -7,7 +7,7 @@ import torch
 from timescale_kernels.experiments import ConfigError, Curriculum, RunDir, Trainer, make_config
 from timescale_kernels.experiments.plots import write_plots
 from timescale_kernels.experiments.rundir import check_resume_config
-from timescale_kernels.io import load_checkpoint
+from timescale_kernels.checkpoints import load_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from timescale_kernels.experiments.scoring import score
-from timescale_kernels.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
-                                  load_checkpoint, load_study_checkpoint, save_checkpoint)
-from timescale_kernels.nn import MemoryNet
+from timescale_kernels.checkpoints import CheckpointError, load_checkpoint, load_study_checkpoint, save_checkpoint
+from timescale_kernels.files import atomic_torch_save, atomic_write_json, atomic_write_text
+from timescale_kernels.models import MemoryNet
 
 
 def _leftovers(folder):

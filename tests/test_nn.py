@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import timescale_kernels as tk
-from timescale_kernels.nn import MemoryNet, MultiHeadReadout
+from timescale_kernels.models import MemoryNet, MultiHeadReadout
 
 from conftest import rel_err
 

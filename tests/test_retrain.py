@@ -10,8 +10,8 @@ from timescale_kernels.cli import main
 from conftest import cli_fails as _fails
 from timescale_kernels.experiments.config import ConfigError
 from timescale_kernels.experiments.retrain import compare_retraining, retrain
-from timescale_kernels.io import load_checkpoint, save_checkpoint
-from timescale_kernels.nn import MemoryNet
+from timescale_kernels.checkpoints import load_checkpoint, save_checkpoint
+from timescale_kernels.models import MemoryNet
 
 # Tiny settings: a couple of SGD steps per epoch, one small test batch, the reference op.
 FAST = {"steps_per_epoch": 2, "batch_size": 8, "test_batches": 1, "backend": "reference", "device": "cpu",

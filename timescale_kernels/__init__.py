@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import warnings
 
-from .nn import LeakyRNN, MultiHeadReadout
+from .models import MultiHeadReadout
+from .nn import LeakyRNN
 from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS, available_backends, leaky_rnn
 
 __version__ = "0.1.0"

@@ -40,7 +40,7 @@ def _fail(message: str):
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     from .experiments.config import CURRICULA, PRESETS
-    from .nn import CORES
+    from .models import CORES
     from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS
     from .tasks import TASKS
     p.add_argument("--preset", choices=tuple(PRESETS),
@@ -156,7 +156,7 @@ def _train(args) -> int:
     from .experiments.plots import write_plots
     from .experiments.rundir import RunDir, RunDirError, check_resume_config
     from .experiments.trainer import Trainer
-    from .io import atomic_write_json
+    from .files import atomic_write_json
 
     fields = _INT_FLAGS + _FLOAT_FLAGS + ("task", "curriculum", "model", "nesterov", "learn_tau", "tau_init",
                                           "nonlinearity", "placement", "device", "backend")
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     """Runs one command; returns 0 (130 after Ctrl-C in training); bad input raises SystemExit(2)."""
     from .experiments.config import ConfigError
     from .experiments.rundir import RunDirError
-    from .io import CheckpointError
+    from .checkpoints import CheckpointError
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = ["timescale-kernels", *argv]

@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..io import atomic_write_json, atomic_write_text, load_checkpoint, load_study_checkpoint
+from ..checkpoints import load_checkpoint, load_study_checkpoint
+from ..files import atomic_write_json, atomic_write_text
 from . import plots
 from .ablation import ablation_study
 from .dimensionality import dimensionality

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from . import plots
 
 # What the study reports (500 neurons, N-parity), to print beside our numbers.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..nn import CORES
+from ..models import CORES
 from ..ops import BACKENDS, NONLINEARITIES, PLACEMENTS, resolve_backend
 from ..tasks import TASKS
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..io import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from .config import make_config
 from .plots import checkpoint_taus, plot_progress, plot_tau_vs_N, write_plots
 from .rundir import RunDir, RunDirError

@@ -25,8 +25,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..io import atomic_write_json, atomic_write_text, save_checkpoint
-from ..nn import MemoryNet
+from ..checkpoints import save_checkpoint
+
+from ..files import atomic_write_json, atomic_write_text
+from ..models import MemoryNet
 from .config import ConfigError, RunConfig, make_config
 from .plots import _save
 from .rundir import RunDir, RunDirError

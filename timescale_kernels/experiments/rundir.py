@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..files import atomic_torch_save, atomic_write_json, atomic_write_text
 from .config import ConfigError, RunConfig
 
 STATE_FORMAT = "timescale_kernels/run-state"

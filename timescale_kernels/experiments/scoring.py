@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..io import CheckpointError, load_checkpoint, load_study_checkpoint
-from ..nn import MemoryNet
+from ..checkpoints import CheckpointError, load_checkpoint, load_study_checkpoint
+from ..models import MemoryNet
 from ..tasks import check_Ns, make_batch, make_generator
 
 

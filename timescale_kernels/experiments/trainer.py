@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..io import save_checkpoint
-from ..nn import MemoryNet
+from ..checkpoints import save_checkpoint
+from ..models import MemoryNet
 from ..ops import resolve_backend
 from ..tasks import make_batch, sequence_length_range
 from .config import RunConfig

@@ -6,7 +6,7 @@ import warnings
 import torch
 
 from . import core
-from .checks import check_choice, check_op_args
+from .checks import check_choice, check_drive_noise, check_lengths, check_op_args
 from .core import NONLINEARITIES, PLACEMENTS, PRECISIONS
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
 
@@ -83,6 +83,8 @@ def leaky_rnn(
     self_connections: bool = False,
     backend: str = "auto",
     precision: str = "fp32",
+    lengths: torch.Tensor | None = None,
+    drive_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A leaky RNN with per-neuron time constants, over a whole sequence.
 
@@ -101,25 +103,36 @@ def leaky_rnn(
         precision: "fp32" (exact); "tf32x3" (three tf32 tensor-core products per fp32 product:
             near-fp32 accuracy on tensor cores); "tf32" or "bf16" matmuls; state and accumulation
             always fp32 (all but "fp32" need the triton backend).
+        lengths: (B,) integers in 1..T, or None (every row runs T steps). Row b stops after
+            lengths[b] steps: later states are held (h_t = h_{t-1}), later outputs are zero (as in
+            torch.nn.RNN's padded packed output) and h_n is its last valid state.
+        drive_noise: (T, B, H) or None: added to each step's drive (e.g. recurrent noise).
 
     Returns:
         output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
         float16 and bfloat16 tensors are computed in float32 and returned in their own dtype.
     """
-    check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement, precision)
+    steps, batch, _, hidden = check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity,
+                                            placement, precision)
+    if lengths is not None:
+        lengths = check_lengths(lengths, steps, batch, input.device)
+    if drive_noise is not None:
+        check_drive_noise(drive_noise, input, hidden)
     name = resolve_backend(backend, input.device)
+    if lengths is not None and name != "reference":
+        # The compiled cores do not take lengths yet: the reference loop computes the same function.
+        name = "reference"
     if precision != "fp32" and name != "triton":
         raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r} "
                          f"(the {name!r} backend computes exactly in the input dtype: use 'fp32')")
     if name == "reference":
         return leaky_rnn_reference(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
-                                   nonlinearity, placement, self_connections)
+                                   nonlinearity, placement, self_connections, lengths, drive_noise)
     out_dtype = input.dtype
     if out_dtype in (torch.float16, torch.bfloat16):
         input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau = (
             None if t is None else t.float() for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau))
-    steps, batch, in_size = input.shape
-    hidden = weight_hh.shape[0]
+    in_size = input.shape[2]
     flat = input.reshape(steps * batch, in_size)
     if bias_ih is not None and bias_hh is not None:
         u = torch.addmm(bias_ih + bias_hh, flat, weight_ih.t())
@@ -128,10 +141,13 @@ def leaky_rnn(
     else:
         u = flat @ weight_ih.t()
     u = u.view(steps, batch, hidden)
+    if drive_noise is not None:
+        u = u + drive_noise.to(u.dtype)
     w = masked_recurrent_weight(weight_hh, self_connections)
     alpha = alpha_from_tau(tau, hidden).contiguous()
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau))
+        t is not None and t.requires_grad
+        for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
     output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, name, precision, needs_grad)
     if output.dtype != out_dtype:
         output = output.to(out_dtype)

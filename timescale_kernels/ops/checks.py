@@ -84,3 +84,30 @@ def _check_finite_tau(tau: torch.Tensor) -> None:
             raise ValueError(f"tau: expected finite values; got {bad}")
     else:
         torch._assert_async(finite.all(), "tau: expected finite values; got a NaN or an infinity")
+
+
+def check_lengths(lengths, steps: int, batch: int, device: torch.device) -> torch.Tensor:
+    """lengths (B,) of integers in 1..T, on the input's device or the CPU; returns it as int64 on device."""
+    if not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"lengths: expected a torch.Tensor of shape ({batch},); got {type(lengths).__name__}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths: expected an integer dtype; got {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths: expected shape ({batch},) (one length per batch row); got {tuple(lengths.shape)}")
+    if lengths.device != device and lengths.device.type != "cpu":
+        raise ValueError(f"lengths: expected device {device} (the input's) or cpu; got {lengths.device}")
+    if not torch.compiler.is_compiling():
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > steps:
+            raise ValueError(f"lengths: expected values in 1..{steps} (T); got values from {low} to {high}")
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def check_drive_noise(drive_noise, input: torch.Tensor, hidden: int) -> None:
+    """drive_noise (T, B, H), the input's dtype and device."""
+    steps, batch, _ = input.shape
+    check_tensor("drive_noise", drive_noise, (3,), (steps, batch, hidden))
+    if drive_noise.dtype != input.dtype:
+        raise TypeError(f"drive_noise: expected dtype {input.dtype} (the input's); got {drive_noise.dtype}")
+    if drive_noise.device != input.device:
+        raise ValueError(f"drive_noise: expected device {input.device} (the input's); got {drive_noise.device}")

@@ -19,9 +19,7 @@ import importlib
 
 import torch
 
-NONLINEARITIES = ("leaky_relu", "relu", "tanh", "sigmoid", "identity")
-PLACEMENTS = ("outside", "inside")
-PRECISIONS = ("fp32", "tf32x3", "tf32", "bf16")
+from .choices import NONLINEARITIES, PLACEMENTS, PRECISIONS  # noqa: F401  (re-exported)
 
 _BACKEND_MODULES = {"cpu": "timescale_kernels.ops.cpu", "triton": "timescale_kernels.ops.triton_recurrence"}
 

@@ -56,11 +56,17 @@ def leaky_rnn_reference(
     nonlinearity: str = "leaky_relu",
     placement: str = "outside",
     self_connections: bool = False,
+    lengths: torch.Tensor | None = None,
+    drive_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The leaky RNN as a Python loop over time.
 
     Shapes: input (T, B, I), hx (B, H), weight_ih (H, I), weight_hh (H, H), bias_ih and bias_hh (H,)
-    or None, tau (H,) or 0-dim. Returns output (T, B, H) = h_1..h_T and h_n (B, H) = h_T.
+    or None, tau (H,) or 0-dim; lengths (B,) integers in 1..T or None; drive_noise (T, B, H) or None,
+    added to each step's drive. Returns output (T, B, H) = h_1..h_T and h_n (B, H) = h_T.
+
+    With lengths, row b runs for lengths[b] steps: after that its state is held
+    (h_t = h_{t-1}), its output is zero, and h_n is its last valid state.
     """
     f = activation(nonlinearity)
     hidden = weight_hh.shape[0]
@@ -68,21 +74,29 @@ def leaky_rnn_reference(
     w = masked_recurrent_weight(weight_hh, self_connections)
     h = hx
     outputs = []
-    for x_t in input.unbind(0):
+    for t, x_t in enumerate(input.unbind(0)):
         drive = h @ w.t() + x_t @ weight_ih.t()
         if bias_hh is not None:
             drive = drive + bias_hh
         if bias_ih is not None:
             drive = drive + bias_ih
+        if drive_noise is not None:
+            drive = drive + drive_noise[t]
         if placement == "outside":
-            h = f((1.0 - alpha) * h + alpha * drive)
+            h_new = f((1.0 - alpha) * h + alpha * drive)
         elif placement == "inside":
-            h = (1.0 - alpha) * h + alpha * f(drive)
+            h_new = (1.0 - alpha) * h + alpha * f(drive)
         else:
             raise ValueError(f"placement: unknown {placement!r}")
-        outputs.append(h)
+        if lengths is None:
+            h = h_new
+            outputs.append(h)
+        else:
+            running = (lengths.to(h.device) > t).unsqueeze(1)
+            h = torch.where(running, h_new, h)
+            outputs.append(torch.where(running, h_new, torch.zeros_like(h_new)))
     output = torch.stack(outputs, 0)
-    return output, output[-1]
+    return output, h
 
 
 def recurrence_reference(u, h0, w, alpha, nonlinearity, placement):

@@ -6,15 +6,13 @@ rename), so a crash never leaves a half-written file.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .nn import MemoryNet
+from .files import atomic_torch_save
+from .models import MemoryNet
 
 FORMAT = "timescale_kernels/checkpoint"
 VERSION = 1
@@ -22,38 +20,6 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or not in the expected format."""
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Writes data to path so that path holds either its old or its new content, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_torch_save(path, obj) -> None:
-    import io as _io
-    buffer = _io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load(path, what: str):
