@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -39,16 +41,15 @@ def _fail(message: str):
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from .experiments.config import CURRICULA, PRESETS
+    from .curricula import REGISTRY as CURRICULA
+    from .experiments.config import PRESETS
     from .models import CORES
     from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS
-    from .tasks import TASKS
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="paper: the study's settings (the default); quick: small enough for a CPU. Explicit flags win.")
-    p.add_argument("--task", choices=TASKS)
-    p.add_argument("--curriculum", choices=CURRICULA,
-                   help="single: one N, head 0; multi: all N so far, one head each (the study's cumulative); "
-                        "sliding: the last --window N's; none: --n-start only")
+    _add_task_flag(p)
+    p.add_argument("--curriculum", choices=tuple(CURRICULA),
+                   help="; ".join(f"{c.name}: {c.description}" for c in CURRICULA.values()))
     p.add_argument("--model", choices=CORES)
     for name in _INT_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
@@ -66,10 +67,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="timescale-kernels", description="Leaky RNNs with trainable time constants on memory tasks.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _add_task_flag(p: argparse.ArgumentParser, help_suffix: str = "") -> None:
+    from .tasks import REGISTRY as TASKS
+    p.add_argument("--task", choices=tuple(TASKS),
+                   help="; ".join(f"{t.name}: {t.description}" for t in TASKS.values()) + help_suffix)
 
+
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train one network under one curriculum")
     train.add_argument("--out", type=Path, help="the run directory to create")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last epoch")
@@ -77,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     _add_train_flags(train)
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="multi-head against single-head parity on a CPU, with a report")
     demo.add_argument("--out", type=Path, required=True)
     demo.add_argument("--budget", type=float, default=600.0, help="seconds for the whole demo (default 600)")
@@ -85,21 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device")
     demo.add_argument("--quiet", action="store_true")
 
+
+def _add_score(sub) -> None:
     score = sub.add_parser("score", help="accuracy per N of a checkpoint (ours or the study's)")
     score.add_argument("checkpoint", type=Path)
-    score.add_argument("--task", choices=("parity", "dms"))
+    _add_task_flag(score, " (default: the checkpoint's)")
     score.add_argument("--N", type=int, nargs="+", dest="Ns", help="N's to score (default: the trained ones)")
     score.add_argument("--batch-size", type=int, default=256)
     score.add_argument("--batches", type=int, default=1)
     score.add_argument("--seed", type=int, default=0)
     score.add_argument("--backend", default="auto")
 
-    # analyze RUN_DIR and report RUN_DIR...: thin wrappers over timescale_kernels.analysis.
+
+def _add_analyze(sub) -> None:
+    """analyze RUN_DIR: a thin wrapper over timescale_kernels.analysis.analyze_run."""
     analyze = sub.add_parser("analyze", help="the study's analyses of every checkpoint of a run (or of a "
                                              "folder of the study's files)")
     analyze.add_argument("run_dir", type=Path)
     analyze.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/analysis")
-    analyze.add_argument("--task", choices=("parity", "dms"), default=None)
+    _add_task_flag(analyze, " (default: the run's)")
     analyze.add_argument("--only", nargs="+", default=None, help="checkpoints to analyse in depth (e.g. N2-N11)")
     analyze.add_argument("--device", default=None)
     analyze.add_argument("--seed", type=int, default=0)
@@ -108,18 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
                          help="tau_net: steps per stream after the burn-in (default 100000)")
     analyze.add_argument("--burn-in", type=_nonnegative_int, default=500, help="default 500")
     analyze.add_argument("--max-lag", type=_positive_int, default=30, help="lags fitted (default 30)")
+    analyze.add_argument("--study-tau-net", action=argparse.BooleanOptionalAction, default=True,
+                         help="also fit tau_net with the study's estimator (curve_fit from the middle of its "
+                              "bounds), recorded as tau_net_study (default: on)")
     analyze.add_argument("--ablate-k", type=_positive_int, default=10,
                          help="neurons silenced from each end of the tau order (default 10)")
     analyze.add_argument("--perturb-trials", type=_positive_int, default=5, help="default 5")
+    analyze.add_argument("--study-measures", action=argparse.BooleanOptionalAction, default=True,
+                         help="also measure ablation and perturbation as the study does (in-time stream, "
+                              "chance-corrected), recorded as ablation_study and perturbation_study (default: on)")
+    analyze.add_argument("--study-trials", type=_positive_int, default=10,
+                         help="streams per study measurement (default 10, the study's)")
     analyze.add_argument("--eval-batches", type=_positive_int, default=10, help="batches per accuracy (default 10)")
     analyze.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
     analyze.add_argument("--backend", choices=("auto", "reference", "cpu", "triton"), default=None)
     analyze.add_argument("--quiet", action="store_true")
+
+
+def _add_report(sub) -> None:
     report = sub.add_parser("report", help="one Markdown report over runs (analysed ones in full)")
     report.add_argument("run_dirs", type=Path, nargs="+")
     report.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
 
-    # retrain CHECKPOINT...: a thin wrapper over experiments.retrain.compare_retraining.
+
+def _add_retrain(sub) -> None:
+    """retrain CHECKPOINT...: a thin wrapper over experiments.retrain.compare_retraining."""
     from .experiments.config import PRESETS
     from .ops import BACKENDS
     retrain = sub.add_parser("retrain", help="train trained networks single-head on a new N and compare "
@@ -131,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--out", type=Path, required=True, help="the folder for retrain.{json,md}, accuracy.png")
     retrain.add_argument("--preset", choices=tuple(PRESETS),
                          help="training settings (default: the study's); explicit flags win")
-    retrain.add_argument("--task", choices=("parity", "dms"), help="default: the first checkpoint's task")
+    _add_task_flag(retrain, " (default: the first checkpoint's)")
     for name in ("seed", "batch_size", "steps_per_epoch", "test_batches", "threads"):
         retrain.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
     for name in ("lr", "momentum", "threshold"):
@@ -141,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     retrain.add_argument("--backend", choices=BACKENDS, default="auto")
     retrain.add_argument("--quiet", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="timescale-kernels", description="Leaky RNNs with trainable time constants on memory tasks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for command in _commands():
+        command.add_parser(sub)
     return parser
 
 
@@ -263,7 +293,8 @@ def _analyze(args) -> int:
                     seed=args.seed, trials=args.trials, steps=args.steps, burn_in=args.burn_in,
                     max_lag=args.max_lag, ablate_k=args.ablate_k, perturb_trials=args.perturb_trials,
                     eval_batches=args.eval_batches, batch_size=args.batch_size, backend=args.backend,
-                    progress=not args.quiet and sys.stderr.isatty())
+                    study_tau_net=args.study_tau_net, study_measures=args.study_measures,
+                    study_trials=args.study_trials, progress=not args.quiet and sys.stderr.isatty())
     except FileNotFoundError as err:
         _fail(str(err))
     if not args.quiet:
@@ -299,22 +330,40 @@ def _retrain(args) -> int:
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
+class Command(NamedTuple):
+    """A subcommand: add_parser(subparsers) registers its flags, run(args) does it and returns the exit
+    status; a ValueError from run ends with one line and status 2 when usage_errors is True."""
+    name: str
+    add_parser: Callable
+    run: Callable
+    usage_errors: bool = True
+
+
+def _commands() -> tuple[Command, ...]:
+    """The subcommands in the order --help lists them; one more subcommand is one more line here."""
+    return (Command("train", _add_train, _train, usage_errors=False),
+            Command("demo", _add_demo, _demo, usage_errors=False),
+            Command("score", _add_score, _score),
+            Command("analyze", _add_analyze, _analyze),
+            Command("report", _add_report, _report),
+            Command("retrain", _add_retrain, _retrain))
+
+
 def main(argv=None) -> int:
     """Runs one command; returns 0 (130 after Ctrl-C in training); bad input raises SystemExit(2)."""
-    from .experiments.config import ConfigError
-    from .experiments.rundir import RunDirError
     from .checkpoints import CheckpointError
+    from .curricula import ConfigError
+    from .experiments.rundir import RunDirError
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = ["timescale-kernels", *argv]
-    handlers = {"train": _train, "demo": _demo, "score": _score, "analyze": _analyze, "report": _report,
-                "retrain": _retrain}
+    command = next(c for c in _commands() if c.name == args.command)
     try:
-        return handlers[args.command](args)
+        return command.run(args)
     except (ConfigError, RunDirError, CheckpointError) as err:
         _fail(str(err))
     except ValueError as err:  # bad input found deeper, e.g. by the analyses: still one line
-        if args.command not in ("analyze", "report", "score", "retrain"):
+        if not command.usage_errors:
             raise
         _fail(str(err))
 

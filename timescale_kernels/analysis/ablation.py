@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .accuracy import evaluate
+from ..tasks import make_generator
+from .accuracy import MEASURES, chance_corrected, evaluate, stream_trials
 
 
 def _leaky(model):
@@ -48,30 +49,50 @@ def ablate(model, neurons, heads=None):
     return out
 
 
-def ablation_study(model, task: str, N: int, head: int, k: int = 10, *, metric: str = "task",
-                   progress: bool = False, **eval_kwargs) -> dict:
-    """Accuracy after silencing each of the k shortest- and k longest-tau neurons, one at a time.
-
-    Every evaluation uses the same sequences (the same seed), so differences come from the ablation.
-
-    Args:
-        model, task, N, head: the network and what it is scored on (its trained task, N, and head).
-        k: neurons from each end of the tau order.
-        metric: "task" (accuracy) or "stream" (stream_accuracy); eval_kwargs go to it (batches,
-            batch_size, seed, ...).
-
-    Returns:
-        JSON-able dict: baseline (accuracy of the intact network), and for "short" and "long":
-        neurons (k,), tau (k,) (clamp(tau, 1)), accuracy (k,), relative (k,) = accuracy / baseline,
-        mean_relative.
-    """
-    _leaky(model)
+def _order(model, k):
     tau = model.rnn.tau.detach().cpu().numpy()
     order = np.argsort(tau, kind="stable")
     k = min(k, tau.size)
-    groups = {"short": order[:k], "long": order[::-1][:k]}
+    return tau, k, {"short": order[:k], "long": order[::-1][:k]}
+
+
+def ablation_study(model, task: str, N: int, head: int, k: int = 10, *, metric: str = "task",
+                   measure: str = "ours", trials: int = 10, progress: bool = False, **eval_kwargs) -> dict:
+    """Accuracy after silencing each of the k shortest- and k longest-tau neurons, one at a time.
+
+    Two measures (the "measure" and "relative_definition" entries of the result say which):
+    - "ours" (the default): the silenced neuron leaves the head that is scored, every evaluation uses
+      the same sequences (a paired comparison: the differences come from the ablation alone), and
+      relative = accuracy / baseline. Scored with `metric` ("task": the training task, accuracy();
+      "stream": stream_accuracy()); eval_kwargs go to it (batches, batch_size, seed, ...).
+    - "study": as the study's code measures it: the in-time stream probe (stream_trials: `trials`
+      fresh streams of 100 + 1,000 fair bits per network), the neuron's readout weights zeroed in head
+      0 only (for a multi-head network that is not the head scored, which keeps its weights from the
+      silenced neuron), and the chance-corrected relative accuracy
+      (accuracy - 0.5) / (max over the baseline's trials - 0.5). eval_kwargs may hold seed.
+    Ours is the default because it removes the neuron from the head it scores and compares on the same
+    sequences, so its differences are the ablation's and not the noise of 10 streams; the study's is
+    there to set our figures beside its own.
+
+    Args:
+        model, task, N, head: the network and what it is scored on (its trained task, N, and head).
+        k: neurons from each end of the tau order (raw tau, as the study sorts them).
+
+    Returns:
+        JSON-able dict: measure, metric, relative_definition, baseline (the intact network's accuracy;
+        for "study" the best of its trials, with baseline_trials (trials,)), and for "short" and "long":
+        neurons (k,), tau (k,) (clamp(tau, 1)), accuracy (k,), relative (k,), mean_relative; for
+        "study" also accuracy_trials and relative_trials (k, trials); relative is their mean over trials.
+    """
+    _leaky(model)
+    if measure not in MEASURES:
+        raise ValueError(f"measure: expected one of {MEASURES}; got {measure!r}")
+    if measure == "study":
+        return _study_ablation(model, task, N, head, k, trials, progress, eval_kwargs.get("seed", 0))
+    tau, k, groups = _order(model, k)
     baseline = evaluate(model, task, N, head, metric, **eval_kwargs)
-    out = {"N": N, "head": head, "k": k, "metric": metric, "baseline": baseline}
+    out = {"N": N, "head": head, "k": k, "measure": "ours", "metric": metric, "baseline": baseline,
+           "relative_definition": "accuracy / baseline"}
     bar = tqdm(total=2 * k, desc="ablation", disable=not progress, leave=False)
     for name, ids in groups.items():
         acc = []
@@ -81,5 +102,29 @@ def ablation_study(model, task: str, N: int, head: int, k: int = 10, *, metric: 
         rel = [a / baseline if baseline > 0 else float("nan") for a in acc]
         out[name] = {"neurons": ids.tolist(), "tau": np.maximum(tau[ids], 1.0).tolist(), "accuracy": acc,
                      "relative": rel, "mean_relative": float(np.mean(rel)) if rel else None}
+    bar.close()
+    return out
+
+
+def _study_ablation(model, task, N, head, k, trials, progress, seed) -> dict:
+    """ablation_study(measure="study"): fresh streams for every network from one generator."""
+    tau, k, groups = _order(model, k)
+    gen = make_generator(seed, next(model.parameters()).device)
+    base_trials = stream_trials(model, task, N, head, trials, generator=gen)
+    baseline = float(base_trials.max())
+    out = {"N": N, "head": head, "k": k, "measure": "study", "metric": "stream", "ablated_head": 0,
+           "trials": trials, "baseline": baseline, "baseline_trials": base_trials.tolist(),
+           "relative_definition": "(accuracy - 0.5) / (max baseline trial - 0.5)"}
+    bar = tqdm(total=2 * k, desc="ablation (study)", disable=not progress, leave=False)
+    for name, ids in groups.items():
+        acc = np.zeros((len(ids), trials))
+        for row, i in enumerate(ids):
+            acc[row] = stream_trials(ablate(model, int(i), 0), task, N, head, trials, generator=gen)
+            bar.update()
+        rel = chance_corrected(acc, baseline)
+        out[name] = {"neurons": ids.tolist(), "tau": np.maximum(tau[ids], 1.0).tolist(),
+                     "accuracy": acc.mean(1).tolist(), "relative": rel.mean(1).tolist(),
+                     "accuracy_trials": acc.tolist(), "relative_trials": rel.tolist(),
+                     "mean_relative": float(rel.mean()) if rel.size else None}
     bar.close()
     return out

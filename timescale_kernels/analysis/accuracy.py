@@ -9,12 +9,14 @@ Two measures:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ..tasks import make_batch, make_generator
+from ..tasks import make_batch, make_generator, stream_labels
 from .simulate import model_device
 
 METRICS = ("task", "stream")
+MEASURES = ("ours", "study")  # how ablation and perturbation are measured (see ablation_study)
 
 
 def _generator(generator, seed, device):
@@ -58,15 +60,17 @@ def accuracy(model, task: str, N: int, head: int, batches: int = 10, batch_size:
     return correct / total
 
 
-def stream_labels(task: str, bits: torch.Tensor, N: int) -> torch.Tensor:
-    """bits (T, B) of 0/1 -> labels (T - N + 1, B) for the N-bit windows ending at steps N-1..T-1."""
-    b = bits.to(torch.int64)
-    if task == "parity":
-        csum = torch.cat([torch.zeros_like(b[:1]), b.cumsum(0)])   # (T + 1, B)
-        return (csum[N:] - csum[:-N]) % 2
-    if task == "dms":
-        return (b[N - 1:] == b[:b.shape[0] - N + 1]).to(torch.int64)
-    raise ValueError(f"task: expected 'parity' or 'dms'; got {task!r}")
+def _stream_correct(model, task, N: int, head: int, bits: torch.Tensor, warmup: int, generator) -> torch.Tensor:
+    """bits (warmup + length, B) bool -> (length, B) bool: the head's answer right at each scored step."""
+    weight, bias = model.readout.heads[head].weight, model.readout.heads[head].bias
+    h = model.states(bits.to(torch.float32).unsqueeze(-1), generator=generator)[warmup:]   # (length, B, H)
+    predicted = (h @ weight.t() + bias).argmax(-1)
+    return predicted == stream_labels(task, bits, N)[warmup - N + 1:]
+
+
+def _check_warmup(warmup: int, N: int) -> None:
+    if warmup < N - 1:
+        raise ValueError(f"warmup: expected >= N - 1 = {N - 1}; got {warmup}")
 
 
 @torch.no_grad()
@@ -76,20 +80,40 @@ def stream_accuracy(model, task: str, N: int, head: int, batches: int = 10, batc
     """The study's in-time accuracy: streams of warmup + length fair bits (batch_size per batch), the
     head read out at each of the last `length` steps (shapes: x (warmup + length, B, 1), logits
     (length, B, 2)); warmup must be >= N - 1 so that every scored window is complete."""
-    if warmup < N - 1:
-        raise ValueError(f"warmup: expected >= N - 1 = {N - 1}; got {warmup}")
+    _check_warmup(warmup, N)
     device = _check_device(model, device)
     gen = _generator(generator, seed, device)
-    weight, bias = model.readout.heads[head].weight, model.readout.heads[head].bias
     correct = total = 0
     for _ in range(batches):
         bits = torch.rand(warmup + length, batch_size, generator=gen, device=device) < rate
-        h = model.states(bits.to(torch.float32).unsqueeze(-1), generator=gen)[warmup:]   # (length, B, H)
-        predicted = (h @ weight.t() + bias).argmax(-1)
-        labels = stream_labels(task, bits, N)[warmup - N + 1:]
-        correct += int((predicted == labels).sum())
-        total += labels.numel()
+        right = _stream_correct(model, task, N, head, bits, warmup, gen)
+        correct += int(right.sum())
+        total += right.numel()
     return correct / total
+
+
+@torch.no_grad()
+def stream_trials(model, task: str, N: int, head: int, trials: int = 10, length: int = 1000, warmup: int = 100,
+                  rate: float = 0.5, generator: torch.Generator | None = None, device=None,
+                  seed: int = 0) -> np.ndarray:
+    """The study's probe as its code runs it: `trials` streams of warmup + length bits, one sequence
+    each (run together as one batch of `trials`), and the accuracy of each: float64 (trials,).
+    Its defaults are the study's (10 trials of 100 + 1,000 fair bits)."""
+    _check_warmup(warmup, N)
+    device = _check_device(model, device)
+    gen = _generator(generator, seed, device)
+    bits = torch.rand(warmup + length, trials, generator=gen, device=device) < rate
+    right = _stream_correct(model, task, N, head, bits, warmup, gen)         # (length, trials)
+    return right.double().mean(0).cpu().numpy()
+
+
+def chance_corrected(acc, baseline):
+    """The study's relative accuracy, (acc - 0.5) / (baseline - 0.5): 1 at the baseline, 0 at chance
+    (two classes); acc any shape, baseline a number (NaN where baseline == 0.5)."""
+    acc = np.asarray(acc, dtype=np.float64)
+    if baseline == 0.5:
+        return np.full_like(acc, np.nan)
+    return (acc - 0.5) / (baseline - 0.5)
 
 
 def evaluate(model, task: str, N: int, head: int, metric: str = "task", **kwargs) -> float:

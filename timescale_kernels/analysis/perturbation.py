@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .accuracy import evaluate
+from ..tasks import make_generator
+from .accuracy import MEASURES, chance_corrected, evaluate, stream_trials
 
 # The study's grid: 0 and 10 log-spaced strengths from 0.01 to 10 (0.215 is one of them).
 STUDY_EPS = (0.0,) + tuple(float(e) for e in np.geomspace(1e-2, 1e1, 10))
@@ -46,34 +47,61 @@ def perturb(model, target: str, eps: float, generator: torch.Generator | None = 
 
 
 def perturbation_study(model, task: str, N: int, head: int, eps=STUDY_EPS, trials: int = 5,
-                       targets=TARGETS, *, direction_seed: int = 0, metric: str = "task", progress: bool = False,
-                       **eval_kwargs) -> dict:
+                       targets=TARGETS, *, direction_seed: int = 0, metric: str = "task", measure: str = "ours",
+                       progress: bool = False, **eval_kwargs) -> dict:
     """Accuracy relative to the unperturbed network over a range of eps, several random D each.
 
-    Every evaluation uses the same sequences, so eps = 0 gives relative accuracy 1 exactly.
+    Two measures (the "measure" and "relative_definition" entries of the result say which):
+    - "ours" (the default): every evaluation uses the same sequences (`metric` "task" or "stream", as
+      for ablation_study), so eps = 0 gives relative accuracy 1 exactly and the differences are the
+      perturbation's; relative = accuracy / baseline.
+    - "study": as the study's code measures it: each trial draws a fresh direction and scores it on
+      one fresh in-time stream (stream_trials: 100 + 1,000 fair bits), and relative is chance-corrected,
+      (accuracy - 0.5) / (max over the target's eps = 0 trials - 0.5) (a separate set of `trials`
+      unperturbed streams when eps holds no 0). One stream per trial mixes the stream's noise into the spread.
+    Ours is the default for its paired comparison; the study's sets our figures beside its own.
 
     Args:
         eps: strengths (n_eps,). trials: random directions per strength. targets: "weights", "tau".
-        direction_seed: seeds the directions. metric, eval_kwargs: as for ablation_study (eval_kwargs
-            may hold seed, the evaluation's).
+        direction_seed: seeds the directions. eval_kwargs: the evaluation's settings (for "study" only
+            seed is read: it seeds the streams).
 
     Returns:
-        JSON-able dict: baseline, eps (n_eps,), and per target: accuracy (n_eps, trials),
-        relative (n_eps, trials), relative_mean (n_eps,), relative_std (n_eps,).
+        JSON-able dict: measure, metric, relative_definition, baseline, eps (n_eps,), and per target:
+        accuracy (n_eps, trials), relative (n_eps, trials), relative_mean (n_eps,), relative_std (n_eps,)
+        (over trials); "study" adds per target its baseline and baseline_trials (trials,) (the
+        top-level baseline is the first target's).
     """
+    if measure not in MEASURES:
+        raise ValueError(f"measure: expected one of {MEASURES}; got {measure!r}")
     eps = [float(e) for e in eps]
-    baseline = evaluate(model, task, N, head, metric, **eval_kwargs)
-    out = {"N": N, "head": head, "metric": metric, "baseline": baseline, "eps": eps, "trials": trials}
+    out = {"N": N, "head": head, "measure": measure, "metric": "stream" if measure == "study" else metric,
+           "eps": eps, "trials": trials}
     bar = tqdm(total=len(targets) * len(eps) * trials, desc="perturbation", disable=not progress, leave=False)
+    if measure == "study":
+        gen = make_generator(eval_kwargs.get("seed", 0), next(model.parameters()).device)
+        score = lambda m, n=1: stream_trials(m, task, N, head, n, generator=gen)  # noqa: E731
+    else:
+        out["baseline"] = evaluate(model, task, N, head, metric, **eval_kwargs)
+        score = lambda m: evaluate(m, task, N, head, metric, **eval_kwargs)  # noqa: E731
     for t_i, target in enumerate(targets):
-        gen = torch.Generator().manual_seed(direction_seed * 1000 + t_i)
+        directions = torch.Generator().manual_seed(direction_seed * 1000 + t_i)
         acc = np.zeros((len(eps), trials))
         for i, e in enumerate(eps):
             for j in range(trials):
-                acc[i, j] = evaluate(perturb(model, target, e, gen), task, N, head, metric, **eval_kwargs)
+                acc[i, j] = float(np.squeeze(score(perturb(model, target, e, directions))))
                 bar.update()
-        rel = acc / baseline if baseline > 0 else np.full_like(acc, np.nan)
-        out[target] = {"accuracy": acc.tolist(), "relative": rel.tolist(), "relative_mean": rel.mean(1).tolist(),
-                       "relative_std": rel.std(1).tolist()}
+        if measure == "study":   # the baseline of each target: its eps = 0 row, as the study's plots take it
+            base = acc[eps.index(0.0)] if 0.0 in eps else score(model, trials)
+            out[target] = {"baseline": float(base.max()), "baseline_trials": base.tolist()}
+            rel = chance_corrected(acc, out[target]["baseline"])
+        else:
+            rel = acc / out["baseline"] if out["baseline"] > 0 else np.full_like(acc, np.nan)
+        out[target] = {**out.get(target, {}), "accuracy": acc.tolist(), "relative": rel.tolist(),
+                       "relative_mean": rel.mean(1).tolist(), "relative_std": rel.std(1).tolist()}
     bar.close()
+    if measure == "study":
+        out["baseline"] = out[targets[0]]["baseline"] if targets else None
+    out["relative_definition"] = ("(accuracy - 0.5) / (max baseline trial - 0.5)" if measure == "study"
+                                  else "accuracy / baseline")
     return out

@@ -10,19 +10,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..curricula import CURRICULA, ConfigError
 from ..models import CORES
 from ..ops import BACKENDS, NONLINEARITIES, PLACEMENTS, resolve_backend
 from ..tasks import TASKS
 
-CURRICULA = ("single", "multi", "sliding", "none")
-
 # Fields that only say when to stop or which kernel computes the op: a resumed run may change them
 # (to extend a run, or to continue on a newly built backend) without changing what it computes.
 RESUMABLE_CHANGES = ("max_epochs", "target_N", "time_budget", "backend", "threads")
-
-
-class ConfigError(ValueError):
-    """A setting out of range or unknown; the message names the setting."""
 
 
 @dataclass
