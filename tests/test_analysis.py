@@ -2,6 +2,7 @@
 networks, and analyze_run / write_report end to end on the study's checkpoints (tiny settings)."""
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from timescale_kernels.analysis import (StreamMoments, ablate, ablation_study, a
 from timescale_kernels.analysis.accuracy import stream_labels
 from timescale_kernels.models import MemoryNet
 
-STUDY = Path(__file__).resolve().parents[1].parent / "shared" / "reference_checkpoints"
+STUDY = Path(os.environ.get("STUDY_CHECKPOINTS",
+                            Path(__file__).resolve().parents[1].parent / "shared" / "reference_checkpoints"))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -233,7 +235,7 @@ def test_forgetting_matrix_and_head_choice():
 # -- end to end -------------------------------------------------------------------------------------
 
 TINY = dict(trials=2, steps=1000, burn_in=50, max_lag=30, ablate_k=2, eps=(0.0, 0.215), perturb_trials=1,
-            eval_batches=1, batch_size=48, length_factors=(1, 2), extra_N=1, progress=False)
+            eval_batches=1, batch_size=48, length_factors=(1, 2), extra_N=1, study_trials=2, progress=False)
 
 
 
@@ -280,7 +282,8 @@ def analysed(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         multi = analyze_run(STUDY / "multi_head_parity", out / "multi", **TINY)
-        single = analyze_run(STUDY / "single_head_parity", out / "single", only=["N11-N11"], **TINY)
+        single = analyze_run(STUDY / "single_head_parity", out / "single", only=["N11-N11"], study_tau_net=False,
+                             **TINY)
     return out, multi, single
 
 
@@ -301,6 +304,13 @@ def test_analyze_run_on_the_study_checkpoints(analysed):
     assert 1 <= ck["dimensionality"]["mean"] <= 500
     assert ck["perturbation"]["weights"]["relative"][0] == [1.0] and ck["perturbation"]["eps"] == [0.0, 0.215]
     assert len(ck["ablation"]["long"]["accuracy"]) == 2
+    # Both estimators of tau_net and both measures of ablation and perturbation, each labelled.
+    assert tn["estimator"] == "ours" and ck["tau_net_study"]["estimator"] == "study"
+    assert len(ck["tau_net_study"]["values"]) == 500 and "tau_net_study" not in single["checkpoints"][0]
+    assert ck["ablation"]["measure"] == "ours" and ck["ablation_study"]["measure"] == "study"
+    assert ck["ablation_study"]["ablated_head"] == 0 and ck["ablation_study"]["metric"] == "stream"
+    assert ck["perturbation_study"]["measure"] == "study" and len(ck["perturbation_study"]["tau"]["accuracy"][0]) == 2
+    assert "0.5" in ck["perturbation_study"]["relative_definition"]
     assert ck["generalisation"]["length"]["lengths"] == [45, 90] and ck["generalisation"]["N"]["Ns"] == [12]
     # Forgetting: every checkpoint on every N; the single-head run is analysed in depth only at N = 11.
     assert single["forgetting"]["Ns"] == [5, 11] and np.asarray(single["forgetting"]["accuracy"]).shape == (2, 2)
@@ -331,10 +341,21 @@ def test_write_report_gathers_runs(analysed, tmp_path):
     (run / "analysis" / "analysis.json").write_text((out / "single" / "analysis.json").read_text())
     (run / "config.json").write_text(json.dumps({"curriculum": "single", "seed": 1, "task": "parity"}))
     (run / "metrics.csv").write_text("epoch,N_low,N_high,N_reached,loss\n1,2,2,,0.7\n2,3,3,2,0.5\n3,4,4,3,0.4\n")
-    path = write_report([out / "multi", run], tmp_path / "report.md")
+    # A curriculum the study did not run gets its own rows, with '-' for the study.
+    sliding = tmp_path / "sliding-seed2"
+    (sliding / "analysis").mkdir(parents=True)
+    (sliding / "analysis" / "analysis.json").write_text((out / "single" / "analysis.json").read_text())
+    (sliding / "config.json").write_text(json.dumps({"curriculum": "sliding", "seed": 2, "task": "parity"}))
+    path = write_report([out / "multi", run, sliding], tmp_path / "report.md")
     text = path.read_text()
     for expected in ("| multi |", "| single |", "0.71", "0.99", "0.96", "0.74", "N reached", "single-seed1"):
         assert expected in text, expected
+    ablation = text.split("## Ablation")[1].split("## Perturbation")[0]
+    perturbation = text.split("## Perturbation")[1].split("## Forgetting")[0]
+    for section in (ablation, perturbation):
+        rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+        assert rows[1:] == ["single", "multi", "sliding"], rows   # one row per curriculum present
+        assert section.count("- / -") >= 1                         # no study figures for sliding
     for line in text.splitlines():
         if line.startswith("!["):
             assert (tmp_path / line.split("](")[1].rstrip(")")).is_file(), line

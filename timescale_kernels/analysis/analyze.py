@@ -14,14 +14,16 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoints import load_checkpoint, load_study_checkpoint
+from ..curricula import curriculum_of
 from ..files import atomic_write_json, atomic_write_text
+from ..tasks import get_task
 from . import plots
 from .ablation import ablation_study
 from .dimensionality import dimensionality
 from .forgetting import forgetting_matrix
 from .generalisation import length_generalisation, n_generalisation
 from .perturbation import perturbation_study
-from .simulate import network_timescales
+from .simulate import fit_simulation, network_timescales
 from .timescales import effective_tau, tau_stats
 
 DEFAULT_EPS = (0.0, 0.01, 0.0215, 0.0464, 0.1, 0.215, 0.464, 1.0)  # the study's grid up to 1
@@ -51,8 +53,7 @@ def find_checkpoints(run_dir) -> tuple[str, dict, list[Checkpoint]]:
     if not found:
         raise FileNotFoundError(f"run_dir: {run_dir} holds neither config.json (a run directory) nor the "
                                 "study's rnn_N*_N*.pt files")
-    single = all(lo == hi for hi, lo, _ in found)
-    config = {"task": "parity", "curriculum": "single" if single else "multi", "source": "study"}
+    config = {"task": "parity", "curriculum": curriculum_of((lo, hi) for hi, lo, _ in found), "source": "study"}
     return "study", config, [Checkpoint(f"N{lo}-N{hi}", p, [], {}) for hi, lo, p in sorted(found)]
 
 
@@ -92,15 +93,16 @@ def jsonable(x):
     return x
 
 
-def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, eval_kwargs: dict) -> dict:
-    N = max(ckpt.Ns)
-    head = ckpt.head_for_N[N]
-    leaky = model.core == "leaky"
-    res = {"label": ckpt.label, "file": str(ckpt.path), "Ns": ckpt.Ns, "N": N, "head": head,
-           "head_for_N": {str(n): h for n, h in sorted(ckpt.head_for_N.items())}, "figures": {}}
+def _tau_net_entry(nt, estimator: str) -> dict:
+    return {"estimator": estimator, **nt.summary(), "values": nt.tau_net.tolist(), "model": nt.fit.model.tolist(),
+            "reasons": nt.fit.reason.tolist(), "aic_single": nt.fit.aic_single.tolist(),
+            "aic_double": nt.fit.aic_double.tolist()}
+
+
+def _timescales(model, ckpt: Checkpoint, out_dir: Path, s: dict, res: dict) -> None:
+    """Trained tau (leaky cores), tau_net by our estimator (and the study's), dimensionality, into res."""
     figs = res["figures"]
-    t0 = time.perf_counter()
-    if leaky:
+    if model.core == "leaky":
         res["tau"] = tau_stats(model)
         res["tau_values"] = effective_tau(model).tolist()
         figs["tau_hist"] = plots.tau_histogram(res["tau"], out_dir / f"tau_hist_{ckpt.label}.png",
@@ -109,25 +111,48 @@ def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, e
     nt = network_timescales(model, trials=s["trials"], steps=s["steps"], burn_in=s["burn_in"],
                             max_lag=s["max_lag"], generator=gen, chunk=s["chunk"], backend=s["backend"],
                             progress=s["progress"], warn=False)
-    res["tau_net"] = {**nt.summary(), "values": nt.tau_net.tolist(), "model": nt.fit.model.tolist(),
-                      "reasons": nt.fit.reason.tolist(), "ac_population": nt.sim.ac_population.tolist()}
+    res["tau_net"] = {**_tau_net_entry(nt, "ours"), "ac_population": nt.sim.ac_population.tolist()}
+    if s["study_tau_net"]:
+        res["tau_net_study"] = _tau_net_entry(fit_simulation(nt.sim, warn=False, estimator="study"), "study")
     res["dimensionality"] = dimensionality(covariance=nt.sim.covariance)
     figs["ac_fits"] = plots.autocorrelation_fits(nt.fit, out_dir / f"ac_fits_{ckpt.label}.png",
                                                  title=f"{ckpt.label}: autocorrelations").name
-    if leaky:
+    if model.core == "leaky":
         figs["tau_scatter"] = plots.tau_scatter(res["tau_values"], res["tau_net"]["values"],
                                                 out_dir / f"tau_scatter_{ckpt.label}.png", ckpt.label).name
-        res["ablation"] = ablation_study(model, task, N, head, s["ablate_k"], metric=s["metric"],
-                                         progress=s["progress"], **eval_kwargs)
-        figs["ablation"] = plots.ablation_bars(res["ablation"], out_dir / f"ablation_{ckpt.label}.png",
-                                               f"{ckpt.label}: ablation at N = {N}").name
-        res["perturbation"] = perturbation_study(model, task, N, head, s["eps"], s["perturb_trials"],
-                                                 direction_seed=s["seed"], metric=s["metric"],
-                                                 progress=s["progress"], **eval_kwargs)
-        figs["perturbation"] = plots.perturbation_curves(
-            res["perturbation"], out_dir / f"perturbation_{ckpt.label}.png", f"{ckpt.label}: perturbation at N = {N}").name
+
+
+def _robustness(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, eval_kwargs: dict, res: dict) -> None:
+    """Ablation and perturbation by our measure (and the study's), into res (leaky cores only)."""
+    N, head, figs = res["N"], res["head"], res["figures"]
+    res["ablation"] = ablation_study(model, task, N, head, s["ablate_k"], metric=s["metric"],
+                                     progress=s["progress"], **eval_kwargs)
+    figs["ablation"] = plots.ablation_bars(res["ablation"], out_dir / f"ablation_{ckpt.label}.png",
+                                           f"{ckpt.label}: ablation at N = {N}").name
+    res["perturbation"] = perturbation_study(model, task, N, head, s["eps"], s["perturb_trials"],
+                                             direction_seed=s["seed"], metric=s["metric"],
+                                             progress=s["progress"], **eval_kwargs)
+    figs["perturbation"] = plots.perturbation_curves(
+        res["perturbation"], out_dir / f"perturbation_{ckpt.label}.png", f"{ckpt.label}: perturbation at N = {N}").name
+    if s["study_measures"]:
+        res["ablation_study"] = ablation_study(model, task, N, head, s["ablate_k"], measure="study",
+                                               trials=s["study_trials"], progress=s["progress"], seed=s["seed"])
+        res["perturbation_study"] = perturbation_study(model, task, N, head, s["eps"], s["study_trials"],
+                                                       direction_seed=s["seed"], measure="study",
+                                                       progress=s["progress"], seed=s["seed"])
+
+
+def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, eval_kwargs: dict) -> dict:
+    N = max(ckpt.Ns)
+    res = {"label": ckpt.label, "file": str(ckpt.path), "Ns": ckpt.Ns, "N": N, "head": ckpt.head_for_N[N],
+           "head_for_N": {str(n): h for n, h in sorted(ckpt.head_for_N.items())}, "figures": {}}
+    t0 = time.perf_counter()
+    _timescales(model, ckpt, out_dir, s, res)
+    if model.core == "leaky":
+        _robustness(model, ckpt, task, out_dir, s, eval_kwargs, res)
     task_kwargs = {k: v for k, v in eval_kwargs.items() if k in ("batches", "batch_size", "seed")}
-    res["generalisation"] = {"length": length_generalisation(model, task, N, head, s["length_factors"], **task_kwargs),
+    res["generalisation"] = {"length": length_generalisation(model, task, N, res["head"], s["length_factors"],
+                                                             **task_kwargs),
                              "N": n_generalisation(model, task, ckpt.head_for_N, s["extra_N"], **task_kwargs)}
     res["seconds"] = time.perf_counter() - t0
     return res
@@ -136,14 +161,13 @@ def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, e
 def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, burn_in=500, max_lag=30,
                 ablate_k=10, eps=DEFAULT_EPS, perturb_trials=5, eval_batches=10, batch_size=256, seed=0,
                 device=None, metric="task", only=None, chunk=2048, backend=None, length_factors=(1, 2, 4),
-                extra_N=3, progress=True) -> dict:
+                extra_N=3, study_tau_net=True, study_measures=True, study_trials=10, progress=True) -> dict:
     """Every analysis of every checkpoint of a run; writes out_dir/analysis.json, analysis.md, PNGs.
 
     Args:
         run_dir: a run directory (config.json with "task"; checkpoints/N{lo}-N{hi}.pt) or a folder of
-            the study's files (rnn_N{lo}_N{hi}.pt; task parity; single-head if every file has lo == hi).
-        out_dir: where to write (default run_dir/analysis).
-        task: override the task ("parity" or "dms").
+            the study's files (rnn_N{lo}_N{hi}.pt; task parity; its curriculum told by the N ranges).
+        out_dir: where to write (default run_dir/analysis). task: override the task (a name in TASKS).
         trials, steps, burn_in, max_lag: the tau_net simulation and fit (simulate, fit_autocorrelation).
         ablate_k: neurons silenced from each end of the tau order. eps, perturb_trials: perturbation grid.
         eval_batches, batch_size: every accuracy evaluation (same sequences for all, from seed).
@@ -155,12 +179,17 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
             the forgetting matrix always covers every checkpoint.
         chunk, backend: simulation chunk length and op backend (default: the model's own).
         length_factors: generalisation to T = factor * (4N + 1). extra_N: N's beyond the trained range.
+        study_tau_net: also fit tau_net with the study's estimator (tau_net_study).
+        study_measures: also measure ablation and perturbation as the study does (ablation_study,
+            perturbation_study: in-time streams, chance-corrected), with study_trials streams each.
         progress: tqdm bars.
 
     Returns:
         The dict written to analysis.json: source, task, curriculum, settings, forgetting matrix, and
-        per checkpoint: tau stats and values, tau_net (summary, values, fit model, reasons, population
-        autocorrelation), dimensionality, accuracy per trained N, ablation, perturbation, generalisation.
+        per checkpoint: tau stats and values, tau_net (estimator "ours": summary, values, fit model,
+        reasons, AICs, population autocorrelation) and tau_net_study (the study's estimator), dimensionality,
+        accuracy per trained N, ablation and perturbation (ours) and ablation_study and perturbation_study
+        (the study's measures; each says which in "measure"), generalisation.
     """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "analysis"
@@ -171,24 +200,36 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
     task = task or config.get("task")
     if task is None:
         raise ValueError(f"task: {run_dir}/config.json names no task; pass task=")
+    get_task(task)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to analyse
     s = {"trials": trials, "steps": steps, "burn_in": burn_in, "max_lag": max_lag, "ablate_k": ablate_k,
          "eps": [float(e) for e in eps], "perturb_trials": perturb_trials, "eval_batches": eval_batches,
          "batch_size": batch_size, "seed": seed, "device": str(device), "metric": metric, "chunk": chunk,
-         "backend": backend, "length_factors": list(length_factors), "extra_N": extra_N, "progress": progress}
-    eval_kwargs = {"batches": eval_batches, "batch_size": batch_size, "seed": seed}
+         "backend": backend, "length_factors": list(length_factors), "extra_N": extra_N,
+         "study_tau_net": bool(study_tau_net), "study_measures": bool(study_measures),
+         "study_trials": study_trials, "progress": progress}
+    summary = _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s)
+    atomic_write_json(out_dir / "analysis.json", summary)
+    from .report import run_markdown
+    atomic_write_text(out_dir / "analysis.md", run_markdown(summary))
+    return summary
+
+
+def _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s) -> dict:
+    """The forgetting matrix over every checkpoint, then every chosen checkpoint in depth."""
+    eval_kwargs = {"batches": s["eval_batches"], "batch_size": s["batch_size"], "seed": s["seed"]}
     start = time.perf_counter()
     models = [load(source, c, device) for c in ckpts]
     all_Ns = sorted({n for c in ckpts for n in c.Ns})
     forgetting = forgetting_matrix([(c.label, m, c.head_for_N) for c, m in zip(ckpts, models)], task, all_Ns,
-                                   metric=metric, progress=progress, **eval_kwargs)
+                                   metric=s["metric"], progress=s["progress"], **eval_kwargs)
     forgetting["figure"] = plots.forgetting_heatmap(forgetting, out_dir / "forgetting.png",
-                                                    f"{run_dir.name}: accuracy ({metric})").name
+                                                    f"{run_dir.name}: accuracy ({s['metric']})").name
     wanted = None if only is None else {str(o) for o in only}
     results = []
     chosen = [(c, m, i) for i, (c, m) in enumerate(zip(ckpts, models))
               if wanted is None or c.label in wanted or str(max(c.Ns)) in wanted]
-    for c, m, i in tqdm(chosen, desc=f"analyze {run_dir.name}", disable=not progress):
+    for c, m, i in tqdm(chosen, desc=f"analyze {run_dir.name}", disable=not s["progress"]):
         res = _analyze_checkpoint(m, c, task, out_dir, s, eval_kwargs)
         row = forgetting["accuracy"][i]
         res["accuracy"] = {str(n): row[all_Ns.index(n)] for n in c.Ns}
@@ -198,11 +239,7 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
                "seconds": time.perf_counter() - start, "version": __version__}
     if len(results) > 1:
         summary["figures"] = {"tau_vs_N": _tau_vs_N(results, out_dir / "tau_vs_N.png", run_dir.name).name}
-    summary = jsonable(summary)
-    atomic_write_json(out_dir / "analysis.json", summary)
-    from .report import run_markdown
-    atomic_write_text(out_dir / "analysis.md", run_markdown(summary))
-    return summary
+    return jsonable(summary)
 
 
 def _tau_vs_N(results, path, title):

@@ -10,19 +10,26 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from ..curricula import CURRICULA, get_curriculum
 from ..files import atomic_write_text
 from . import plots
 
-# What the study reports (500 neurons, N-parity), to print beside our numbers.
+# What the study reports (500 neurons, N-parity), per curriculum, to print beside our numbers. A
+# curriculum the study did not run has no entry here; the report then shows '-' for the study.
 STUDY = {
-    "n_reached": {"multi": "N = 100 (its head cap) within 1000 epochs", "single": "stalls near N = 35"},
-    "tau_mean": {"single": "grows with N: about 1.4 (N = 15) to 1.7 (N = 32)", "multi": "stays near 1.2-1.5"},
-    "ablation_N": 30,
-    "ablation_long": {"single": 0.71, "multi": 0.99},
-    "perturb_eps": 0.215,
-    "perturb_weights": {"multi": 0.96, "single": 0.74},
+    "multi": {"n_reached": "N = 100 (its head cap) within 1000 epochs", "tau_mean": "stays near 1.2-1.5",
+              "tau_net": "about 2.5 (N = 5) to 6.6 (N = 30)", "ablation_long": 0.99, "ablation_short": 0.89,
+              "perturb_weights": 0.96, "perturb_tau": 0.99},
+    "single": {"n_reached": "stalls near N = 35", "tau_mean": "grows with N: about 1.4 (N = 15) to 1.7 (N = 32)",
+               "tau_net": "2.5 (N = 5) to 7.1 (N = 30)", "ablation_long": 0.71, "ablation_short": 0.93,
+               "perturb_weights": 0.74, "perturb_tau": 0.71},
 }
+STUDY_AT = {"ablation_N": 30, "perturb_weights_eps": 0.215, "perturb_tau_eps": 0.0464}
 STUDY_TAU_POINTS = {"single": ([15, 32], [1.4, 1.7])}
+
+
+def _study(kind: str, key: str):
+    return STUDY.get(kind, {}).get(key, "-")
 
 
 def _fmt(x, digits=3) -> str:
@@ -114,12 +121,19 @@ def _model(config: dict, summary: dict | None, training: dict) -> str:
 
 
 def _kind(curriculum) -> str:
-    c = str(curriculum or "").lower()
-    if "single" in c:
-        return "single"
-    if "multi" in c or "cumulative" in c:
-        return "multi"
-    return c or "unknown"
+    """The registered curriculum's name for curriculum or one of its aliases; else the text itself."""
+    if not curriculum:
+        return "unknown"
+    try:
+        return get_curriculum(curriculum).name
+    except ValueError:
+        return str(curriculum).lower()
+
+
+def _kinds(runs) -> list[str]:
+    """The curricula present in runs: registered ones in REGISTRY's order, then any other, sorted."""
+    present = {r["kind"] for r in runs}
+    return [k for k in CURRICULA if k in present] + sorted(present - set(CURRICULA))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -294,8 +308,8 @@ def _nearest(runs, kind, N, value):
 
 
 def write_report(run_dirs, out_path) -> Path:
-    """Gathers runs (single- vs multi-head, leaky against GRU/LSTM, several seeds) into one Markdown file
-    with PNGs.
+    """Gathers runs (every curriculum present, leaky against GRU/LSTM, several seeds) into one Markdown
+    file with PNGs; each section has one row per curriculum present.
 
     Args:
         run_dirs: run directories (or analysis output folders) holding analysis.json (from analyze_run)
@@ -312,15 +326,40 @@ def write_report(run_dirs, out_path) -> Path:
     fig_dir.mkdir(parents=True, exist_ok=True)
     runs = _gather(run_dirs)
     analysed = [r for r in runs if r["summary"] is not None]  # the sections after the N-reached ones
-    rel = lambda p: f"{fig_dir.name}/{Path(p).name}"  # noqa: E731
+    figures = _Figures(fig_dir)
+    lines = (_header(analysed) + _runs_section(runs) + _progress_section(runs, figures)
+             + _model_section(runs, figures) + _timescale_section(analysed, figures)
+             + _ablation_section(analysed, figures) + _perturbation_section(analysed, figures)
+             + _forgetting_section(analysed, figures))
+    atomic_write_text(out_path, "\n".join(lines) + "\n")
+    return out_path
+
+
+class _Figures:
+    """Where the report's PNGs go, and the Markdown line that shows one."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def show(self, name: str, alt: str) -> str:
+        return f"![{alt}]({self.folder.name}/{name})"
+
+
+def _header(analysed) -> list[str]:
     metrics = sorted({r["summary"]["settings"].get("metric", "task") for r in analysed})
     scored = (f"these runs were scored with metric {', '.join(metrics)}." if metrics else
               "none of these runs has been analysed (timescale-kernels analyze RUN_DIR).")
-    lines = ["# Timescales, curricula and memory: report", "",
-             "Our runs beside the values reported by Khajehabdollahi, Zeraati et al., ICLR 2024 "
-             "(500 neurons, N-parity). A '-' means the runs hold no data for that entry. The study scores "
-             "ablation and perturbation with its in-time stream accuracy (metric \"stream\"); " + scored, "",
-             "## Runs", "", "| run | curriculum | seed | task | checkpoints | largest N | epochs |",
+    return ["# Timescales, curricula and memory: report", "",
+            "Our runs beside the values reported by Khajehabdollahi, Zeraati et al., ICLR 2024 "
+            "(500 neurons, N-parity). A '-' means the runs hold no data for that entry. The study scores "
+            "ablation and perturbation with its in-time stream accuracy (metric \"stream\"); " + scored, ""]
+
+
+def _runs_section(runs) -> list[str]:
+    lines = ["## Runs", "", "| run | curriculum | seed | task | checkpoints | largest N | epochs |",
              "|---|---|---|---|---|---|---|"]
     for r in runs:
         s, (ep, nr) = r["summary"], r["n_reached"]
@@ -329,97 +368,139 @@ def write_report(run_dirs, out_path) -> Path:
         lines.append(f"| {r['name']} | {r['kind']} | {_fmt(r['seed'])} | {_fmt(r['task'])} | "
                      f"{len(cks) if cks is not None else r['checkpoint_files']} | {_fmt(max(nr) if nr else top)} | "
                      f"{_fmt(int(max(ep)) if ep else r['reach']['epochs'])} |")
-    lines.append("")
+    return lines + [""]
 
-    # N reached over training.
+
+def _progress_section(runs, figures: _Figures) -> list[str]:
     curves = {f"{r['name']} ({r['kind']})": r["n_reached"] for r in runs if r["n_reached"][0]}
-    lines += ["## N reached vs epoch", ""]
+    lines = ["## N reached vs epoch", ""]
     if curves:
-        plots.lines(curves, fig_dir / "n_reached.png", "epoch", "N reached", "curriculum progress")
-        lines += [f"![N reached]({rel('n_reached.png')})", ""]
-    for kind in ("multi", "single"):
+        plots.lines(curves, figures.path("n_reached.png"), "epoch", "N reached", "curriculum progress")
+        lines += [figures.show("n_reached.png", "N reached"), ""]
+    for kind in _kinds(runs):
         ours = [max(r["n_reached"][1]) for r in runs if r["kind"] == kind and r["n_reached"][1]]
-        lines.append(f"- {kind}-head: ours {_fmt(max(ours)) if ours else '-'} "
-                     f"(largest N reached over runs); study: {STUDY['n_reached'][kind]}")
-    lines.append("")
+        lines.append(f"- {kind}: ours {_fmt(max(ours)) if ours else '-'} "
+                     f"(largest N reached over runs); study: {_study(kind, 'n_reached')}")
+    return lines + [""]
 
-    # Leaky RNN against the GRU / LSTM baselines.
-    lines += ["## N reached by model and curriculum", "",
-              "Highest N passed per (model, curriculum) over its runs, and the fewest epochs (with that run's "
-              "training wall time) in which a run reached it.", ""] + _model_table(runs) + [""]
+
+def _model_section(runs, figures: _Figures) -> list[str]:
+    """Leaky RNN against the GRU / LSTM baselines."""
+    lines = ["## N reached by model and curriculum", "",
+             "Highest N passed per (model, curriculum) over its runs, and the fewest epochs (with that run's "
+             "training wall time) in which a run reached it.", ""] + _model_table(runs) + [""]
     if any(r["n_reached"][0] for r in runs):
-        _plot_models(runs, fig_dir / "n_reached_by_model.png")
-        lines += [f"![N reached by model]({rel('n_reached_by_model.png')})", ""]
-    runs = analysed  # every section below reads analysis.json
+        _plot_models(runs, figures.path("n_reached_by_model.png"))
+        lines += [figures.show("n_reached_by_model.png", "N reached by model"), ""]
+    return lines
 
-    # Timescales vs N.
+
+def _tau_net_above_1(entry):
+    """Mean tau_net over neurons with tau_net > 1 (the study's summary), or None."""
+    values = [v for v in (entry or {}).get("values", []) if v is not None and v > 1]
+    return float(np.mean(values)) if values else None
+
+
+def _timescale_section(runs, figures: _Figures) -> list[str]:
     tau_series = _mean_series(runs, lambda c: c.get("tau", {}).get("mean"))
     net_series = _mean_series(runs, lambda c: c["tau_net"]["neurons"]["median"])
-    lines += ["## Timescales vs N", ""]
+    lines = ["## Timescales vs N", ""]
     if tau_series:
-        plots.lines(tau_series, fig_dir / "tau_vs_N.png", "N", "mean trained tau", "trained tau (mean +- sd over runs)",
-                    refs={"study, single-head": STUDY_TAU_POINTS["single"]})
-        lines += [f"![trained tau]({rel('tau_vs_N.png')})", ""]
+        plots.lines(tau_series, figures.path("tau_vs_N.png"), "N", "mean trained tau",
+                    "trained tau (mean +- sd over runs)", refs={"study, single-head": STUDY_TAU_POINTS["single"]})
+        lines += [figures.show("tau_vs_N.png", "trained tau"), ""]
     if net_series:
-        plots.lines(net_series, fig_dir / "tau_net_vs_N.png", "N", "median tau_net (steps)",
+        plots.lines(net_series, figures.path("tau_net_vs_N.png"), "N", "median tau_net (steps)",
                     "network-mediated timescale")
-        lines += [f"![tau_net]({rel('tau_net_vs_N.png')})", ""]
+        lines += [figures.show("tau_net_vs_N.png", "tau_net"), ""]
     lines += ["| curriculum | mean trained tau at N (ours) | study |", "|---|---|---|"]
-    for kind in ("single", "multi"):
+    for kind in _kinds(runs):
         by = _by_N(runs, kind, lambda c: c.get("tau", {}).get("mean"))
         ours = ", ".join(f"N={n}: {np.mean(v):.2f}" for n, v in by.items()) or "-"
-        lines.append(f"| {kind} | {ours} | {STUDY['tau_mean'][kind]} |")
-    lines.append("")
+        lines.append(f"| {kind} | {ours} | {_study(kind, 'tau_mean')} |")
+    lines += ["", "tau_net as the study summarises it (mean over neurons with tau_net > 1), by our estimator "
+              "and by the study's (curve_fit from the middle of its bounds, which stops short of the better "
+              "optimum for some neurons):", "",
+              "| curriculum | our estimator at N | the study's estimator at N | study |", "|---|---|---|---|"]
+    for kind in _kinds(runs):
+        cells = []
+        for field in ("tau_net", "tau_net_study"):
+            by = _by_N(runs, kind, lambda c, f=field: _tau_net_above_1(c.get(f)))
+            cells.append(", ".join(f"N={n}: {np.mean(v):.2f}" for n, v in by.items()) or "-")
+        lines.append(f"| {kind} | {cells[0]} | {cells[1]} | {_study(kind, 'tau_net')} |")
+    return lines + [""]
 
-    # Ablation.
-    n_ab = STUDY["ablation_N"]
-    lines += ["## Ablation (one neuron at a time)", "",
-              f"Mean accuracy relative to the intact network after silencing one of the longest-tau neurons, "
-              f"at the checkpoint nearest N = {n_ab}.", "",
-              "| curriculum | ours: longest tau | ours: shortest tau | at N | study (longest, N = 30) |",
-              "|---|---|---|---|---|"]
-    for kind in ("single", "multi"):
-        long_, used = _nearest(runs, kind, n_ab, lambda c: c.get("ablation", {}).get("long", {}).get("mean_relative"))
-        short, _ = _nearest(runs, kind, n_ab, lambda c: c.get("ablation", {}).get("short", {}).get("mean_relative"))
-        lines.append(f"| {kind} | {_fmt(long_)} | {_fmt(short)} | {used or '-'} | {STUDY['ablation_long'][kind]} |")
-    ab_series = {}
+
+def _ablation_section(runs, figures: _Figures) -> list[str]:
+    n_ab = STUDY_AT["ablation_N"]
+    lines = ["## Ablation (one neuron at a time)", "",
+             f"Mean relative accuracy after silencing one of the longest- or shortest-tau neurons, at the "
+             f"checkpoint nearest N = {n_ab}. Ours: accuracy / baseline on the same sequences, the neuron "
+             "removed from the head scored. The study's measure: in-time streams, chance-corrected "
+             "(accuracy - 0.5) / (best baseline trial - 0.5), the neuron removed from head 0 only.", "",
+             "| curriculum | ours: long / short | study's measure: long / short | at N | "
+             f"study (N = {n_ab}): long / short |", "|---|---|---|---|---|"]
+    for kind in _kinds(runs):
+        cells, used = [], []
+        for field in ("ablation", "ablation_study"):
+            pair = []
+            for which in ("long", "short"):
+                v, at = _nearest(runs, kind, n_ab, lambda c, f=field, w=which: c.get(f, {}).get(w, {}).get("mean_relative"))
+                pair.append(_fmt(v))
+                used = used or at
+            cells.append(" / ".join(pair))
+        study = f"{_study(kind, 'ablation_long')} / {_study(kind, 'ablation_short')}"
+        lines.append(f"| {kind} | {cells[0]} | {cells[1]} | {used or '-'} | {study} |")
+    series = {}
     for which in ("long", "short"):
         got = _mean_series(runs, lambda c, w=which: c.get("ablation", {}).get(w, {}).get("mean_relative"))
-        ab_series.update({f"{kind} {which}": v for kind, v in got.items()})
-    if ab_series:
-        plots.lines(ab_series, fig_dir / "ablation_vs_N.png", "N", "relative accuracy", "ablating one neuron")
-        lines += ["", f"![ablation]({rel('ablation_vs_N.png')})"]
-    lines.append("")
+        series.update({f"{kind} {which}": v for kind, v in got.items()})
+    if series:
+        plots.lines(series, figures.path("ablation_vs_N.png"), "N", "relative accuracy", "ablating one neuron")
+        lines += ["", figures.show("ablation_vs_N.png", "ablation")]
+    return lines + [""]
 
-    # Perturbation.
-    eps0 = STUDY["perturb_eps"]
-    lines += ["## Perturbation", "", f"Relative accuracy at eps = {eps0}, at the checkpoint nearest N = {n_ab}.", "",
-              "| curriculum | ours: W | ours: tau | at N | study: W |", "|---|---|---|---|---|"]
+
+def _perturbed(c, field, target, eps):
+    """relative_mean of c[field][target] at the eps nearest eps, or None."""
+    p = c.get(field)
+    i = _eps_index(p, eps) if p and target in p else None
+    return p[target]["relative_mean"][i] if i is not None else None
+
+
+def _perturbation_section(runs, figures: _Figures) -> list[str]:
+    n_ab, eps_w, eps_t = STUDY_AT["ablation_N"], STUDY_AT["perturb_weights_eps"], STUDY_AT["perturb_tau_eps"]
+    lines = ["## Perturbation", "",
+             f"Mean relative accuracy with W perturbed at eps = {eps_w} and tau at eps = {eps_t}, at the "
+             f"checkpoint nearest N = {n_ab}. Ours: accuracy / baseline on the same sequences. The study's "
+             "measure: one fresh in-time stream per direction, chance-corrected.", "",
+             "| curriculum | ours: W / tau | study's measure: W / tau | at N | study: W / tau |",
+             "|---|---|---|---|---|"]
     curves = {}
-    for kind in ("single", "multi"):
-        def at(c, target):
-            p = c.get("perturbation")
-            i = _eps_index(p, eps0) if p else None
-            return p[target]["relative_mean"][i] if i is not None else None
-        w, used = _nearest(runs, kind, n_ab, lambda c: at(c, "weights"))
-        t, _ = _nearest(runs, kind, n_ab, lambda c: at(c, "tau"))
-        lines.append(f"| {kind} | {_fmt(w)} | {_fmt(t)} | {used or '-'} | {STUDY['perturb_weights'][kind]} |")
+    for kind in _kinds(runs):
+        cells, used = [], []
+        for field in ("perturbation", "perturbation_study"):
+            w, at = _nearest(runs, kind, n_ab, lambda c, f=field: _perturbed(c, f, "weights", eps_w))
+            t, _ = _nearest(runs, kind, n_ab, lambda c, f=field: _perturbed(c, f, "tau", eps_t))
+            cells.append(f"{_fmt(w)} / {_fmt(t)}")
+            used = used or at
+        study = f"{_study(kind, 'perturb_weights')} / {_study(kind, 'perturb_tau')}"
+        lines.append(f"| {kind} | {cells[0]} | {cells[1]} | {used or '-'} | {study} |")
         for r in runs:
             cks = [c for c in r["summary"]["checkpoints"] if "perturbation" in c and r["kind"] == kind]
             if cks:
                 c = min(cks, key=lambda c: abs(c["N"] - n_ab))
                 curves[f"{r['name']} N={c['N']}"] = c["perturbation"]
     if curves:
-        plots.perturbation_curves(curves, fig_dir / "perturbation.png", "relative accuracy vs eps")
-        lines += ["", f"![perturbation]({rel('perturbation.png')})"]
-    lines.append("")
+        plots.perturbation_curves(curves, figures.path("perturbation.png"), "relative accuracy vs eps")
+        lines += ["", figures.show("perturbation.png", "perturbation")]
+    return lines + [""]
 
-    # Forgetting.
-    lines += ["## Forgetting (accuracy of every checkpoint on every N)", ""]
+
+def _forgetting_section(runs, figures: _Figures) -> list[str]:
+    lines = ["## Forgetting (accuracy of every checkpoint on every N)", ""]
     for r in runs:
-        f = r["summary"]["forgetting"]
         name = f"forgetting_{r['name']}.png"
-        plots.forgetting_heatmap(f, fig_dir / name, f"{r['name']} ({r['kind']})")
-        lines += [f"![{r['name']}]({rel(name)})", ""]
-    atomic_write_text(out_path, "\n".join(lines) + "\n")
-    return out_path
+        plots.forgetting_heatmap(r["summary"]["forgetting"], figures.path(name), f"{r['name']} ({r['kind']})")
+        lines += [figures.show(name, r["name"]), ""]
+    return lines

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..ops import leaky_rnn
-from .timescales import TimescaleFit, fit_autocorrelation, warn_failures
+from .timescales import TimescaleFit, fit_autocorrelation, study_normalisation, warn_failures
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -179,50 +179,68 @@ def simulate(model, *, trials: int = 10, steps: int = 100_000, burn_in: int = 50
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(0)
-    run = _core_runner(model, backend)
-    hidden = model.hidden_size
     h0 = model.initial_state(trials, generator)
     state = (h0, torch.zeros_like(h0)) if model.core == "lstm" else h0
     if rate is None:
         p = torch.rand(trials, generator=generator, device=device)
     else:
         p = torch.full((trials,), float(rate), device=device)
-    moments = StreamMoments(trials * (hidden + 1), max_lag)
-    cov_sum = torch.zeros(trials, hidden, hidden, dtype=torch.float64, device=device) if covariance else None
-    recorded = []
+    acc = _Accumulator(trials, model.hidden_size, max_lag, covariance, record, device)
+    run = _core_runner(model, backend)
     start = time.perf_counter()
     bar = tqdm(total=burn_in + steps, desc="simulate", unit="step", disable=not progress, leave=False)
     done = -burn_in
     while done < steps:
         # Burn-in chunks end exactly at step 0 so that measured chunks start clean.
         size = min(chunk, -done) if done < 0 else min(chunk, steps - done)
-        x = random_bit_stream(size, trials, p, generator)
-        h, state = run(x, state)
+        h, state = run(random_bit_stream(size, trials, p, generator), state)
         if done >= 0:
-            pop = h.sum(-1, keepdim=True)
-            moments.update(torch.cat([h, pop], -1).reshape(size, -1))
-            if covariance:
-                # Centred on the same first-chunk mean as the lag sums, so moments.total serves both.
-                shift = moments.shift.view(trials, hidden + 1)[:, :hidden]
-                y = (h - shift).permute(1, 2, 0)              # (trials, H, C)
-                cov_sum += torch.bmm(y, y.transpose(1, 2)).double()
-            if record:
-                recorded.append(h.float().cpu().numpy())
+            acc.add(h)
         done += size
         bar.update(size)
     bar.close()
-    seconds = time.perf_counter() - start
-    ac = moments.autocovariance().reshape(trials, hidden + 1, max_lag + 1)
-    mean = (moments.shift.double().cpu().numpy() + moments.total / moments.n).reshape(trials, hidden + 1)
-    cov = None
-    if covariance:
-        centred = moments.total.reshape(trials, hidden + 1)[:, :hidden] / steps  # mean of (h - shift)
-        cov = cov_sum.cpu().numpy() / steps - centred[:, :, None] * centred[:, None, :]
-        cov *= steps / (steps - 1)
-    return Simulation(ac=ac[:, :hidden].mean(0), ac_population=ac[:, hidden].mean(0), mean=mean[:, :hidden].mean(0),
-                      variance=ac[:, :hidden, 0].mean(0), covariance=cov,
-                      activity=np.concatenate(recorded, 0).transpose(1, 0, 2) if record else None,
-                      trials=trials, steps=steps, burn_in=burn_in, max_lag=max_lag, seconds=seconds)
+    return acc.result(steps, burn_in, time.perf_counter() - start)
+
+
+class _Accumulator:
+    """What simulate() keeps of each measured chunk h (C, trials, H): lag sums of every neuron and of
+    their sum (StreamMoments), per-trial covariances, and the activity itself when recording."""
+
+    def __init__(self, trials, hidden, max_lag, covariance, record, device):
+        self.trials, self.hidden, self.max_lag = trials, hidden, max_lag
+        self.moments = StreamMoments(trials * (hidden + 1), max_lag)
+        self.cov_sum = (torch.zeros(trials, hidden, hidden, dtype=torch.float64, device=device)
+                        if covariance else None)
+        self.recorded = [] if record else None
+
+    def add(self, h: torch.Tensor) -> None:
+        size = h.shape[0]
+        pop = h.sum(-1, keepdim=True)
+        self.moments.update(torch.cat([h, pop], -1).reshape(size, -1))
+        if self.cov_sum is not None:
+            # Centred on the same first-chunk mean as the lag sums, so moments.total serves both.
+            shift = self.moments.shift.view(self.trials, self.hidden + 1)[:, :self.hidden]
+            y = (h - shift).permute(1, 2, 0)              # (trials, H, C)
+            self.cov_sum += torch.bmm(y, y.transpose(1, 2)).double()
+        if self.recorded is not None:
+            self.recorded.append(h.float().cpu().numpy())
+
+    def result(self, steps, burn_in, seconds) -> Simulation:
+        trials, hidden, moments = self.trials, self.hidden, self.moments
+        ac = moments.autocovariance().reshape(trials, hidden + 1, self.max_lag + 1)
+        mean = (moments.shift.double().cpu().numpy() + moments.total / moments.n).reshape(trials, hidden + 1)
+        cov = None
+        if self.cov_sum is not None:
+            centred = moments.total.reshape(trials, hidden + 1)[:, :hidden] / steps  # mean of (h - shift)
+            cov = self.cov_sum.cpu().numpy() / steps - centred[:, :, None] * centred[:, None, :]
+            cov *= steps / (steps - 1)
+        activity = None
+        if self.recorded is not None:
+            activity = np.concatenate(self.recorded, 0).transpose(1, 0, 2)
+        return Simulation(ac=ac[:, :hidden].mean(0), ac_population=ac[:, hidden].mean(0),
+                          mean=mean[:, :hidden].mean(0), variance=ac[:, :hidden, 0].mean(0), covariance=cov,
+                          activity=activity, trials=trials, steps=steps, burn_in=burn_in,
+                          max_lag=self.max_lag, seconds=seconds)
 
 
 @dataclass
@@ -242,13 +260,24 @@ class NetworkTimescales:
 
 
 def network_timescales(model, *, max_lag: int = 30, tau_max: float = 100.0, warn: bool = True,
-                       **simulate_kwargs) -> NetworkTimescales:
+                       estimator: str = "ours", **simulate_kwargs) -> NetworkTimescales:
     """The study's network-mediated timescales: simulate() (trials=10, steps=100_000, burn_in=500 by
     default; any of its arguments may be given) then fit every neuron's autocorrelation on lags
-    0..max_lag (fit_autocorrelation), and the population activity's."""
+    0..max_lag (fit_autocorrelation with this estimator, "ours" or "study"), and the population
+    activity's."""
     sim = simulate(model, max_lag=max_lag, **simulate_kwargs)
-    fit = fit_autocorrelation(sim.ac, max_lag, tau_max)
-    population = fit_autocorrelation(sim.ac_population[None], max_lag, tau_max)
+    return fit_simulation(sim, tau_max=tau_max, warn=warn, estimator=estimator)
+
+
+def fit_simulation(sim: Simulation, *, tau_max: float = 100.0, warn: bool = True,
+                   estimator: str = "ours") -> NetworkTimescales:
+    """tau_net of every neuron and of the population from a simulation, with either estimator (the
+    study's sees the autocorrelations with its own divisor, study_normalisation)."""
+    ac, pop = sim.ac, sim.ac_population[None]
+    if estimator == "study":
+        ac, pop = study_normalisation(ac, sim.steps), study_normalisation(pop, sim.steps)
+    fit = fit_autocorrelation(ac, sim.max_lag, tau_max, estimator=estimator)
+    population = fit_autocorrelation(pop, sim.max_lag, tau_max, estimator=estimator)
     if warn:
         warn_failures(fit)
     return NetworkTimescales(tau_net=fit.tau, fit=fit, population=population, sim=sim)

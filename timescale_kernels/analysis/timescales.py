@@ -22,6 +22,7 @@ from scipy import fft as sfft
 from scipy.optimize import curve_fit
 
 REASONS = ("ok", "silent", "nonfinite", "fit_failed", "at_bound")  # TimescaleFit.reason values
+ESTIMATORS = ("ours", "study")  # how fit_autocorrelation finds each fit
 TAU_MIN = 1e-3  # lower bound of every fitted tau; exp(-k / 0) is undefined
 
 
@@ -237,24 +238,13 @@ class TimescaleFit:
                 "max_lag": self.max_lag, "tau_max": self.tau_max}
 
 
-def fit_autocorrelation(ac, max_lag: int | None = None, tau_max: float = 100.0, grid: int = 48) -> TimescaleFit:
-    """Fits single and double exponentials to autocorrelations and keeps the better by AIC.
-
-    Args:
-        ac: (n, L) or (L,) unnormalised autocorrelations (lag 0 first), e.g. from autocorrelation().
-        max_lag: fit lags 0..max_lag (default: all L).
-        tau_max: upper bound of every time constant (the study's 100 steps).
-        grid: time constants in the starting grid (log-spaced from 0.1 to tau_max).
-
-    Returns:
-        TimescaleFit with one entry per row of ac.
-    """
+def _prepare(ac, max_lag):
+    """(y (n, max_lag + 1) normalised by lag 0 where fittable, max_lag, reason (n,), good (n,))."""
     ac = np.atleast_2d(_as_numpy(ac).astype(np.float64))
     max_lag = ac.shape[1] - 1 if max_lag is None else int(max_lag)
     if not 1 <= max_lag < ac.shape[1]:
         raise ValueError(f"max_lag: expected 1 <= max_lag < {ac.shape[1]} (the lags given); got {max_lag}")
     n = ac.shape[0]
-    lags = np.arange(max_lag + 1, dtype=np.float64)
     reason = np.full(n, "ok", dtype=object)
     finite = np.all(np.isfinite(ac[:, :max_lag + 1]), axis=1)
     reason[~finite] = "nonfinite"
@@ -262,36 +252,46 @@ def fit_autocorrelation(ac, max_lag: int | None = None, tau_max: float = 100.0, 
     good = reason == "ok"
     y = np.zeros((n, max_lag + 1))
     y[good] = ac[good, :max_lag + 1] / ac[good, :1]
+    return y, max_lag, reason, good
 
-    nan = lambda: np.full(n, np.nan)  # noqa: E731
-    tau_single, tau_fast, tau_slow, w_slow, aic1, aic2 = nan(), nan(), nan(), nan(), nan(), nan()
+
+def _curve_fit(model, lags, y, k, **kwargs):
+    """(parameters, AIC) of one curve_fit, or (NaNs, NaN) where it fails."""
+    try:
+        p, _ = curve_fit(model, lags, y, maxfev=2000, **kwargs)
+    except (RuntimeError, ValueError):
+        return np.full(k, np.nan), np.nan
+    return p, float(_aic(((model(lags, *p) - y) ** 2).sum(), lags.size, k))
+
+
+def _fit_both(y, good, lags, tau_max, grid, estimator):
+    """Single and double fits of every good row: (params1 (n, 2), params2 (n, 4), aic1, aic2 (n,)).
+    "ours" starts each fit from the best point of a grid search and gives curve_fit the Jacobian;
+    "study" calls curve_fit as the study's code does (no start: the middle of the bounds, whose
+    lower ends are 0; finite-difference Jacobian)."""
+    n = len(y)
     params1, params2 = np.full((n, 2), np.nan), np.full((n, 4), np.nan)
-    taus = np.geomspace(0.1, tau_max, grid)
+    aic1, aic2 = np.full(n, np.nan), np.full(n, np.nan)
     idx = np.flatnonzero(good)
-    p1 = _grid_single(y[idx], lags, taus) if idx.size else np.zeros((0, 2))
-    p2 = _grid_double(y[idx], lags, taus) if idx.size else np.zeros((0, 4))
-    lb1, ub1 = (0.0, TAU_MIN), (1.0, tau_max)
-    lb2, ub2 = (0.0, TAU_MIN, TAU_MIN, 0.0), (1.0, tau_max, tau_max, 1.0)
+    low = TAU_MIN if estimator == "ours" else 0.0
+    b1, b2 = ((0.0, low), (1.0, tau_max)), ((0.0, low, low, 0.0), (1.0, tau_max, tau_max, 1.0))
+    if estimator == "ours" and idx.size:
+        taus = np.geomspace(0.1, tau_max, grid)
+        start1, start2 = _grid_single(y[idx], lags, taus), _grid_double(y[idx], lags, taus)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # OptimizeWarning on flat curves: judged by the AIC instead
-        for row, s0, d0 in zip(idx, p1, p2):
-            yy = y[row]
-            try:
-                s, _ = curve_fit(single_exp, lags, yy, p0=np.clip(s0, lb1, ub1), bounds=(lb1, ub1),
-                                 jac=_single_jac, maxfev=2000)
-                tau_single[row], params1[row] = s[1], s
-                aic1[row] = _aic(((single_exp(lags, *s) - yy) ** 2).sum(), lags.size, 2)
-            except (RuntimeError, ValueError):
-                pass
-            try:
-                d, _ = curve_fit(double_exp, lags, yy, p0=np.clip(d0, lb2, ub2), bounds=(lb2, ub2),
-                                 jac=_double_jac, maxfev=2000)
-                tau_fast[row], tau_slow[row], params2[row] = min(d[1], d[2]), max(d[1], d[2]), d
-                w_slow[row] = d[3] if d[1] >= d[2] else 1.0 - d[3]
-                aic2[row] = _aic(((double_exp(lags, *d) - yy) ** 2).sum(), lags.size, 4)
-            except (RuntimeError, ValueError):
-                pass
+        for i, row in enumerate(idx):
+            one, two = {"bounds": b1}, {"bounds": b2}
+            if estimator == "ours":
+                one.update(p0=np.clip(start1[i], *b1), jac=_single_jac)
+                two.update(p0=np.clip(start2[i], *b2), jac=_double_jac)
+            params1[row], aic1[row] = _curve_fit(single_exp, lags, y[row], 2, **one)
+            params2[row], aic2[row] = _curve_fit(double_exp, lags, y[row], 4, **two)
+    return params1, params2, aic1, aic2
 
+
+def _select_ours(good, aic1, aic2, tau_single, tau_slow, tau_max, reason):
+    """(model, tau, double_at_bound) by our rule; marks fit_failed and at_bound in reason."""
     # A double fit with a time constant at tau_max is degenerate: its "slow" part is a flat offset over
     # the fitted lags (from estimation noise or a timescale the lags cannot resolve), and AIC would
     # otherwise often prefer it to an exact single exponential. It is set aside (flagged in
@@ -307,10 +307,65 @@ def fit_autocorrelation(ac, max_lag: int | None = None, tau_max: float = 100.0, 
     at_bound = good & ((model > 0) & at_max(tau) | (model == 0) & double_at_bound)
     reason[at_bound] = "at_bound"
     tau[at_bound] = np.nan
+    return model, tau, double_at_bound
+
+
+def _select_study(good, aic1, aic2, tau_single, tau_slow, reason):
+    """(model, tau) by the study's rule: a failed fit scores AIC 1e5, the strictly lower AIC wins, and
+    a tie (both failed included) gives no timescale; a time constant at the bound is kept."""
+    a1, a2 = np.where(np.isnan(aic1), np.inf, aic1), np.where(np.isnan(aic2), np.inf, aic2)
+    use1, use2 = good & (a1 < a2), good & (a2 < a1)
+    model = np.where(use2, 2, np.where(use1, 1, 0))
+    reason[good & (model == 0)] = "fit_failed"
+    return model, np.where(use2, tau_slow, np.where(use1, tau_single, np.nan))
+
+
+def fit_autocorrelation(ac, max_lag: int | None = None, tau_max: float = 100.0, grid: int = 48,
+                        estimator: str = "ours") -> TimescaleFit:
+    """Fits single and double exponentials to autocorrelations and keeps the better by AIC.
+
+    Args:
+        ac: (n, L) or (L,) unnormalised autocorrelations (lag 0 first), e.g. from autocorrelation().
+        max_lag: fit lags 0..max_lag (default: all L).
+        tau_max: upper bound of every time constant (the study's 100 steps).
+        grid: time constants in the starting grid (log-spaced from 0.1 to tau_max; "ours" only).
+        estimator: "ours" (the default: each fit starts from a grid search, so it finds the better
+            optimum; degenerate double fits and timescales at tau_max are set aside as NaN) or "study"
+            (the study's code: curve_fit started at the middle of the bounds, which often stops in a
+            worse local optimum; ties give NaN and timescales at tau_max are kept). Both select by
+            the same AIC; aic_single and aic_double are comparable between them.
+
+    Returns:
+        TimescaleFit with one entry per row of ac.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: expected one of {ESTIMATORS}; got {estimator!r}")
+    y, max_lag, reason, good = _prepare(ac, max_lag)
+    lags = np.arange(max_lag + 1, dtype=np.float64)
+    params1, params2, aic1, aic2 = _fit_both(y, good, lags, tau_max, grid, estimator)
+    tau_single = params1[:, 1]
+    tau_fast, tau_slow = np.fmin(params2[:, 1], params2[:, 2]), np.fmax(params2[:, 1], params2[:, 2])
+    w_slow = np.where(params2[:, 1] >= params2[:, 2], params2[:, 3], 1.0 - params2[:, 3])
+    if estimator == "ours":
+        model, tau, double_at_bound = _select_ours(good, aic1, aic2, tau_single, tau_slow, tau_max, reason)
+    else:
+        model, tau = _select_study(good, aic1, aic2, tau_single, tau_slow, reason)
+        double_at_bound = np.zeros(len(y), dtype=bool)
     return TimescaleFit(tau=tau, model=model, reason=reason.astype(str), tau_single=tau_single, tau_fast=tau_fast,
                         tau_slow=tau_slow, weight_slow=w_slow, aic_single=aic1, aic_double=aic2,
                         double_at_bound=double_at_bound, single_params=params1, double_params=params2,
                         ac=np.where(good[:, None], y, np.nan), max_lag=max_lag, tau_max=float(tau_max))
+
+
+def study_normalisation(ac, steps: int) -> np.ndarray:
+    """ac (..., L) from autocorrelation() (lag k divided by the T - k pairs) rescaled to the study's
+    divisor T - 1 - k, for recordings of `steps` = T steps. A difference of order 1/T, kept so that
+    estimator="study" sees the numbers the study's code fits."""
+    ac = np.asarray(ac, dtype=np.float64)
+    k = np.arange(ac.shape[-1])
+    if steps <= ac.shape[-1]:
+        raise ValueError(f"steps: expected more than {ac.shape[-1]} (the lags); got {steps}")
+    return ac * (steps - k) / (steps - 1 - k)
 
 
 def warn_failures(fit: TimescaleFit, what: str = "neurons") -> None:
@@ -322,15 +377,19 @@ def warn_failures(fit: TimescaleFit, what: str = "neurons") -> None:
                       f"({detail}); their tau is NaN", RuntimeWarning, stacklevel=3)
 
 
-def fit_timescales(activity, max_lag: int = 30, *, tau_max: float = 100.0, full: bool = False, warn: bool = True):
+def fit_timescales(activity, max_lag: int = 30, *, tau_max: float = 100.0, full: bool = False, warn: bool = True,
+                   estimator: str = "ours"):
     """Each neuron's timescale (in steps) from its activity, as the study measures tau_net.
 
     Args:
         activity: (trials, T, neurons) or (T, neurons), numpy or torch, T > max_lag.
         max_lag: fit lags 0..max_lag (the study: 30).
-        tau_max: the largest time constant a fit may return; reaching it gives NaN ("at_bound").
+        tau_max: the largest time constant a fit may return; reaching it gives NaN ("at_bound") with
+            the estimator "ours" (the study's keeps it).
         full: return the whole TimescaleFit instead of the tau array.
         warn: warn once, with counts per reason, when some neurons get NaN.
+        estimator: "ours" or "study" (the study's code exactly, its autocorrelation divisor T - 1 - k
+            included); see fit_autocorrelation.
 
     Returns:
         tau (neurons,) float64, NaN where no timescale could be estimated (see TimescaleFit.reason:
@@ -343,7 +402,10 @@ def fit_timescales(activity, max_lag: int = 30, *, tau_max: float = 100.0, full:
     9.7, slow weight 0.03); at the study's 10 x 100,000 steps AR(1) timescales from 0.8 to 19.5 come
     back within 2%. full=True gives weight_slow and both AICs to judge such fits.
     """
-    fit = fit_autocorrelation(autocorrelation(activity, max_lag), max_lag, tau_max)
+    ac = autocorrelation(activity, max_lag)
+    if estimator == "study":
+        ac = study_normalisation(ac, _as_trials(activity).shape[1])
+    fit = fit_autocorrelation(ac, max_lag, tau_max, estimator=estimator)
     if warn:
         warn_failures(fit)
     return fit if full else fit.tau
