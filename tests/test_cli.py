@@ -113,11 +113,25 @@ def test_analyze_settings_reach_the_analysis(tmp_path, study_checkpoints):
     out = tmp_path / "analysis"
     code = main(["analyze", str(study_checkpoints / "single_head_parity"), "--out", str(out), "--quiet",
                  "--trials", "2", "--steps", "600", "--burn-in", "50", "--max-lag", "12", "--ablate-k", "2",
-                 "--perturb-trials", "1", "--eval-batches", "1", "--batch-size", "32", "--only", "N5-N5"])
+                 "--perturb-trials", "1", "--eval-batches", "1", "--batch-size", "32", "--only", "N5-N5",
+                 "--no-study-tau-net", "--study-trials", "2"])
     assert code == 0
     result = json.loads((out / "analysis.json").read_text())
     text = json.dumps(result)
     assert '"trials": 2' in text and '"steps": 600' in text and '"max_lag": 12' in text
+    (ck,) = result["checkpoints"]
+    assert "tau_net_study" not in ck and ck["tau_net"]["estimator"] == "ours"
+    assert ck["ablation_study"]["trials"] == 2 and len(ck["perturbation_study"]["tau"]["accuracy"][0]) == 2
+
+
+def test_analyze_study_flags_and_the_subcommand_table():
+    from timescale_kernels.cli import _commands, build_parser
+    args = build_parser().parse_args(["analyze", "run"])
+    assert args.study_tau_net and args.study_measures and args.study_trials == 10
+    args = build_parser().parse_args(["analyze", "run", "--no-study-tau-net", "--no-study-measures"])
+    assert not args.study_tau_net and not args.study_measures
+    names = [c.name for c in _commands()]
+    assert names[:6] == ["train", "demo", "score", "analyze", "report", "retrain"] and len(set(names)) == len(names)
 
 
 def test_analyze_rejects_bad_settings(tmp_path, capsys):

@@ -2,17 +2,14 @@
 (write_report)."""
 from __future__ import annotations
 
-import csv
-import json
-import re
 from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from ..curricula import CURRICULA, get_curriculum
 from ..files import atomic_write_text
 from . import plots
+from .gather import curricula_present, gather_runs, read_metrics  # noqa: F401  (read_metrics: also imported from here)
 
 # What the study reports (500 neurons, N-parity), per curriculum, to print beside our numbers. A
 # curriculum the study did not run has no entry here; the report then shows '-' for the study.
@@ -71,6 +68,7 @@ def run_markdown(summary: dict) -> str:
         lines.append(f"| {r['label']} | {r['N']} | {_fmt(r['accuracy'].get(str(r['N'])))} | {tau} | "
                      f"{_fmt(tn['median'])} ({tn['n_ok']}/{tn['n']}) | {_fmt(r['tau_net']['population_tau'])} | "
                      f"{_fmt(r['dimensionality']['mean'])} | {abl} | {pert} |")
+    lines += _study_measure_rows(summary["checkpoints"])
     lines += ["", "Fit failures (tau_net NaN) by reason: " + "; ".join(
         f"{r['label']}: {r['tau_net']['neurons']['failures'] or 'none'}" for r in summary["checkpoints"]), ""]
     lines += ["## Generalisation", "", "| checkpoint | T: accuracy | beyond N (newest head): accuracy |",
@@ -88,136 +86,27 @@ def run_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- several runs -----------------------------------------------------------------------------------
-
-def _find_analysis(d: Path, required: bool = True) -> Path | None:
-    for p in (d / "analysis.json", d / "analysis" / "analysis.json"):
-        if p.is_file():
-            return p
-    if not required:
-        return None
-    raise FileNotFoundError(f"run_dirs: no analysis.json in {d} or {d / 'analysis'} (run analyze_run first) "
-                            "and no training run there (config.json, metrics.csv or summary.json)")
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object from path, or {} when it is missing, damaged or not an object."""
-    try:
-        blob = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return blob if isinstance(blob, dict) else {}
-
-
-def _model(config: dict, summary: dict | None, training: dict) -> str:
-    """The recurrent core: config.json's (or summary.json's) "model"; the study's files and analyses
-    with trained tau are leaky; else "unknown"."""
-    model = config.get("model") or training.get("model")
-    if model:
-        return str(model)
-    if summary and (summary.get("source") == "study" or any("tau" in c for c in summary.get("checkpoints", []))):
-        return "leaky"
-    return "unknown"
-
-
-def _kind(curriculum) -> str:
-    """The registered curriculum's name for curriculum or one of its aliases; else the text itself."""
-    if not curriculum:
-        return "unknown"
-    try:
-        return get_curriculum(curriculum).name
-    except ValueError:
-        return str(curriculum).lower()
-
-
-def _kinds(runs) -> list[str]:
-    """The curricula present in runs: registered ones in REGISTRY's order, then any other, sorted."""
-    present = {r["kind"] for r in runs}
-    return [k for k in CURRICULA if k in present] + sorted(present - set(CURRICULA))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.csv rows as dicts of floats where they parse (other cells kept as text)."""
-    if not path.is_file():
+def _study_measure_rows(checkpoints) -> list[str]:
+    """analysis.md's table of the study's estimator and measures beside ours (where they were run)."""
+    if not any("tau_net_study" in r or "ablation_study" in r for r in checkpoints):
         return []
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row = {}
-            for k, v in raw.items():
-                try:
-                    row[k] = float(v)
-                except (TypeError, ValueError):
-                    row[k] = v
-            rows.append(row)
-    return rows
+    lines = ["", "The study's estimator of tau_net and its measures beside ours: tau_net as the study summarises "
+             "it (mean over neurons with tau_net > 1); relative accuracy chance-corrected on in-time streams, "
+             "head 0 ablated (the study's measure) against accuracy / baseline on the same sequences (ours).", "",
+             "| checkpoint | tau_net: ours / study's estimator | ablate long / short: ours / study's measure | "
+             "W / tau at eps 0.215: ours / study's measure |", "|---|---|---|---|"]
+    for r in checkpoints:
+        tau_net = f"{_fmt(_tau_net_above_1(r['tau_net']))} / {_fmt(_tau_net_above_1(r.get('tau_net_study')))}"
+        abl = " / ".join(f"{_fmt(r.get(f, {}).get('long', {}).get('mean_relative'))}, "
+                         f"{_fmt(r.get(f, {}).get('short', {}).get('mean_relative'))}"
+                         for f in ("ablation", "ablation_study"))
+        pert = " / ".join(f"{_fmt(_perturbed(r, f, 'weights', 0.215))}, {_fmt(_perturbed(r, f, 'tau', 0.215))}"
+                          for f in ("perturbation", "perturbation_study"))
+        lines.append(f"| {r['label']} | {tau_net} | {abl} | {pert} |")
+    return lines
 
 
-def _n_reached(rows: list[dict]):
-    """(epochs, N reached) from metrics rows: the N_reached column where the log has one (rows before
-    the first pass are skipped), else N_high / N_max, else the largest int in an "Ns" column."""
-    keys = [k for k in ("N_reached", "N_high", "N_max", "max_N") if rows and k in rows[0]]
-    epochs, reached = [], []
-    for i, row in enumerate(rows):
-        n = row.get(keys[0]) if keys else None
-        if not keys and isinstance(row.get("Ns"), str) and (ints := re.findall(r"\d+", row["Ns"])):
-            n = float(max(map(int, ints)))
-        if not isinstance(n, float):
-            continue
-        epochs.append(row["epoch"] if isinstance(row.get("epoch"), float) else float(i + 1))
-        reached.append(n)
-    return epochs, reached
-
-
-def _first_reach(rows: list[dict], training: dict, summary: dict | None) -> dict:
-    """{"N": highest N passed, "epoch" and "wall_time" (s) when it first passed, "epochs": epochs run}
-    from metrics.csv rows (N_reached, epoch, wall_time), else summary.json, else the largest checkpoint N
-    of the analysis; None where unknown."""
-    best = None
-    for i, row in enumerate(rows):
-        n = row.get("N_reached")
-        if isinstance(n, float) and (best is None or n > best["N"]):  # the first row at a new maximum
-            best = {"N": int(n), "epoch": int(row["epoch"]) if isinstance(row.get("epoch"), float) else i + 1,
-                    "wall_time": row.get("wall_time") if isinstance(row.get("wall_time"), float) else None}
-    if best is None and (reached := _n_reached(rows))[1]:  # logs of another layout: no wall time
-        i = reached[1].index(max(reached[1]))
-        best = {"N": int(reached[1][i]), "epoch": int(reached[0][i]), "wall_time": None}
-    if best is None:
-        n = training.get("N_reached")
-        if n is None and summary and summary.get("checkpoints"):
-            n = max(c["N"] for c in summary["checkpoints"])
-        best = {"N": int(n) if isinstance(n, (int, float)) else None, "epoch": None, "wall_time": None}
-    last = rows[-1].get("epoch") if rows else None
-    best["epochs"] = int(last) if isinstance(last, float) else training.get("epochs")
-    return best
-
-
-def _gather(run_dirs) -> list[dict]:
-    """One dict per run directory. A directory with an analysis.json is "analysed" (summary holds it);
-    a training run without one (config.json, metrics.csv, summary.json) has summary None and enters
-    only the tables that need no analysis."""
-    runs = []
-    for d in map(Path, run_dirs):
-        found = _find_analysis(d, required=False)
-        if found is None and not any((d / f).is_file() for f in ("config.json", "metrics.csv", "summary.json")):
-            _find_analysis(d)  # raises, naming what is missing
-        summary = json.loads(found.read_text()) if found is not None else None
-        src = Path(summary.get("run_dir", d)) if summary else d
-        config = _read_json(src / "config.json") or _read_json(d / "config.json")
-        training = _read_json(src / "summary.json") or _read_json(d / "summary.json")
-        rows = read_metrics(src / "metrics.csv") or read_metrics(d / "metrics.csv")
-        kind = _kind(config.get("curriculum") or (summary or {}).get("curriculum") or training.get("curriculum"))
-        name = d.name if d.name != "analysis" else d.parent.name
-        if any(r["name"] == name for r in runs):  # figure files are named after runs: keep them apart
-            name = f"{name}-{len(runs)}"
-        runs.append({"name": name, "kind": kind, "model": _model(config, summary, training),
-                     "seed": config.get("seed", (summary or {}).get("seed_of_run")), "summary": summary,
-                     "task": (summary or {}).get("task") or config.get("task") or training.get("task"),
-                     "n_reached": _n_reached(rows), "reach": _first_reach(rows, training, summary),
-                     "checkpoint_files": len(list((src / "checkpoints").glob("N*-N*.pt"))),
-                     "analysis_dir": found.parent if found is not None else None})
-    return runs
-
+# -- several runs -----------------------------------------------------------------------------------
 
 _MODEL_COLORS = {"leaky": "C0", "gru": "C1", "lstm": "C2"}
 _CURRICULUM_STYLES = {"multi": "-", "single": "--"}
@@ -324,7 +213,7 @@ def write_report(run_dirs, out_path) -> Path:
     out_path = Path(out_path)
     fig_dir = out_path.parent / f"{out_path.stem}_files"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    runs = _gather(run_dirs)
+    runs = gather_runs(run_dirs)
     analysed = [r for r in runs if r["summary"] is not None]  # the sections after the N-reached ones
     figures = _Figures(fig_dir)
     lines = (_header(analysed) + _runs_section(runs) + _progress_section(runs, figures)
@@ -377,7 +266,7 @@ def _progress_section(runs, figures: _Figures) -> list[str]:
     if curves:
         plots.lines(curves, figures.path("n_reached.png"), "epoch", "N reached", "curriculum progress")
         lines += [figures.show("n_reached.png", "N reached"), ""]
-    for kind in _kinds(runs):
+    for kind in curricula_present(runs):
         ours = [max(r["n_reached"][1]) for r in runs if r["kind"] == kind and r["n_reached"][1]]
         lines.append(f"- {kind}: ours {_fmt(max(ours)) if ours else '-'} "
                      f"(largest N reached over runs); study: {_study(kind, 'n_reached')}")
@@ -414,7 +303,7 @@ def _timescale_section(runs, figures: _Figures) -> list[str]:
                     "network-mediated timescale")
         lines += [figures.show("tau_net_vs_N.png", "tau_net"), ""]
     lines += ["| curriculum | mean trained tau at N (ours) | study |", "|---|---|---|"]
-    for kind in _kinds(runs):
+    for kind in curricula_present(runs):
         by = _by_N(runs, kind, lambda c: c.get("tau", {}).get("mean"))
         ours = ", ".join(f"N={n}: {np.mean(v):.2f}" for n, v in by.items()) or "-"
         lines.append(f"| {kind} | {ours} | {_study(kind, 'tau_mean')} |")
@@ -422,7 +311,7 @@ def _timescale_section(runs, figures: _Figures) -> list[str]:
               "and by the study's (curve_fit from the middle of its bounds, which stops short of the better "
               "optimum for some neurons):", "",
               "| curriculum | our estimator at N | the study's estimator at N | study |", "|---|---|---|---|"]
-    for kind in _kinds(runs):
+    for kind in curricula_present(runs):
         cells = []
         for field in ("tau_net", "tau_net_study"):
             by = _by_N(runs, kind, lambda c, f=field: _tau_net_above_1(c.get(f)))
@@ -440,7 +329,7 @@ def _ablation_section(runs, figures: _Figures) -> list[str]:
              "(accuracy - 0.5) / (best baseline trial - 0.5), the neuron removed from head 0 only.", "",
              "| curriculum | ours: long / short | study's measure: long / short | at N | "
              f"study (N = {n_ab}): long / short |", "|---|---|---|---|---|"]
-    for kind in _kinds(runs):
+    for kind in curricula_present(runs):
         cells, used = [], []
         for field in ("ablation", "ablation_study"):
             pair = []
@@ -477,7 +366,7 @@ def _perturbation_section(runs, figures: _Figures) -> list[str]:
              "| curriculum | ours: W / tau | study's measure: W / tau | at N | study: W / tau |",
              "|---|---|---|---|---|"]
     curves = {}
-    for kind in _kinds(runs):
+    for kind in curricula_present(runs):
         cells, used = [], []
         for field in ("perturbation", "perturbation_study"):
             w, at = _nearest(runs, kind, n_ab, lambda c, f=field: _perturbed(c, f, "weights", eps_w))

@@ -109,46 +109,7 @@ def _fmt_tau(tau) -> str:
 
 def _report(results, study, budget, wall) -> str:
     lines = ["# Multi-head against single-head N-parity: a small CPU demo", ""]
-    any_config = next(iter(results.values()))[0] if results else None
-    if any_config is not None:
-        c = any_config
-        lines += [f"Both networks: {c.hidden_size} leaky-RNN neurons with trainable tau, batch {c.batch_size}, "
-                  f"{c.steps_per_epoch} SGD steps (lr {c.lr}, momentum {c.momentum}) and {c.test_batches} test "
-                  f"batches per epoch, promotion above {c.threshold:.0%} test accuracy, seed {c.seed}, "
-                  f"device {c.device}, timescale_kernels {__version__}. Each curriculum got about "
-                  f"{0.45 * budget / 60:.1f} minutes of training; the whole demo took {wall / 60:.1f} minutes.", ""]
-    lines += ["## What our runs reached", "", "| | " + " | ".join(results) + " |",
-              "| --- |" + " --- |" * len(results)]
-
-    def row(name, fn):
-        lines.append(f"| {name} | " + " | ".join(fn(r) for r in results.values()) + " |")
-
-    row("highest N passed", lambda r: str(r[1]["N_reached"] if r[1]["N_reached"] is not None else "none"))
-    row("epochs", lambda r: str(r[1]["epochs"]))
-    row("training wall time", lambda r: f"{r[1]['wall_time'] / 60:.1f} min")
-    row("stopped because", lambda r: r[1]["stop_reason"])
-    row("op backend", lambda r: r[1]["backend"])
-    row("clamp(tau, 1) at the last checkpoint, mean +- std", lambda r: _fmt_tau(r[3][-1][1]) if r[3] else "-")
-    reached = {label: (r[1]["N_reached"] or 0) for label, r in results.items()}
-    lines.append("")
-    if len(reached) == 2:
-        (a, na), (b, nb) = reached.items()
-        if na == nb:
-            lines.append(f"Both curricula passed N = {na} in the time given.")
-        else:
-            best, worst = (a, b) if na > nb else (b, a)
-            lines.append(f"The {best} curriculum reached the larger N ({max(na, nb)} against {min(na, nb)}) "
-                         "in the same training time.")
-    lines += ["", "## tau per checkpoint (mean +- std of clamp(tau, 1))", "",
-              "| highest N passed | " + " | ".join(results) + " |", "| --- |" + " --- |" * len(results)]
-    per_run = [{max(Ns): tau for Ns, tau in r[3]} for r in results.values()]
-    for n in sorted({n for taus in per_run for n in taus}):
-        lines.append(f"| {n} | " + " | ".join(_fmt_tau(t[n]) if n in t else "" for t in per_run) + " |")
-    for label, r in results.items():
-        if len(r[3]) >= 2:
-            (n0, t0), (n1, t1) = (max(r[3][0][0]), r[3][0][1]), (max(r[3][-1][0]), r[3][-1][1])
-            lines.append(f"\n{label}: mean clamp(tau, 1) went from {t0.mean():.2f} at N = {n0} to {t1.mean():.2f} "
-                         f"at N = {n1} (std {t0.std():.2f} to {t1.std():.2f}).")
+    lines += _settings_lines(results, budget, wall) + _reached_lines(results) + _tau_lines(results)
     lines += ["", "## The study's figures (500 neurons, 1000 epochs, N-parity)", "", STUDY_CLAIMS]
     if study:
         lines += ["The study's own networks, shipped with this project (trained by its code, seed 0), "
@@ -170,3 +131,54 @@ def _report(results, study, budget, wall) -> str:
               "the tau statistics depend on the seed and the time given; one seed proves little. To repeat the "
               "study's runs use `timescale-kernels train --preset paper` on a GPU.", ""]
     return "\n".join(lines)
+
+
+def _settings_lines(results, budget, wall) -> list[str]:
+    if not results:
+        return []
+    c = next(iter(results.values()))[0]
+    return [f"Both networks: {c.hidden_size} leaky-RNN neurons with trainable tau, batch {c.batch_size}, "
+            f"{c.steps_per_epoch} SGD steps (lr {c.lr}, momentum {c.momentum}) and {c.test_batches} test "
+            f"batches per epoch, promotion above {c.threshold:.0%} test accuracy, seed {c.seed}, "
+            f"device {c.device}, timescale_kernels {__version__}. Each curriculum got about "
+            f"{0.45 * budget / 60:.1f} minutes of training; the whole demo took {wall / 60:.1f} minutes.", ""]
+
+
+def _reached_lines(results) -> list[str]:
+    lines = ["## What our runs reached", "", "| | " + " | ".join(results) + " |",
+             "| --- |" + " --- |" * len(results)]
+
+    def row(name, fn):
+        lines.append(f"| {name} | " + " | ".join(fn(r) for r in results.values()) + " |")
+
+    row("highest N passed", lambda r: str(r[1]["N_reached"] if r[1]["N_reached"] is not None else "none"))
+    row("epochs", lambda r: str(r[1]["epochs"]))
+    row("training wall time", lambda r: f"{r[1]['wall_time'] / 60:.1f} min")
+    row("stopped because", lambda r: r[1]["stop_reason"])
+    row("op backend", lambda r: r[1]["backend"])
+    row("clamp(tau, 1) at the last checkpoint, mean +- std", lambda r: _fmt_tau(r[3][-1][1]) if r[3] else "-")
+    reached = {label: (r[1]["N_reached"] or 0) for label, r in results.items()}
+    lines.append("")
+    if len(reached) == 2:
+        (a, na), (b, nb) = reached.items()
+        if na == nb:
+            lines.append(f"Both curricula passed N = {na} in the time given.")
+        else:
+            best = a if na > nb else b
+            lines.append(f"The {best} curriculum reached the larger N ({max(na, nb)} against {min(na, nb)}) "
+                         "in the same training time.")
+    return lines
+
+
+def _tau_lines(results) -> list[str]:
+    lines = ["", "## tau per checkpoint (mean +- std of clamp(tau, 1))", "",
+             "| highest N passed | " + " | ".join(results) + " |", "| --- |" + " --- |" * len(results)]
+    per_run = [{max(Ns): tau for Ns, tau in r[3]} for r in results.values()]
+    for n in sorted({n for taus in per_run for n in taus}):
+        lines.append(f"| {n} | " + " | ".join(_fmt_tau(t[n]) if n in t else "" for t in per_run) + " |")
+    for label, r in results.items():
+        if len(r[3]) >= 2:
+            (n0, t0), (n1, t1) = (max(r[3][0][0]), r[3][0][1]), (max(r[3][-1][0]), r[3][-1][1])
+            lines.append(f"\n{label}: mean clamp(tau, 1) went from {t0.mean():.2f} at N = {n0} to {t1.mean():.2f} "
+                         f"at N = {n1} (std {t0.std():.2f} to {t1.std():.2f}).")
+    return lines
