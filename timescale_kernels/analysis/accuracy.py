@@ -1,11 +1,13 @@
 """Accuracy of a trained network, evaluated without gradients.
 
-Two measures:
+Two probes:
 - accuracy(): the training task itself (tasks.make_batch: T drawn from [N + 2, 4N + 1], one label at
-  the last step, parity streams with a per-sequence bit rate p ~ U(0, 1)).
-- stream_accuracy(): the study's measure for its ablation and perturbation figures: one long stream
-  of fair bits (p = 0.5), the head read out at every step after a warm-up, each step labelled by the
-  parity (or match) of the N bits that end there.
+  the last step, the task's own bit rate, e.g. parity's per-sequence p ~ U(0, 1)).
+- stream_accuracy() and stream_trials(): the study's probe for its ablation and perturbation figures:
+  long streams of fair bits (p = 0.5), the head read out at every step after a warm-up, each step
+  labelled by the task's stream labels (the N bits that end there). stream_accuracy pools the steps of
+  all streams; stream_trials gives one accuracy per stream, as the study's code records them.
+Labels come from the task table (tasks.REGISTRY), so a new task needs nothing here.
 """
 from __future__ import annotations
 
