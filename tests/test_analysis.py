@@ -350,6 +350,9 @@ def test_write_report_gathers_runs(analysed, tmp_path):
     text = path.read_text()
     for expected in ("| multi |", "| single |", "0.71", "0.99", "0.96", "0.74", "N reached", "single-seed1"):
         assert expected in text, expected
+    for title in ("## Curriculum: single-head (single)", "## Curriculum: multi-head (multi)",
+                  "## Curriculum: sliding window (sliding)"):
+        assert title in text, title
     ablation = text.split("## Ablation")[1].split("## Perturbation")[0]
     perturbation = text.split("## Perturbation")[1].split("## Forgetting")[0]
     for section in (ablation, perturbation):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from ..curricula import get_curriculum
 from ..files import atomic_write_text
 from . import plots
 from .gather import curricula_present, gather_runs, read_metrics  # noqa: F401  (read_metrics: also imported from here)
@@ -216,7 +217,7 @@ def write_report(run_dirs, out_path) -> Path:
     runs = gather_runs(run_dirs)
     analysed = [r for r in runs if r["summary"] is not None]  # the sections after the N-reached ones
     figures = _Figures(fig_dir)
-    lines = (_header(analysed) + _runs_section(runs) + _progress_section(runs, figures)
+    lines = (_header(analysed) + _runs_section(runs) + _curriculum_sections(runs) + _progress_section(runs, figures)
              + _model_section(runs, figures) + _timescale_section(analysed, figures)
              + _ablation_section(analysed, figures) + _perturbation_section(analysed, figures)
              + _forgetting_section(analysed, figures))
@@ -258,6 +259,25 @@ def _runs_section(runs) -> list[str]:
                      f"{len(cks) if cks is not None else r['checkpoint_files']} | {_fmt(max(nr) if nr else top)} | "
                      f"{_fmt(int(max(ep)) if ep else r['reach']['epochs'])} |")
     return lines + [""]
+
+
+def _curriculum_sections(runs) -> list[str]:
+    """One section per curriculum present: what it is, its runs, the N they reached, the study's figure."""
+    lines = []
+    for kind in curricula_present(runs):
+        group = [r for r in runs if r["kind"] == kind]
+        try:
+            spec = get_curriculum(kind)
+            title, what = f"{spec.label} ({kind})", spec.description
+        except ValueError:
+            title, what = kind, "not a registered curriculum"
+        reached = [r["reach"]["N"] for r in group if r["reach"]["N"] is not None]
+        spread = f"{np.mean(reached):.1f} +- {np.std(reached):.1f}" if reached else "-"
+        lines += [f"## Curriculum: {title}", "", f"{what[:1].upper() + what[1:]}. Runs: " + ", ".join(
+                      f"{r['name']} ({r['model']}, seed {_fmt(r['seed'])})" for r in group) + ".", "",
+                  f"Highest N passed: {', '.join(map(str, reached)) or '-'} (mean +- std over runs {spread}); "
+                  f"the study: {_study(kind, 'n_reached')}.", ""]
+    return lines
 
 
 def _progress_section(runs, figures: _Figures) -> list[str]:
