@@ -1,6 +1,8 @@
 """The study's network: a recurrent core (LeakyRNN, GRU or LSTM) read out by one head per task difficulty N."""
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -26,6 +28,16 @@ def fit_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     keep = min(rows, tensor.shape[0])
     out[:keep].copy_(tensor[:keep])
     return out
+
+
+def _as_index(value) -> int | None:
+    """value as a Python int when it is an integer (int, numpy or 0-d integer tensor), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 class ReadoutHead:
@@ -64,9 +76,10 @@ class _HeadList:
 
     def __getitem__(self, index: int) -> ReadoutHead:
         count = len(self._readout)
-        if isinstance(index, bool) or not isinstance(index, int) or not -count <= index < count:
+        k = _as_index(index)
+        if k is None or not -count <= k < count:
             raise IndexError(f"heads: expected an index in [{-count}, {count}); got {index!r}")
-        return ReadoutHead(self._readout, index % count)
+        return ReadoutHead(self._readout, k % count)
 
     def __iter__(self):
         return (ReadoutHead(self._readout, k) for k in range(len(self._readout)))
@@ -139,11 +152,12 @@ class MultiHeadReadout(nn.Module):
                 raise ValueError(f"index: expected a non-empty 1-D integer tensor; got shape "
                                  f"{tuple(index.shape)} of {index.dtype}")
             return self.table.index_select(0, index.to(self.table.device))
-        index = list(index)
-        if not index:
+        given = list(index)
+        if not given:
             raise ValueError("index: expected at least one readout head; got none")
-        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count for i in index):
-            raise ValueError(f"index: expected head indices in [0, {count}); got {index}")
+        index = [_as_index(i) for i in given]
+        if any(i is None or not 0 <= i < count for i in index):
+            raise ValueError(f"index: expected head indices in [0, {count}); got {given}")
         first = index[0]
         if index == list(range(first, first + len(index))):
             return self.table[first:first + len(index)]

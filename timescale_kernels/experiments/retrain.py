@@ -120,7 +120,8 @@ def retrain(model: MemoryNet, N: int, epochs: int, *, task: str = "parity", reus
         net.rnn.backend = config.backend
     kept = None
     if reuse_head is not None:  # copied out: clear() empties the table the views point into
-        kept = [t.detach().clone() for t in (net.readout.heads[reuse_head].weight, net.readout.heads[reuse_head].bias)]
+        source = net.readout.heads[reuse_head]
+        kept = [source.weight.detach().clone(), source.bias.detach().clone()]
     net.readout.clear()
     trainer = Trainer(config, num_heads=0, model=net)
     trainer.ensure_heads()  # head 0, seeded like the Trainer's own

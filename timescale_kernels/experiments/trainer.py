@@ -66,9 +66,9 @@ class Trainer:
         # model: an existing MemoryNet to train further (e.g. retraining); default a fresh one.
         self.model = model if model is not None else build_model(config)
         # One parameter group: the core's parameters and the readout's one head table, updated by
-        # foreach kernels, so a step costs the same number of ops whatever the number of heads.
+        # one fused kernel, so a step costs the same number of ops whatever the number of heads.
         self.optimizer = torch.optim.SGD(list(self.model.parameters()), lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov and config.momentum > 0, foreach=True)
+                                         nesterov=config.nesterov and config.momentum > 0, fused=True)
         for _ in range(num_heads if num_heads is not None else self.curriculum.num_heads):
             self._add_head()
         self.generators = {"lengths": torch.Generator("cpu"), "train": torch.Generator(self.device),
@@ -163,7 +163,7 @@ class Trainer:
             loss = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1)) * len(heads)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip, foreach=True)  # one norm over all of them
+            clip_gradients(params, cfg.clip)
             self._step(inactive)
             loss_sum += loss.detach()
             if bar is not None:
@@ -313,6 +313,18 @@ class Trainer:
                 "Ns": list(self.curriculum.Ns), "wall_time": self.elapsed, "backend": self.backend,
                 "curriculum": self.config.curriculum, "task": self.config.task, "model": self.config.model,
                 "hidden_size": self.config.hidden_size}
+
+
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ in a fixed number of ops: one foreach norm over every gradient,
+    their total norm, one foreach scaling by min(1, max_norm / (total + 1e-6)); returns the total
+    norm (a device scalar, no host read). Parameters without a gradient are skipped."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
 
 
 def merge_head_groups(saved: dict, readout, group: dict) -> dict:
