@@ -153,7 +153,8 @@ def step_profile(device: str, n_max: int, steps: int = 20, hidden: int = 64, bat
     """One training step of multi-head parity with N = 2..n_max (n_max - 1 heads), quick preset's shapes.
 
     Times `rounds` epochs of `steps` steps (the Trainer's own train_epoch) against the recurrence alone
-    (forward + backward, the same sequence lengths, the same batch) in alternating rounds; counts the
+    (forward + backward, the same sequence lengths, the same batch) in alternating rounds, in wall and
+    in process CPU time ("cpu_ms_per_step", "recurrence_cpu_ms", "cpu_step_over_recurrence"); counts the
     aten calls (all, nested ones included) with torch.profiler over one epoch, and on CUDA the kernels
     launched. Returns {"heads", "ms_per_step", "recurrence_ms", "step_over_recurrence",
     "aten_calls_per_step", "recurrence_aten_calls_per_step", "batch_aten_calls_per_step",
@@ -174,11 +175,13 @@ def step_profile(device: str, n_max: int, steps: int = 20, hidden: int = 64, bat
         return lengths
 
     def timed(fn):
+        """(wall, process CPU) ms per step; on a shared CPU the second is the less disturbed by other
+        processes (with one thread it is the step's own work)."""
         sync()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         sync()
-        return (time.perf_counter() - start) * 1e3 / steps
+        return ((time.perf_counter() - start) * 1e3 / steps, (time.process_time() - start_cpu) * 1e3 / steps)
 
     trainer.train_epoch()  # warm-up of both
     _recurrence_epoch(trainer, epoch_lengths())
@@ -187,14 +190,17 @@ def step_profile(device: str, n_max: int, steps: int = 20, hidden: int = 64, bat
         lengths = epoch_lengths()
         rec_ms.append(timed(lambda: _recurrence_epoch(trainer, lengths)))
         step_ms.append(timed(trainer.train_epoch))
+    step_ms, rec_ms = np.array(step_ms), np.array(rec_ms)  # (rounds, wall / CPU)
     lengths = epoch_lengths()
     calls, kernels, copies = _count_events(trainer.train_epoch, device)
     rec_calls, rec_kernels, _ = _count_events(lambda: _recurrence_epoch(trainer, lengths), device)
     gen, Ns = trainer.generators["train"], trainer.curriculum.Ns
     batch_calls, _, _ = _count_events(lambda: [trainer._batch(gen, max(Ns) + 2) for _ in range(steps)], device)
-    out = {"heads": trainer.model.num_heads, "N_max": n_max, "ms_per_step": float(np.median(step_ms)),
-           "recurrence_ms": float(np.median(rec_ms)),
-           "step_over_recurrence": float(np.median(np.array(step_ms) / np.array(rec_ms))),
+    out = {"heads": trainer.model.num_heads, "N_max": n_max, "ms_per_step": float(np.median(step_ms[:, 0])),
+           "recurrence_ms": float(np.median(rec_ms[:, 0])),
+           "step_over_recurrence": float(np.median(step_ms[:, 0] / rec_ms[:, 0])),
+           "cpu_ms_per_step": float(np.median(step_ms[:, 1])), "recurrence_cpu_ms": float(np.median(rec_ms[:, 1])),
+           "cpu_step_over_recurrence": float(np.median(step_ms[:, 1] / rec_ms[:, 1])),
            "aten_calls_per_step": calls / steps, "recurrence_aten_calls_per_step": rec_calls / steps,
            "batch_aten_calls_per_step": batch_calls / steps,
            "aten_calls_outside_recurrence_per_step": (calls - rec_calls) / steps}
@@ -209,15 +215,16 @@ def per_step_table(args) -> dict:
     print(f"multi-head parity, quick preset shapes H={args.hidden}, B={args.batch}, device {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.steps} steps per round, "
           f"median of {args.rounds} rounds")
-    print(f"{'heads':>5} {'N':>7} {'ms/step':>8} {'recurrence':>10} {'ratio':>6} {'aten/step':>9} "
-          f"{'outside':>7} {'batch':>6}")
+    print(f"{'heads':>5} {'N':>7} {'ms/step':>8} {'recurrence':>10} {'ratio':>6} {'CPU ms':>7} {'CPU ratio':>9} "
+          f"{'aten/step':>9} {'outside':>7} {'batch':>6}")
     rows = []
     for n in args.Ns:
         r = step_profile(args.device, n, steps=args.steps, hidden=args.hidden, batch=args.batch,
                          rounds=args.rounds, backend=args.backend)
         rows.append(r)
         print(f"{r['heads']:>5} {'2..' + str(n):>7} {r['ms_per_step']:>8.2f} {r['recurrence_ms']:>10.2f} "
-              f"{r['step_over_recurrence']:>6.2f} {r['aten_calls_per_step']:>9.1f} "
+              f"{r['step_over_recurrence']:>6.2f} {r['cpu_ms_per_step']:>7.2f} {r['cpu_step_over_recurrence']:>9.2f} "
+              f"{r['aten_calls_per_step']:>9.1f} "
               f"{r['aten_calls_outside_recurrence_per_step']:>7.1f} {r['batch_aten_calls_per_step']:>6.1f}"
               + (f" launches {r['kernel_launches_per_step']:.1f}" if "kernel_launches_per_step" in r else ""))
     return {"rows": rows}

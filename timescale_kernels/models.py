@@ -141,9 +141,9 @@ class MultiHeadReadout(nn.Module):
         self.table.grad = None
         self._count = 0
 
-    def _rows(self, index) -> torch.Tensor:
-        """The table rows of the heads in index, (len(index), classes, H + 1): a view for a run of
-        consecutive heads (the curricula's case), else a gathered copy."""
+    def _selection(self, index):
+        """The heads in index as a slice (a run of consecutive heads, the curricula's case) or an
+        index tensor; ValueError for an empty or out-of-range index."""
         count = self._count
         if index is None:
             index = range(count)
@@ -151,7 +151,7 @@ class MultiHeadReadout(nn.Module):
             if index.dim() != 1 or index.numel() == 0 or index.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"index: expected a non-empty 1-D integer tensor; got shape "
                                  f"{tuple(index.shape)} of {index.dtype}")
-            return self.table.index_select(0, index.to(self.table.device))
+            return index.to(self.table.device)
         given = list(index)
         if not given:
             raise ValueError("index: expected at least one readout head; got none")
@@ -160,15 +160,18 @@ class MultiHeadReadout(nn.Module):
             raise ValueError(f"index: expected head indices in [0, {count}); got {given}")
         first = index[0]
         if index == list(range(first, first + len(index))):
-            return self.table[first:first + len(index)]
-        return self.table.index_select(0, torch.tensor(index, device=self.table.device))
+            return slice(first, first + len(index))
+        return torch.tensor(index, device=self.table.device)
 
     def forward(self, h: torch.Tensor, index=None) -> torch.Tensor:
-        rows = self._rows(index)
-        heads, hidden = rows.shape[0], self.hidden_size
-        flat = rows.reshape(heads * self.num_classes, hidden + 1)
-        logits = torch.addmm(flat[:, hidden], h, flat[:, :hidden].t())  # (B, heads * classes)
-        return logits.view(h.shape[0], heads, self.num_classes).transpose(0, 1)
+        selection = self._selection(index)
+        # Every row of the table in one product, the bias as the weight of a constant input 1; the
+        # rows not asked for cost a few columns more and get an exact zero gradient.
+        h1 = torch.nn.functional.pad(h, (0, 1), value=1.0)                     # (B, H + 1)
+        logits = torch.mm(h1, self.table.view(-1, self.hidden_size + 1).t())  # (B, capacity * classes)
+        logits = logits.view(h.shape[0], self.capacity, self.num_classes)
+        chosen = logits[:, selection] if isinstance(selection, slice) else logits.index_select(1, selection)
+        return chosen.transpose(0, 1)                                          # (heads, B, classes)
 
     # The state_dict keeps one weight and one bias per head -----------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
