@@ -130,6 +130,7 @@ def test_heads_are_views_into_one_table():
     h = torch.randn(5, 6)
     for k, head in enumerate(readout.heads):
         assert head.weight.shape == (2, 6) and head.bias.shape == (2,)
+        assert (head.in_features, head.out_features) == (6, 2)
         assert rel_err(readout(h, [k])[0], h @ head.weight.t() + head.bias) <= 1e-6
     with torch.no_grad():
         readout.heads[1].weight[:, [0, 4]] = 0.0  # as the ablation writes it

@@ -56,6 +56,14 @@ class ReadoutHead:
     def bias(self) -> torch.Tensor:
         return self._readout.table[self.index, :, self._readout.hidden_size]
 
+    @property
+    def in_features(self) -> int:
+        return self._readout.hidden_size
+
+    @property
+    def out_features(self) -> int:
+        return self._readout.num_classes
+
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """h (..., H) -> logits (..., classes), as torch.nn.Linear."""
         return torch.nn.functional.linear(h, self.weight, self.bias)
@@ -207,8 +215,9 @@ class MemoryNet(nn.Module):
 
     The study's network: a LeakyRNN (default: 500 neurons, leaky ReLU, "outside" placement,
     tau from U(1, 2), no self-connections) started from h0 = 0.1 * U(0, 1), fresh per batch,
-    and a Linear(H, 2) head per N. GRU and LSTM cores (torch.nn, cuDNN on a GPU) start from zeros
-    and serve as baselines.
+    and a linear head per N (weight (2, H) and bias (2,); all heads are rows of one tensor, see
+    MultiHeadReadout). GRU and LSTM cores (torch.nn, cuDNN on a GPU) start from zeros and serve as
+    baselines.
 
     Args:
         core: "leaky", "gru" or "lstm".
