@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from timescale_kernels.experiments import Trainer, make_config
+from timescale_kernels.tasks import sequence_length_range
 
 EPOCH_STEPS, EPOCH_TESTS = 600, 50
 
@@ -108,6 +109,127 @@ def our_runner(Ns, hidden, batch_size, device, backend):
     return (lambda: trainer.train_epoch()), (lambda: trainer.evaluate(1)), trainer.backend
 
 
+# One training step against the number of heads ---------------------------------------------------------
+def _trainer_at(n_max, hidden, batch, steps, device, backend="auto"):
+    """A Trainer of the quick preset's multi-head parity whose curriculum holds N = 2..n_max."""
+    config = make_config("quick", hidden_size=hidden, batch_size=batch, steps_per_epoch=steps, test_batches=1,
+                         device=device, backend=backend, seed=0)
+    trainer = Trainer(config)
+    while trainer.curriculum.Ns[-1] < n_max:
+        trainer.curriculum.advance()
+    trainer.ensure_heads()
+    return trainer
+
+
+def _recurrence_epoch(trainer, lengths):
+    """The recurrence alone, forward + backward from the last state, at the lengths of one epoch."""
+    rnn, batch, hidden = trainer.model.rnn, trainer.config.batch_size, trainer.config.hidden_size
+    for length in lengths:
+        x = torch.rand(length, batch, 1, device=trainer.device)
+        h0 = torch.rand(1, batch, hidden, device=trainer.device)
+        output, _ = rnn(x, h0)
+        output[-1].sum().backward()
+    for p in rnn.parameters():
+        p.grad = None
+
+
+def _count_events(fn, device):
+    """(aten calls, device kernels, device memory copies/sets) recorded by torch.profiler while fn runs."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = sum(1 for e in events if e.name.startswith("aten::"))
+    on_device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    copies = sum(1 for e in on_device if "memcpy" in e.name.lower() or "memset" in e.name.lower())
+    return aten, len(on_device) - copies, copies
+
+
+def step_profile(device: str, n_max: int, steps: int = 20, hidden: int = 64, batch: int = 64,
+                 rounds: int = 5, backend: str = "auto") -> dict:
+    """One training step of multi-head parity with N = 2..n_max (n_max - 1 heads), quick preset's shapes.
+
+    Times `rounds` epochs of `steps` steps (the Trainer's own train_epoch) against the recurrence alone
+    (forward + backward, the same sequence lengths, the same batch) in alternating rounds, in wall and
+    in process CPU time ("cpu_ms_per_step", "recurrence_cpu_ms", "cpu_step_over_recurrence"); counts the
+    aten calls (all, nested ones included) with torch.profiler over one epoch, and on CUDA the kernels
+    launched. Returns {"heads", "ms_per_step", "recurrence_ms", "step_over_recurrence",
+    "aten_calls_per_step", "recurrence_aten_calls_per_step", "batch_aten_calls_per_step",
+    "aten_calls_outside_recurrence_per_step" (the first less the second: the cpu backend calls a GEMM per
+    time step, so the recurrence's own count grows with T, hence with N),
+    and on CUDA "kernel_launches_per_step", "recurrence_kernel_launches_per_step",
+    "memory_ops_per_step"}; times are medians over the rounds, per step.
+    """
+    trainer = _trainer_at(n_max, hidden, batch, steps, device, backend)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    lengths_gen = trainer.generators["lengths"]
+    low, high = sequence_length_range(trainer.curriculum.Ns)
+
+    def epoch_lengths():
+        state = lengths_gen.get_state()  # the epoch about to run draws these same lengths
+        lengths = torch.randint(low, high + 1, (steps,), generator=lengths_gen).tolist()
+        lengths_gen.set_state(state)
+        return lengths
+
+    def timed(fn):
+        """(wall, process CPU) ms per step; on a shared CPU the second is the less disturbed by other
+        processes (with one thread it is the step's own work)."""
+        sync()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        sync()
+        return ((time.perf_counter() - start) * 1e3 / steps, (time.process_time() - start_cpu) * 1e3 / steps)
+
+    trainer.train_epoch()  # warm-up of both
+    _recurrence_epoch(trainer, epoch_lengths())
+    step_ms, rec_ms = [], []
+    for _ in range(rounds):
+        lengths = epoch_lengths()
+        rec_ms.append(timed(lambda: _recurrence_epoch(trainer, lengths)))
+        step_ms.append(timed(trainer.train_epoch))
+    step_ms, rec_ms = np.array(step_ms), np.array(rec_ms)  # (rounds, wall / CPU)
+    lengths = epoch_lengths()
+    calls, kernels, copies = _count_events(trainer.train_epoch, device)
+    rec_calls, rec_kernels, _ = _count_events(lambda: _recurrence_epoch(trainer, lengths), device)
+    gen, Ns = trainer.generators["train"], trainer.curriculum.Ns
+    batch_calls, _, _ = _count_events(lambda: [trainer._batch(gen, max(Ns) + 2) for _ in range(steps)], device)
+    out = {"heads": trainer.model.num_heads, "N_max": n_max, "ms_per_step": float(np.median(step_ms[:, 0])),
+           "recurrence_ms": float(np.median(rec_ms[:, 0])),
+           "step_over_recurrence": float(np.median(step_ms[:, 0] / rec_ms[:, 0])),
+           "cpu_ms_per_step": float(np.median(step_ms[:, 1])), "recurrence_cpu_ms": float(np.median(rec_ms[:, 1])),
+           "cpu_step_over_recurrence": float(np.median(step_ms[:, 1] / rec_ms[:, 1])),
+           "aten_calls_per_step": calls / steps, "recurrence_aten_calls_per_step": rec_calls / steps,
+           "batch_aten_calls_per_step": batch_calls / steps,
+           "aten_calls_outside_recurrence_per_step": (calls - rec_calls) / steps}
+    if device.startswith("cuda"):
+        out.update(kernel_launches_per_step=kernels / steps, recurrence_kernel_launches_per_step=rec_kernels / steps,
+                   memory_ops_per_step=copies / steps)
+    return out
+
+
+def per_step_table(args) -> dict:
+    """step_profile at each N of args.Ns; prints one row each."""
+    print(f"multi-head parity, quick preset shapes H={args.hidden}, B={args.batch}, device {args.device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.steps} steps per round, "
+          f"median of {args.rounds} rounds")
+    print(f"{'heads':>5} {'N':>7} {'ms/step':>8} {'recurrence':>10} {'ratio':>6} {'CPU ms':>7} {'CPU ratio':>9} "
+          f"{'aten/step':>9} {'outside':>7} {'batch':>6}")
+    rows = []
+    for n in args.Ns:
+        r = step_profile(args.device, n, steps=args.steps, hidden=args.hidden, batch=args.batch,
+                         rounds=args.rounds, backend=args.backend)
+        rows.append(r)
+        print(f"{r['heads']:>5} {'2..' + str(n):>7} {r['ms_per_step']:>8.2f} {r['recurrence_ms']:>10.2f} "
+              f"{r['step_over_recurrence']:>6.2f} {r['cpu_ms_per_step']:>7.2f} {r['cpu_step_over_recurrence']:>9.2f} "
+              f"{r['aten_calls_per_step']:>9.1f} "
+              f"{r['aten_calls_outside_recurrence_per_step']:>7.1f} {r['batch_aten_calls_per_step']:>6.1f}"
+              + (f" launches {r['kernel_launches_per_step']:.1f}" if "kernel_launches_per_step" in r else ""))
+    return {"rows": rows}
+
+
 # Timing -------------------------------------------------------------------------------------------------
 def seconds_per_call(fn, calls, device):
     fn()  # warm-up
@@ -157,23 +279,45 @@ def headline_projection(results, epochs=1000, n_end=100):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--paper", action="store_true", help="the study's shapes: 500 neurons, batch 256")
+    p.add_argument("--per-step", action="store_true",
+                   help="instead: one training step against the number of heads (ms and aten calls per step, "
+                        "the recurrence alone beside it); quick preset's shapes, 1 thread by default")
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--Ns", type=int, nargs="+", default=[10, 30], help="highest N of the curriculum (default 10 30)")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps and test batches per round")
-    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the median counts")
+    p.add_argument("--Ns", type=int, nargs="+", default=None,
+                   help="highest N of the curriculum (default 10 30; with --per-step 3 6 11 20 42)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed training steps and test batches per round (default 3; with --per-step 20)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating timing rounds; the median counts "
+                                                            "(default 3; with --per-step 5)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 with --per-step)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
-    args.hidden = args.hidden or (500 if args.paper else 128)
+    per_step = args.per_step
+    args.hidden = args.hidden or (500 if args.paper else 64 if per_step else 128)
     args.batch = args.batch or (256 if args.paper else 64)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.Ns = args.Ns or ([3, 6, 11, 20, 42] if per_step else [10, 30])
+    args.steps = args.steps or (20 if per_step else 3)
+    args.rounds = args.rounds or (5 if per_step else 3)
+    threads = args.threads or (1 if per_step else None)
+    if threads:
+        torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", message="timescale_kernels: the")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    print(f"multi-head parity, H={args.hidden}, B={args.batch}, device {args.device} ({device_name}), "
+    meta = {"hidden": args.hidden, "batch": args.batch, "device": args.device, "device_name": device_name,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": datetime.date.today().isoformat()}
+    summary = {**meta, **(per_step_table(args) if per_step else epoch_table(args))}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+def epoch_table(args) -> dict:
+    """measure() at each N of args.Ns, and the headline projection; prints the table."""
+    print(f"multi-head parity, H={args.hidden}, B={args.batch}, device {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; epoch = {EPOCH_STEPS} steps + "
           f"{EPOCH_TESTS} test batches, projected from the median of {args.rounds} rounds of {args.steps} timed each")
     results = {}
@@ -185,18 +329,14 @@ def main():
             print(f"{N:>4} {name:>6} {r['backend']:>11} {r['train_step_s'] * 1e3:>9.1f}ms {r['test_batch_s'] * 1e3:>9.1f}ms "
                   f"{r['epoch_s']:>8.1f}s {r['epochs_per_hour']:>9.1f}")
         print(f"{N:>4} study / ours epoch time: {results[N]['speedup']:.1f}x")
-    summary = {"hidden": args.hidden, "batch": args.batch, "device": args.device, "device_name": device_name,
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "date": datetime.date.today().isoformat(), "results": {str(k): v for k, v in results.items()}}
+    summary = {"results": {str(k): v for k, v in results.items()}}
     if len(results) >= 2:
         hours = headline_projection(results)
         summary["headline_hours"] = hours
         print(f"projected headline run (1000 epochs, N rising linearly 2 -> 100, epoch cost linear in N through "
               f"the measured points, these shapes, this device): ours {hours['ours']:.1f} h, "
               f"study's code {hours['study']:.1f} h")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The study's network: a recurrent core (LeakyRNN, GRU or LSTM) read out by one head per task difficulty N."""
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -8,46 +10,201 @@ from .nn import LeakyRNN
 from .ops.checks import check_choice
 
 
-class MultiHeadReadout(nn.Module):
-    """A growing set of linear readout heads, one per task difficulty N.
+def capacity_for(num_heads: int) -> int:
+    """Rows the head table holds for num_heads heads: a power of two, at least MIN_CAPACITY, so that it
+    depends on the number of heads alone (a resumed run rebuilds the same shapes) and grows rarely."""
+    capacity = MIN_CAPACITY
+    while capacity < num_heads:
+        capacity *= 2
+    return capacity
 
-    forward(h) with h (B, H) returns logits (heads, B, classes) for the heads selected by index
-    (all heads by default).
+
+MIN_CAPACITY = 8
+
+
+def fit_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """tensor (R, ...) as (rows, ...): its leading rows kept, zeros after (or cut when rows < R)."""
+    out = tensor.new_zeros((rows, *tensor.shape[1:]))
+    keep = min(rows, tensor.shape[0])
+    out[:keep].copy_(tensor[:keep])
+    return out
+
+
+def _as_index(value) -> int | None:
+    """value as a Python int when it is an integer (int, numpy or 0-d integer tensor), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+class ReadoutHead:
+    """Head k of a MultiHeadReadout: .weight (classes, H) and .bias (classes,) are views into the
+    readout's table, so in-place writes (under torch.no_grad) change the readout. Views taken before
+    the table grows no longer follow it; take them again after add_head()."""
+
+    def __init__(self, readout: "MultiHeadReadout", index: int):
+        self._readout, self.index = readout, index
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._readout.table[self.index, :, :self._readout.hidden_size]
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self._readout.table[self.index, :, self._readout.hidden_size]
+
+    @property
+    def in_features(self) -> int:
+        return self._readout.hidden_size
+
+    @property
+    def out_features(self) -> int:
+        return self._readout.num_classes
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        """h (..., H) -> logits (..., classes), as torch.nn.Linear."""
+        return torch.nn.functional.linear(h, self.weight, self.bias)
+
+    def __repr__(self) -> str:
+        return f"ReadoutHead({self.index}, in_features={self._readout.hidden_size}, " \
+               f"out_features={self._readout.num_classes})"
+
+
+class _HeadList:
+    """readout.heads: a read-only sequence of ReadoutHead views, one per head."""
+
+    def __init__(self, readout: "MultiHeadReadout"):
+        self._readout = readout
+
+    def __len__(self) -> int:
+        return len(self._readout)
+
+    def __getitem__(self, index: int) -> ReadoutHead:
+        count = len(self._readout)
+        k = _as_index(index)
+        if k is None or not -count <= k < count:
+            raise IndexError(f"heads: expected an index in [{-count}, {count}); got {index!r}")
+        return ReadoutHead(self._readout, k % count)
+
+    def __iter__(self):
+        return (ReadoutHead(self._readout, k) for k in range(len(self._readout)))
+
+
+class MultiHeadReadout(nn.Module):
+    """A growing set of linear readout heads, one per task difficulty N, held in one tensor.
+
+    table: a Parameter (capacity, classes, H + 1); head k's weight is table[k, :, :H] and its bias
+    table[k, :, H]; rows from len(self) on are zeros, kept ahead so that add_head() rarely
+    reallocates. When it does, the table keeps its identity (its .data is replaced by a larger
+    tensor), so an optimizer holding it goes on; its per-parameter state must grow with it
+    (fit_rows). heads[k] gives .weight / .bias views of head k. The state_dict holds one
+    "heads.{k}.weight" (classes, H) and "heads.{k}.bias" (classes,) per head, the layout of
+    checkpoints written when each head was its own torch.nn.Linear.
+
+    forward(h, index=None): h (B, H) -> logits (len(index), B, classes) for the heads selected by
+    index (all heads by default), from one matrix product.
     """
 
     def __init__(self, hidden_size: int, num_classes: int = 2, num_heads: int = 0, device=None, dtype=None):
         super().__init__()
         self.hidden_size, self.num_classes = hidden_size, num_classes
-        self._factory = {"device": device, "dtype": dtype}
-        self.heads = nn.ModuleList()
+        self._count = 0
+        self.table = nn.Parameter(torch.zeros(capacity_for(num_heads), num_classes, hidden_size + 1,
+                                              device=device, dtype=dtype))
         for _ in range(num_heads):
             self.add_head()
 
-    def add_head(self) -> int:
-        """Appends one fresh Linear(H, classes) head; returns its index."""
-        ref = next(self.parameters(), None)
-        factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else self._factory
-        self.heads.append(nn.Linear(self.hidden_size, self.num_classes, **factory))
-        return len(self.heads) - 1
+    @property
+    def heads(self) -> _HeadList:
+        return _HeadList(self)
+
+    @property
+    def capacity(self) -> int:
+        return self.table.shape[0]
 
     def __len__(self) -> int:
-        return len(self.heads)
+        return self._count
 
+    @torch.no_grad()
+    def add_head(self) -> int:
+        """Appends one head drawn as torch.nn.Linear(H, classes) draws its weights (the global RNG,
+        U(+-1/sqrt(H)) for weight then bias); returns its index. Grows the table when it is full."""
+        index = self._count
+        if index == self.capacity:
+            self.table.data = fit_rows(self.table.data, capacity_for(index + 1))
+            self.table.grad = None
+        fresh = nn.Linear(self.hidden_size, self.num_classes, device=self.table.device, dtype=self.table.dtype)
+        self.table[index, :, :self.hidden_size] = fresh.weight
+        self.table[index, :, self.hidden_size] = fresh.bias
+        self._count += 1
+        return index
+
+    @torch.no_grad()
     def clear(self) -> None:
-        """Removes every head; heads added later get the device and dtype of the removed ones."""
-        ref = next(self.parameters(), None)
-        if ref is not None:
-            self._factory = {"device": ref.device, "dtype": ref.dtype}
-        self.heads = nn.ModuleList()
+        """Removes every head; heads added later keep the table's device and dtype."""
+        self.table.data = self.table.data.new_zeros((MIN_CAPACITY, *self.table.shape[1:]))
+        self.table.grad = None
+        self._count = 0
+
+    def _selection(self, index):
+        """The heads in index as a slice (a run of consecutive heads, the curricula's case) or an
+        index tensor; ValueError for an empty or out-of-range index."""
+        count = self._count
+        if index is None:
+            index = range(count)
+        elif isinstance(index, torch.Tensor):
+            if index.dim() != 1 or index.numel() == 0 or index.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"index: expected a non-empty 1-D integer tensor; got shape "
+                                 f"{tuple(index.shape)} of {index.dtype}")
+            return index.to(self.table.device)
+        given = list(index)
+        if not given:
+            raise ValueError("index: expected at least one readout head; got none")
+        index = [_as_index(i) for i in given]
+        if any(i is None or not 0 <= i < count for i in index):
+            raise ValueError(f"index: expected head indices in [0, {count}); got {given}")
+        first = index[0]
+        if index == list(range(first, first + len(index))):
+            return slice(first, first + len(index))
+        return torch.tensor(index, device=self.table.device)
 
     def forward(self, h: torch.Tensor, index=None) -> torch.Tensor:
-        chosen = range(len(self.heads)) if index is None else index
-        heads = [self.heads[i] for i in chosen]
-        if not heads:
-            raise ValueError("index: expected at least one readout head; got none")
-        weight = torch.stack([m.weight for m in heads])  # (heads, classes, H)
-        bias = torch.stack([m.bias for m in heads])      # (heads, classes)
-        return torch.baddbmm(bias.unsqueeze(1), h.unsqueeze(0).expand(len(heads), -1, -1), weight.transpose(1, 2))
+        selection = self._selection(index)
+        # Every row of the table in one product, the bias as the weight of a constant input 1; the
+        # rows not asked for cost a few columns more and get an exact zero gradient.
+        h1 = torch.nn.functional.pad(h, (0, 1), value=1.0)                     # (B, H + 1)
+        logits = torch.mm(h1, self.table.view(-1, self.hidden_size + 1).t())  # (B, capacity * classes)
+        logits = logits.view(h.shape[0], self.capacity, self.num_classes)
+        chosen = logits[:, selection] if isinstance(selection, slice) else logits.index_select(1, selection)
+        return chosen.transpose(0, 1)                                          # (heads, B, classes)
+
+    # The state_dict keeps one weight and one bias per head -----------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        table = self.table if keep_vars else self.table.detach()
+        for k in range(self._count):
+            destination[f"{prefix}heads.{k}.weight"] = table[k, :, :self.hidden_size]
+            destination[f"{prefix}heads.{k}.bias"] = table[k, :, self.hidden_size]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        expected = {}
+        for k, head in enumerate(self.heads):
+            expected[f"{prefix}heads.{k}.weight"], expected[f"{prefix}heads.{k}.bias"] = head.weight, head.bias
+        if strict:
+            unexpected_keys.extend(key for key in state_dict if key.startswith(prefix) and key not in expected)
+        with torch.no_grad():
+            for key, view in expected.items():
+                if key not in state_dict:
+                    missing_keys.append(key)
+                elif tuple(state_dict[key].shape) != tuple(view.shape):
+                    error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                                      f"{tuple(state_dict[key].shape)} from checkpoint, the shape in current "
+                                      f"model is {tuple(view.shape)}.")
+                else:
+                    view.copy_(state_dict[key])
 
 
 CORES = ("leaky", "gru", "lstm")
@@ -58,8 +215,9 @@ class MemoryNet(nn.Module):
 
     The study's network: a LeakyRNN (default: 500 neurons, leaky ReLU, "outside" placement,
     tau from U(1, 2), no self-connections) started from h0 = 0.1 * U(0, 1), fresh per batch,
-    and a Linear(H, 2) head per N. GRU and LSTM cores (torch.nn, cuDNN on a GPU) start from zeros
-    and serve as baselines.
+    and a linear head per N (weight (2, H) and bias (2,); all heads are rows of one tensor, see
+    MultiHeadReadout). GRU and LSTM cores (torch.nn, cuDNN on a GPU) start from zeros and serve as
+    baselines.
 
     Args:
         core: "leaky", "gru" or "lstm".

@@ -118,13 +118,17 @@ def retrain(model: MemoryNet, N: int, epochs: int, *, task: str = "parity", reus
     net = copy.deepcopy(model).to(config.device)
     if net.core == "leaky" and config.backend != "auto":
         net.rnn.backend = config.backend
-    kept = net.readout.heads[reuse_head] if reuse_head is not None else None
+    kept = None
+    if reuse_head is not None:  # copied out: clear() empties the table the views point into
+        source = net.readout.heads[reuse_head]
+        kept = [source.weight.detach().clone(), source.bias.detach().clone()]
     net.readout.clear()
     trainer = Trainer(config, num_heads=0, model=net)
     trainer.ensure_heads()  # head 0, seeded like the Trainer's own
     if kept is not None:
         with torch.no_grad():
-            net.readout.heads[0].load_state_dict(kept.state_dict())
+            net.readout.heads[0].weight.copy_(kept[0])
+            net.readout.heads[0].bias.copy_(kept[1])
 
     threads = torch.get_num_threads()
     if config.threads is not None:

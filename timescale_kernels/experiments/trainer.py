@@ -11,6 +11,11 @@ so. Every random number comes from a generator derived from the seed:
 
 Their states, the optimizer and the curriculum are saved after every epoch, so a resumed run
 continues bit for bit where an uninterrupted one would be.
+
+A step costs the same number of ops whatever the number of heads: every head lives in one tensor
+(the readout's table, read out in one product), the optimizer has one parameter group updated by
+one fused SGD kernel, the gradient clip is one foreach norm and one foreach scaling. (The task
+batch's labels are drawn by tasks.make_batch.)
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoints import save_checkpoint
-from ..models import MemoryNet
+from ..models import MemoryNet, fit_rows
 from ..ops import resolve_backend
 from ..tasks import make_batch, sequence_length_range
 from .config import RunConfig
@@ -65,8 +70,10 @@ class Trainer:
         self.curriculum = Curriculum.from_config(config)
         # model: an existing MemoryNet to train further (e.g. retraining); default a fresh one.
         self.model = model if model is not None else build_model(config)
-        self.optimizer = torch.optim.SGD(self._core_parameters(), lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov and config.momentum > 0)
+        # One parameter group: the core's parameters and the readout's one head table, updated by
+        # one fused kernel, so a step costs the same number of ops whatever the number of heads.
+        self.optimizer = torch.optim.SGD(list(self.model.parameters()), lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov and config.momentum > 0, fused=True)
         for _ in range(num_heads if num_heads is not None else self.curriculum.num_heads):
             self._add_head()
         self.generators = {"lengths": torch.Generator("cpu"), "train": torch.Generator(self.device),
@@ -79,11 +86,10 @@ class Trainer:
         self.backend = (resolve_backend(config.backend, self.device) if config.model == "leaky" else "torch.nn")
 
     # construction ------------------------------------------------------------------------------
-    def _core_parameters(self):
-        return [p for name, p in self.model.named_parameters() if not name.startswith("readout.")]
-
     def _add_head(self) -> None:
-        """Appends head k with weights from its own seed (torch.nn.Linear's init: U(+-1/sqrt(H)))."""
+        """Appends head k with weights from its own seed (torch.nn.Linear's init: U(+-1/sqrt(H)));
+        when the head table grows, its optimizer state grows with it (zeros for the new rows: a head
+        without momentum yet)."""
         index = self.model.add_head()
         head = self.model.readout.heads[index]
         gen = torch.Generator("cpu")
@@ -92,7 +98,15 @@ class Trainer:
         with torch.no_grad():
             for p in (head.weight, head.bias):
                 p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=gen))
-        self.optimizer.add_param_group({"params": list(head.parameters())})
+        self._fit_optimizer_state()
+
+    def _fit_optimizer_state(self) -> None:
+        """Gives the head table's optimizer state (momentum) as many rows as the table has."""
+        table = self.model.readout.table
+        state = self.optimizer.state.get(table, {})
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() == table.dim() and value.shape[0] != table.shape[0]:
+                state[key] = fit_rows(value, table.shape[0])
 
     def ensure_heads(self) -> None:
         while self.model.num_heads < self.curriculum.num_heads:
@@ -109,7 +123,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        if len(optimizer["param_groups"]) > 1:  # saved when every head was its own parameter group
+            optimizer = merge_head_groups(optimizer, self.model.readout, self.optimizer.param_groups[0])
+        self.optimizer.load_state_dict(optimizer)
+        self._fit_optimizer_state()
         self.curriculum.load_state_dict(state["curriculum"])
         for k, g in self.generators.items():
             g.set_state(state["generators"][k])
@@ -139,7 +157,8 @@ class Trainer:
     def train_epoch(self, bar=None) -> torch.Tensor:
         """steps_per_epoch SGD steps; returns the summed loss as a device scalar (no host sync)."""
         heads, cfg = self.curriculum.heads, self.config
-        params = list(self.model.parameters())
+        params = self.optimizer.param_groups[0]["params"]
+        inactive = self._inactive_heads(heads)
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
         for length in self._lengths(cfg.steps_per_epoch):
@@ -149,12 +168,35 @@ class Trainer:
             loss = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1)) * len(heads)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            self.optimizer.step()
+            clip_gradients(params, cfg.clip)
+            self._step(inactive)
             loss_sum += loss.detach()
             if bar is not None:
                 bar.update(1)
         return loss_sum
+
+    def _inactive_heads(self, heads) -> torch.Tensor | None:
+        """Heads that exist but are not trained this epoch, as an index tensor (None when every head
+        is trained, as in every curriculum so far)."""
+        inactive = sorted(set(range(self.model.num_heads)) - set(heads))
+        return torch.tensor(inactive, device=self.device) if inactive else None
+
+    def _step(self, inactive: torch.Tensor | None) -> None:
+        """optimizer.step(), leaving the heads in `inactive` and their momentum as they were (as when
+        each head was its own parameter and an unused one got no gradient and no update)."""
+        if inactive is None:
+            self.optimizer.step()
+            return
+        table = self.model.readout.table
+        state = self.optimizer.state.get(table, {})
+        kept = {key: v.index_select(0, inactive) for key, v in state.items()
+                if torch.is_tensor(v) and v.shape == table.shape}
+        rows = table.detach().index_select(0, inactive)
+        self.optimizer.step()
+        with torch.no_grad():
+            table.index_copy_(0, inactive, rows)
+            for key, value in kept.items():
+                self.optimizer.state[table][key].index_copy_(0, inactive, value)
 
     @torch.no_grad()
     def evaluate(self, batches: int | None = None) -> torch.Tensor:
@@ -276,3 +318,41 @@ class Trainer:
                 "Ns": list(self.curriculum.Ns), "wall_time": self.elapsed, "backend": self.backend,
                 "curriculum": self.config.curriculum, "task": self.config.task, "model": self.config.model,
                 "hidden_size": self.config.hidden_size}
+
+
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ in a fixed number of ops: one foreach norm over every gradient,
+    their total norm, one foreach scaling by min(1, max_norm / (total + 1e-6)); returns the total
+    norm (a device scalar, no host read). Parameters without a gradient are skipped."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
+def merge_head_groups(saved: dict, readout, group: dict) -> dict:
+    """An SGD state_dict saved with the core in group 0 and head k as group k + 1 (weight, bias),
+    rewritten for one group holding the core's parameters and then the readout's head table: each
+    head's momentum becomes its rows of the table's (zeros for a head that never stepped). The
+    settings come from group 0, the implementation flags (foreach, fused) from `group`."""
+    groups, old = saved["param_groups"], saved["state"]
+    core = list(groups[0]["params"])
+    table_id, hidden = len(core), readout.hidden_size
+    table_state = {}
+    for k, ids in enumerate(g["params"] for g in groups[1:]):
+        for pid, part in zip(ids, ("weight", "bias")):
+            for key, value in old.get(pid, {}).items():
+                if not torch.is_tensor(value) or value.dim() == 0:
+                    continue
+                rows = table_state.setdefault(key, torch.zeros(readout.table.shape, dtype=value.dtype))
+                if part == "weight":
+                    rows[k, :, :hidden] = value
+                else:
+                    rows[k, :, hidden] = value
+    state = {pid: old[pid] for pid in core if pid in old}
+    if table_state:
+        state[table_id] = table_state
+    flags = {key: group[key] for key in ("foreach", "fused", "differentiable") if key in group}
+    return {"state": state, "param_groups": [{**groups[0], **flags, "params": core + [table_id]}]}
