@@ -7,7 +7,8 @@ from timescale_kernels import curricula, tasks
 from timescale_kernels.cli import build_parser
 from timescale_kernels.curricula import CURRICULA, ConfigError, Curriculum, curriculum_of, get_curriculum
 from timescale_kernels.experiments import make_config
-from timescale_kernels.tasks import PER_SEQUENCE, TASKS, Task, get_task, make_batch, make_generator, stream_labels
+from timescale_kernels.tasks import (PER_SEQUENCE, TASKS, Task, get_task, labels_for, make_batch, make_generator,
+                                     stream_labels)
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -89,3 +90,17 @@ def test_a_new_curriculum_is_offered_everywhere(monkeypatch):
     from timescale_kernels.experiments import config
     monkeypatch.setattr(config, "CURRICULA", curricula.CURRICULA)
     assert make_config("quick", curriculum="pairs", device="cpu").curriculum == "pairs"
+
+
+@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("lo,hi", [(2, 2), (2, 3), (2, 11), (5, 17), (1, 40)])
+def test_labels_for_consecutive_Ns_equal_one_N_at_a_time(name, lo, hi):
+    spec = get_task(name)
+    g = torch.Generator().manual_seed(lo * 100 + hi)
+    bits = (torch.rand(4 * hi + 1, 33, generator=g) < 0.5).to(torch.int64)
+    Ns = list(range(lo, hi + 1))
+    want = torch.stack([spec.labels(bits, n) for n in Ns])
+    assert spec.labels_between is not None
+    assert torch.equal(labels_for(name, bits, Ns), want)
+    assert torch.equal(labels_for(name, bits, [lo, hi + 2]), torch.stack([spec.labels(bits, lo),
+                                                                          spec.labels(bits, hi + 2)]))

@@ -31,12 +31,16 @@ class Task:
         labels: (bits (T, B) int64 of 0/1, N) -> (B,) int64, the label of each sequence at its last step.
         stream_labels: (bits (T, B) int64 of 0/1, N) -> (T - N + 1, B) int64, the label of every
             N-bit window, at steps N-1..T-1 (the in-time probe's labels); its last row equals labels.
+        labels_between: optional (bits (T, B) int64, lo, hi) -> (hi - lo + 1, B) int64, the labels for
+            N = lo..hi in a few vectorised ops (what a training step uses, so that its cost does not grow
+            with the number of heads); it must equal stacking labels(bits, N) for N = lo..hi.
     """
     name: str
     description: str
     bit_rate: float | str
     labels: Callable[[torch.Tensor, int], torch.Tensor]
     stream_labels: Callable[[torch.Tensor, int], torch.Tensor]
+    labels_between: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
 
     def __post_init__(self):
         rate = self.bit_rate
@@ -75,11 +79,21 @@ def _dms_stream(bits: torch.Tensor, N: int) -> torch.Tensor:
     return (bits[N - 1:] == bits[:bits.shape[0] - N + 1]).to(torch.int64)
 
 
+def _parity_between(bits: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    suffix_sums = bits[bits.shape[0] - hi:].flip(0).cumsum(0)   # row n - 1: the sum of the last n bits
+    return suffix_sums[lo - 1:] % 2
+
+
+def _dms_between(bits: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    back = bits[bits.shape[0] - hi:bits.shape[0] - lo + 1].flip(0)   # row k: the bit lo + k - 1 steps back
+    return (back == bits[-1]).to(torch.int64)
+
+
 REGISTRY: dict[str, Task] = {task.name: task for task in (
     Task("parity", "the parity of the last N bits; each sequence has its own bit rate p ~ U(0, 1)",
-         PER_SEQUENCE, _parity_last, _parity_stream),
+         PER_SEQUENCE, _parity_last, _parity_stream, _parity_between),
     Task("dms", "delayed match to sample: 1 when the bit N - 1 steps back equals the last one; fair bits",
-         0.5, _dms_last, _dms_stream),
+         0.5, _dms_last, _dms_stream, _dms_between),
 )}
 TASKS = tuple(REGISTRY)  # the names, in the table's order
 
@@ -119,6 +133,10 @@ def labels_for(task, bits: torch.Tensor, Ns: list[int]) -> torch.Tensor:
     """bits (T, B) of 0/1 -> labels (len(Ns), B) int64, one row per N."""
     spec = get_task(task)
     b = bits.to(torch.int64)
+    Ns = list(Ns)
+    consecutive = len(Ns) > 1 and all(later == earlier + 1 for earlier, later in zip(Ns, Ns[1:]))
+    if consecutive and spec.labels_between is not None:
+        return spec.labels_between(b, Ns[0], Ns[-1])
     return torch.stack([spec.labels(b, n) for n in Ns])
 
 
