@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.timescale_kernels-installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: all install demo test test-fast bench gpu-check clean
+.PHONY: all install demo test test-fast bench gpu-check triton-3.6 clean
 
 all: test
 
@@ -28,8 +28,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m timescale_kernels.cli demo --out $(DEMO_OUT)
 
-test: $(STAMP)
-	$(VPY) -m pytest -q tests
+# The GPU machine's triton (3.6.0), installed beside the newest for the sm_90 compile tests
+# (tests/test_triton_compile.py puts this folder first on PYTHONPATH in a subprocess).
+TRITON_SIDE := $(VENV)/triton-3.6.0
+$(TRITON_SIDE)/.installed: $(VPY)
+	$(VPY) -m pip install -q --no-deps --upgrade --target $(TRITON_SIDE) triton==3.6.0
+	touch $@
+
+triton-3.6: $(TRITON_SIDE)/.installed
+
+test: $(STAMP) $(TRITON_SIDE)/.installed
+	TIMESCALE_KERNELS_TRITON36=$(TRITON_SIDE) $(VPY) -m pytest -q tests
 
 # The CPU benchmarks, each written to benchmarks/results/ as JSON (a few minutes on 2 cores).
 bench: $(STAMP)

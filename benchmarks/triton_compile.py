@@ -362,8 +362,21 @@ def _compile_case_safely(case: Case) -> list[dict]:
     try:
         return compile_case(case)
     except Exception as err:  # one failing case must not hide the others' rows
-        lines = [line.strip() for line in str(err).splitlines() if line.strip().strip("^")]
-        return [{"case": case.label, "error": f"{type(err).__name__}: {(lines or [''])[-1][:300]}"}]
+        return [{"case": case.label, "error": describe_error(err)}]
+
+
+def describe_error(err: BaseException) -> str:
+    """The innermost source line a compile error points at, and the root exception: one line."""
+    chain = [err]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    where = ""
+    for e in chain:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip().strip("^")]
+        if lines and type(e).__name__ == "CompilationError":
+            where = lines[-1]
+    root = chain[-1]
+    return f"{type(root).__name__}: {str(root).strip()[:200] or '(no message)'}" + (f" at `{where}`" if where else "")
 
 
 def warm_cache(cases, jobs: int) -> list[dict]:
