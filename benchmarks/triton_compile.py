@@ -182,7 +182,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}"
+        inside = "" if self.placement == "outside" else f"/{self.placement}"
+        return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{inside}"
 
     @property
     def shape(self):
@@ -200,6 +201,14 @@ def all_cases(quick: bool = False) -> list[Case]:
             cases += [Case(family, p, "float32", direction) for p in PRECISIONS]
             cases.append(Case(family, "fp32", "float64", direction))
     return cases
+
+
+def warm_cases() -> list[Case]:
+    """all_cases() and the GPU tests' other placement ("inside"), forward and backward: every kernel
+    that `make gpu-check` launches at the study's shapes."""
+    inside = [Case(family, p, "float32", direction, placement="inside")
+              for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
+    return all_cases() + inside
 
 
 def _call(fn, family, **kwargs):
@@ -398,7 +407,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import triton
     os.environ.pop("TRITON_INTERPRET", None)
-    cases = all_cases(args.quick)
+    cases = warm_cases() if args.warm_cache else all_cases(args.quick)
     jobs = max(1, min(len(cases), os.cpu_count() or 1)) if args.warm_cache and args.jobs == 1 else args.jobs
     rows = warm_cache(cases, jobs) if jobs > 1 else [r for c in cases for r in _compile_case_safely(c)]
     if args.json:
