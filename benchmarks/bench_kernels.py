@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from gpu_results import FAMILIES, deadline_passed, family_pinned, record, short_error, sync, time_ms
+from gpu_results import FAMILIES, deadline_passed, family_pinned, load, record, short_error, sync, time_ms
 
 
 def seconds(fn, device) -> float:
@@ -58,7 +58,7 @@ def run_analysis(cfg, results, deadline):
                 row["probe_s"] = seconds(lambda: op_forward(model, x[:probe], h0, prec), device)
                 projected = row["probe_s"] * steps / probe
                 fits = deadline is None or time.monotonic() + 2 * projected + 5 < deadline
-                row["measured_full"] = bool(fits and projected < 20)
+                row["measured_full"] = bool(fits and projected < 5)
                 row["seconds_at_full"] = (seconds(lambda: op_forward(model, x, h0, prec), device)
                                           if row["measured_full"] else projected)
                 row["us_per_step"] = row["seconds_at_full"] / steps * 1e6
@@ -67,7 +67,8 @@ def run_analysis(cfg, results, deadline):
         record(results, ["analysis", name], row)
         print(f"analysis {name}: {row}", flush=True)
     row = {"steps": steps, "trials": trials, "hidden": hidden}
-    if deadline_passed(deadline, 20):
+    first = load(results).get("analysis", {}).get("op default fp32", {}).get("seconds_at_full", 0.0)
+    if deadline_passed(deadline, 10 + 1.5 * first):
         record(results, ["analysis", "analysis.simulate default"], {"skipped": "group time limit"})
     else:
         try:

@@ -256,7 +256,12 @@ def specialise(launch: Launch):
     backend = make_backend(target())
     kernel = launch.kernel
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    kwargs = dict(launch.kwargs, debug=launch.kwargs.get("debug", False))
+    from triton import knobs
+    kwargs = dict(launch.kwargs)  # the options JITFunction.run adds before binding, so the cache key matches
+    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
+    for name in ("instrumentation_mode", "fpsan_homomorphic_casts"):
+        if hasattr(knobs.compilation, name):
+            kwargs[name] = getattr(knobs.compilation, name)
     bound_args, specialization, options = binder(*launch.args, **kwargs)
     return kernel._pack_args(backend, kwargs, bound_args, specialization, options)
 
@@ -359,7 +364,8 @@ def markdown_table(rows: list[dict], version: str) -> str:
              "| unswizzled reduction-axis operand |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | - | - | - | - | - | - | compile failed: {r['error'][:80]} |")
+            error = r["error"].replace("`", "")[:100]
+            lines.append(f"| {r['case']} | - | - | - | - | - | - | compile failed: {error} |")
             continue
         lines.append(f"| {r['case']} | {r['kernel']} | {'x'.join(map(str, r['grid']))} | {r['num_warps']} | "
                      f"{r['registers']} | {r['spills']} | {r['smem'] / 1024:.1f} | "
