@@ -232,7 +232,8 @@ def capture(case: Case) -> list[Launch]:
     dtype = getattr(torch, case.dtype)
     common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision)
     with capturing() as launches:
-        u, h0, w, alpha = stand_in((T, B, H), dtype), stand_in((B, H), dtype), stand_in((H, H), dtype), stand_in(H, dtype)
+        u, h0 = stand_in((T, B, H), dtype), stand_in((B, H), dtype)
+        w, alpha = stand_in((H, H), dtype), stand_in(H, dtype)
         if case.direction == "backward":
             h, drive, grad_h = (stand_in((T, B, H), dtype) for _ in range(3))
             _call(tr.backward, case.family, grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, **common)

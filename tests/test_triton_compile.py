@@ -63,7 +63,8 @@ def test_every_float32_kernel_compiles_under_triton_36(rows36):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="tl.dot with a float64 accumulator needs out_dtype=acc.dtype under triton 3.6")
+@pytest.mark.xfail(strict=True,
+                   reason="tl.dot with a float64 accumulator needs out_dtype=acc.dtype under triton 3.6")
 def test_float64_kernels_compile_under_triton_36(rows36):
     failed = {r["case"]: r["error"] for r in rows36 if r["case"].endswith("/float64") and "error" in r}
     assert not failed, failed
