@@ -153,27 +153,8 @@ def compile_summary(path: Path) -> dict:
                           if "error" not in r}}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", default=out_dir_default(), help="where the three result files go")
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="wall-clock bound for all groups")
-    parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU: tiny shapes, interpreter")
-    parser.add_argument("--groups", default=None, help="comma-separated subset of the groups (default: all)")
-    args = parser.parse_args(argv)
-    start = time.monotonic()
-    import torch
-    if not args.dry_run and not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA device (torch {torch.__version__}); rehearse with --dry-run", file=sys.stderr)
-        return 1
-    env = environment(args.dry_run)
-    out_dir = Path(args.out_dir)
-    stem = out_dir / f"gpu-{slug(env['device'])}"
-    results, log_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".md")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(results, "{}")
-    log_path.write_text(f"gpu_check {env}\n")
-    record(results, ["environment"], env)
-    wanted = set(args.groups.split(",")) if args.groups else {g[0] for g in GROUPS}
+def run_groups(wanted, args, results, md_path, log_path, start) -> bool:
+    """Runs the wanted groups in order within the budget, recording each; False when one failed."""
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for name, limit_s, template in GROUPS:
@@ -198,6 +179,39 @@ def main(argv=None) -> int:
             record(results, ["seconds"], round(time.monotonic() - start, 1))
             write_atomic(md_path, markdown(load(results)))
             print(f"gpu_check: {name}: {status['status']} ({status.get('seconds', 0)} s)", flush=True)
+    return ok
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out-dir", default=out_dir_default(), help="where the three result files go")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="wall-clock bound for all groups")
+    parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU: tiny shapes, interpreter")
+    parser.add_argument("--groups", default=None,
+                        help="comma-separated subset of the groups (default: all); keeps the others' results")
+    args = parser.parse_args(argv)
+    wanted = set(args.groups.split(",")) if args.groups else {g[0] for g in GROUPS}
+    unknown = wanted - {g[0] for g in GROUPS}
+    if unknown:
+        names = ", ".join(g[0] for g in GROUPS)
+        parser.error(f"--groups: expected names from {names}; got {', '.join(sorted(unknown))}")
+    start = time.monotonic()
+    import torch
+    if not args.dry_run and not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA device (torch {torch.__version__}); rehearse with --dry-run", file=sys.stderr)
+        return 1
+    env = environment(args.dry_run)
+    out_dir = Path(args.out_dir)
+    stem = out_dir / f"gpu-{slug(env['device'])}"
+    results, log_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".md")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.groups:  # a rerun of some groups keeps the other groups' figures
+        write_atomic(results, "{}")
+        log_path.write_text("")
+    with open(log_path, "a") as log:
+        log.write(f"gpu_check {env}\n")
+    record(results, ["environment"], env)
+    ok = run_groups(wanted, args, results, md_path, log_path, start)
     report = markdown(load(results))
     write_atomic(md_path, report)
     print(report)

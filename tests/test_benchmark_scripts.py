@@ -45,6 +45,25 @@ def test_gpu_check_group_time_limit_ends_the_group(tmp_path):
     assert "started" in log.read_text()
 
 
+def test_results_are_rewritten_whole_after_every_measurement(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_results import load, record
+    path = tmp_path / "results.json"
+    record(path, ["table", "400,256,500", "eager"], {"fwd_ms": 1.5})
+    record(path, ["table", "400,256,500", "cudnn"], {"fwd_ms": 0.5})
+    record(path, ["seconds"], 3.0)
+    assert load(path) == {"table": {"400,256,500": {"eager": {"fwd_ms": 1.5}, "cudnn": {"fwd_ms": 0.5}}},
+                          "seconds": 3.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_gpu_check_rejects_unknown_groups(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--groups",
+                          "table,tabel", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert run.returncode == 2 and "--groups" in run.stderr and "tabel" in run.stderr
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_contract(tmp_path):
     """The rehearsal on the CPU: every group runs in its own subprocess, the files land flat in
