@@ -75,6 +75,7 @@ def run_analysis(cfg, results, deadline):
             burn_in = 500 if steps > 1000 else 0  # the study's 500 of its 100,500 steps
             row["seconds"] = seconds(lambda: simulate(
                 model, trials=trials, steps=steps - burn_in, burn_in=burn_in, backend="triton",
+                max_lag=min(30, steps - burn_in - 1),
                 generator=torch.Generator(device=device).manual_seed(0)), device)
         except Exception as err:
             row["error"] = short_error(err)

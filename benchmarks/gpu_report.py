@@ -106,9 +106,8 @@ def training_lines(results: dict) -> list[str]:
 
 def check_lines(results: dict) -> list[str]:
     lines = []
-    tests = results.get("tests")
-    if tests:
-        lines.append(f"- tests (pytest -m gpu): {tests.get('tests', 0)} run, {tests.get('failures', 0)} failed, "
+    for name, tests in results.get("tests", {}).items():
+        lines.append(f"- {name} (pytest -m gpu): {tests.get('tests', 0)} run, {tests.get('failures', 0)} failed, "
                      f"{tests.get('errors', 0)} errors, {tests.get('skipped', 0)} skipped"
                      + "".join(f"\n  - failed: {f}" for f in tests.get("failed", [])))
     comp = results.get("compile")

@@ -88,11 +88,13 @@ def test_gpu_check_dry_run_contract(tmp_path):
                      "torch.compile"]:
             assert rows[name]["fwd_ms"] > 0 and rows[name]["fwd_bwd_ms"] > 0, (shape, name, rows[name])
     assert results["analysis"]["op default fp32"]["seconds_at_full"] > 0
+    assert results["analysis"]["analysis.simulate default"]["seconds"] > 0
     assert results["defect-ab"]["default"]["max_abs_difference"] == 0.0
     launches = results["training"]["launches"]
     assert set(launches) == {"2..3", "2..4"} and all(r["aten_calls"] > 0 for r in launches.values())
     assert results["training"]["headline_hours"]["ours"] > 0
-    assert results["tests"]["tests"] > 0 and not results["tests"]["failed"]
+    assert set(results["tests"]) == {"tests", "tests-persistent"}
+    assert all(t["tests"] > 0 and not t["failed"] for t in results["tests"].values())
     table = (tmp_path / "gpu-dry-run-cpu.md").read_text()
     assert table == results_table(results)
     assert run.stdout.count("| triton-default-fp32 |") == 1
