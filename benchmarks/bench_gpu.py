@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_results import (FAMILIES, PRECISIONS, deadline_passed, family_kwargs, family_pinned,  # noqa: E402
-                         peak_memory, record, settings, short_error, sync, time_ms)
+from gpu_results import (PRECISIONS, call_with_family, deadline_passed, peak_memory, record,  # noqa: E402
+                         settings, short_error, sync, time_ms)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -79,10 +79,9 @@ def study_loop(x, h0, p, mask):
 def triton_op(x, h0, p, precision, family="default"):
     """timescale_kernels.leaky_rnn on the triton backend with one kernel family: (T, B, H)."""
     from timescale_kernels import leaky_rnn
-    with family_pinned(family):
-        out, _ = leaky_rnn(x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], p["tau"],
-                           nonlinearity="leaky_relu", placement="outside", backend="triton", precision=precision,
-                           **family_kwargs(leaky_rnn, family))
+    out, _ = call_with_family(leaky_rnn, family, x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
+                              p["tau"], nonlinearity="leaky_relu", placement="outside", backend="triton",
+                              precision=precision)
     return out
 
 

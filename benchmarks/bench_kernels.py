@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from gpu_results import FAMILIES, deadline_passed, family_pinned, load, record, short_error, sync, time_ms
+from gpu_results import FAMILIES, call_with_family, deadline_passed, load, record, short_error, sync, time_ms
 
 
 def seconds(fn, device) -> float:
@@ -27,13 +27,13 @@ def analysis_model(hidden, device):
     return MemoryNet("leaky", hidden, num_heads=1).to(device)
 
 
-def op_forward(model, x, h0, precision):
-    """The core over all of x without gradients: h (T, B, H)."""
+def op_forward(model, x, h0, precision, family):
+    """The core over all of x without gradients, one kernel family: h (T, B, H)."""
     from timescale_kernels import leaky_rnn
     rnn = model.rnn
     with torch.no_grad():
-        return leaky_rnn(x, h0, rnn.weight_ih, rnn.weight_hh, rnn.bias_ih, rnn.bias_hh, rnn.tau,
-                         backend="triton", precision=precision)[0]
+        return call_with_family(leaky_rnn, family, x, h0, rnn.weight_ih, rnn.weight_hh, rnn.bias_ih, rnn.bias_hh,
+                                rnn.tau, backend="triton", precision=precision)[0]
 
 
 def run_analysis(cfg, results, deadline):
@@ -53,15 +53,14 @@ def run_analysis(cfg, results, deadline):
             continue
         row = {"steps": steps, "trials": trials, "hidden": hidden, "probe_steps": probe}
         try:
-            with family_pinned(family):
-                op_forward(model, x[:probe], h0, prec)  # compile
-                row["probe_s"] = seconds(lambda: op_forward(model, x[:probe], h0, prec), device)
-                projected = row["probe_s"] * steps / probe
-                fits = deadline is None or time.monotonic() + 2 * projected + 5 < deadline
-                row["measured_full"] = bool(fits and projected < 5)
-                row["seconds_at_full"] = (seconds(lambda: op_forward(model, x, h0, prec), device)
-                                          if row["measured_full"] else projected)
-                row["us_per_step"] = row["seconds_at_full"] / steps * 1e6
+            op_forward(model, x[:probe], h0, prec, family)  # compile
+            row["probe_s"] = seconds(lambda: op_forward(model, x[:probe], h0, prec, family), device)
+            projected = row["probe_s"] * steps / probe
+            fits = deadline is None or time.monotonic() + 2 * projected + 5 < deadline
+            row["measured_full"] = bool(fits and projected < 5)
+            row["seconds_at_full"] = (seconds(lambda: op_forward(model, x, h0, prec, family), device)
+                                      if row["measured_full"] else projected)
+            row["us_per_step"] = row["seconds_at_full"] / steps * 1e6
         except Exception as err:
             row["error"] = short_error(err)
         record(results, ["analysis", name], row)

@@ -98,21 +98,22 @@ def peak_memory(device: str, out: dict, key: str):
     out[key] = round((torch.cuda.max_memory_allocated() - before) / 2 ** 20, 1)
 
 
-@contextlib.contextmanager
-def family_pinned(name: str):
-    """Runs the triton backend's kernel family `name` ("default" or "persistent") inside the block."""
+def call_with_family(fn, family: str, *args, **kwargs):
+    """fn(*args, **kwargs) with the triton backend's kernel family pinned ("default" or "persistent"):
+    through a family= keyword where fn takes one, else through the module switch
+    triton_recurrence.persistent. Neither: an error, never a silent run of whichever family."""
+    if "family" in inspect.signature(fn).parameters:
+        return fn(*args, family=family, **kwargs)
     from timescale_kernels.ops import triton_recurrence as tr
+    if not hasattr(tr, "persistent"):
+        raise RuntimeError(f"cannot pin the kernel family {family!r}: {fn.__name__} takes no family= keyword and "
+                           "triton_recurrence has no 'persistent' switch")
     saved = tr.persistent
-    tr.persistent = name == "persistent"
+    tr.persistent = family == "persistent"
     try:
-        yield
+        return fn(*args, **kwargs)
     finally:
         tr.persistent = saved
-
-
-def family_kwargs(fn, name: str) -> dict:
-    """{'family': name} where fn takes that keyword (a pinned family), else {} (family_pinned decides)."""
-    return {"family": name} if "family" in inspect.signature(fn).parameters else {}
 
 
 def short_error(err: BaseException) -> str:

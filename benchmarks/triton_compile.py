@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import re
@@ -211,22 +210,9 @@ def warm_cases() -> list[Case]:
     return all_cases() + inside
 
 
-def _call(fn, family, **kwargs):
-    """Calls a launcher with the family pinned: a family= keyword where the launcher takes one, else
-    triton_recurrence.persistent (the module switch)."""
-    from timescale_kernels.ops import triton_recurrence as tr
-    if "family" in inspect.signature(fn).parameters:
-        return fn(family=family, **kwargs)
-    saved = tr.persistent
-    tr.persistent = family == "persistent"
-    try:
-        return fn(**kwargs)
-    finally:
-        tr.persistent = saved
-
-
 def capture(case: Case) -> list[Launch]:
     """The launches the launchers make for one case at its shape (usually one)."""
+    from gpu_results import call_with_family
     from timescale_kernels.ops import triton_recurrence as tr
     T, B, H = case.shape
     dtype = getattr(torch, case.dtype)
@@ -236,9 +222,9 @@ def capture(case: Case) -> list[Launch]:
         w, alpha = stand_in((H, H), dtype), stand_in(H, dtype)
         if case.direction == "backward":
             h, drive, grad_h = (stand_in((T, B, H), dtype) for _ in range(3))
-            _call(tr.backward, case.family, grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, **common)
+            call_with_family(tr.backward, case.family, grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, **common)
         else:
-            _call(tr.forward, case.family, u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward",
+            call_with_family(tr.forward, case.family, u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward",
                   **common)
     return launches
 
