@@ -38,7 +38,7 @@ $(TRITON_SIDE)/.installed: $(VPY)
 triton-3.6: $(TRITON_SIDE)/.installed
 
 test: $(STAMP) $(TRITON_SIDE)/.installed
-	TIMESCALE_KERNELS_TRITON36=$(TRITON_SIDE) $(VPY) -m pytest -q tests
+	TIMESCALE_KERNELS_TRITON36=$(abspath $(TRITON_SIDE)) $(VPY) -m pytest -q tests
 
 # The CPU benchmarks, each written to benchmarks/results/ as JSON (a few minutes on 2 cores).
 bench: $(STAMP)
