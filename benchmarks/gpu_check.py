@@ -1,22 +1,36 @@
-"""The one GPU command: GPU tests, the benchmark table, and a results file.
+"""The one GPU command: warm compile, benchmarks, GPU tests, one compact table (`make gpu-check`).
 
-    python benchmarks/gpu_check.py [--budget-s 540] [--skip-tests] [--skip-bench] [--allow-no-gpu]
+    python benchmarks/gpu_check.py [--out-dir DIR] [--budget-s 330] [--dry-run]
 
-On a machine with CUDA: runs `pytest -m gpu tests/` and the rest of tests/test_triton_backend.py
-(on the GPU), then benchmarks/bench_gpu.py's table and launch-config sweep, and writes
-benchmarks/results/gpu-<device>-<date>.json and .md (device, versions, date, every figure, test
-outcomes). Everything is bounded by --budget-s (default 9 minutes): rows that would start after
-the deadline are recorded as skipped. Exit code 1 when a test fails or there is no CUDA device
-(0 with --allow-no-gpu, which only prints what would run).
+Runs from the checkout (PYTHONPATH=., no C++ build, no network). Each group runs in its own
+subprocess under its own time limit (cut further to what is left of --budget-s), in this order:
+
+  compile      benchmarks/triton_compile.py --warm-cache: every kernel the benchmarks launch, compiled
+               in parallel into triton's cache (and the static check of the TTGIR)
+  table        bench_gpu.py table: default kernel family x precision, eager loops, CUDA graph, cuDNN
+  defect-ab    bench_gpu.py defect-ab: the forward with strided W against a contiguous W^T
+  persistent   bench_gpu.py persistent: the persistent kernel family x precision
+  analysis     bench_gpu.py analysis: forward only, B = 10, H = 500, 100,500 steps
+  training     bench_steps.py: launches per training step (N = 2..10, 2..100), step time against
+               the recurrence alone, epochs at N = 30 and 100, the headline run projected
+  tests        pytest -m gpu tests/, but for the persistent kernels' file
+  tests-persistent  pytest -m gpu tests/test_triton_persistent.py (each test has its own deadlock timeout)
+  torch-compile  bench_gpu.py torch-compile: torch.compile of the study's step (slow to compile: last)
+
+Writes three files to --out-dir (or $GPU_CHECK_OUT_DIR, or $OUT_DIR; default benchmarks/results/):
+gpu-<device>.json (every figure, rewritten atomically after each measurement), gpu-<device>.md (the
+table, rewritten after each group) and gpu-<device>.log (each group's output). --dry-run rehearses
+all of it on the CPU at tiny shapes under the Triton interpreter (device name "dry-run-cpu").
+Exit status 1 when a group failed or a test failed.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,200 +38,189 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_report import markdown  # noqa: E402
+from gpu_results import REPO, load, record, write_atomic  # noqa: E402
 
-import torch  # noqa: E402
+BENCH = REPO / "benchmarks"
+PYTEST = ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-m", "gpu"]
+# (group, seconds on an H100/H200, argv after the interpreter). {results} is the JSON file, {tmp} a
+# folder of the run's own.
+GROUPS = (
+    ("compile", 40, [str(BENCH / "triton_compile.py"), "--warm-cache", "--json", "{tmp}/compile.json"]),
+    ("table", 70, [str(BENCH / "bench_gpu.py"), "table", "--results", "{results}"]),
+    ("defect-ab", 20, [str(BENCH / "bench_gpu.py"), "defect-ab", "--results", "{results}"]),
+    ("persistent", 40, [str(BENCH / "bench_gpu.py"), "persistent", "--results", "{results}"]),
+    ("analysis", 30, [str(BENCH / "bench_gpu.py"), "analysis", "--results", "{results}"]),
+    ("training", 40, [str(BENCH / "bench_steps.py"), "--results", "{results}"]),
+    ("tests", 40, PYTEST + ["tests/", "--ignore=tests/test_triton_persistent.py", "--junitxml", "{tmp}/junit.xml"]),
+    ("tests-persistent", 30, PYTEST + ["tests/test_triton_persistent.py", "--junitxml", "{tmp}/junit.xml"]),
+    ("torch-compile", 30, [str(BENCH / "bench_gpu.py"), "torch-compile", "--results", "{results}"]),
+)
+DEFAULT_BUDGET_S = 330
+MIN_GROUP_S = 10
+# The rehearsal's limits are stretched: the interpreter on a shared CI core is slower than its tiny
+# shapes suggest. Its times show the contract's shape, not the GPU's.
+DRY_RUN_STRETCH = 2.0
 
-TEST_RUNS = (("gpu-marked", ["-m", "gpu", "tests/"]),
-             ("triton-file", ["-m", "not gpu", "tests/test_triton_backend.py"]))
+
+def out_dir_default() -> str:
+    return os.environ.get("GPU_CHECK_OUT_DIR") or os.environ.get("OUT_DIR") or str(REPO / "benchmarks" / "results")
 
 
-def environment() -> dict:
-    import triton
-    props = torch.cuda.get_device_properties(0)
+def environment(dry_run: bool) -> dict:
+    import torch
+    env = {"torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "dry_run": dry_run}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout)
+        import triton
+        env["triton"] = triton.__version__
+    except Exception as err:
+        env["triton"] = f"not importable: {err}"
+    if not dry_run:
+        props = torch.cuda.get_device_properties(0)
+        env.update(device=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
+                   memory_gib=round(props.total_memory / 2 ** 30, 1), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    else:
+        env["device"] = "dry-run-cpu"
+    try:
+        git = ["git", "-C", str(REPO)]
+        env["git_commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        env["git_dirty"] = bool(subprocess.run(git + ["status", "--porcelain"], capture_output=True, text=True).stdout)
     except OSError:
-        commit, dirty = "", None
-    return {"device": props.name, "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count,
-            "memory_gib": round(props.total_memory / 2 ** 30, 1), "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "python": platform.python_version(), "host": platform.node(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"), "git_commit": commit, "git_dirty": dirty}
-
-
-def run_tests(name: str, args: list[str], timeout: float) -> dict:
-    """One pytest run in a subprocess; counts and failing test ids from its JUnit XML."""
-    with tempfile.TemporaryDirectory() as tmp:
-        xml_path = Path(tmp) / "junit.xml"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        env.pop("TRITON_INTERPRET", None)
-        start = time.monotonic()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                   f"--junitxml={xml_path}", *args], cwd=REPO, env=env, capture_output=True,
-                                  text=True, timeout=max(timeout, 1))
-        except subprocess.TimeoutExpired:
-            return {"name": name, "ok": False, "error": f"timed out after {timeout:.0f}s"}
-        result = {"name": name, "command": "pytest " + " ".join(args), "returncode": proc.returncode,
-                  "seconds": round(time.monotonic() - start, 1), "tail": (proc.stdout + proc.stderr)[-2000:]}
-        if xml_path.exists():
-            suite = ET.parse(xml_path).getroot()
-            suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-            for key in ("tests", "failures", "errors", "skipped"):
-                result[key] = int(suite.get(key, 0))
-            result["failed"] = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
-                                if case.find("failure") is not None or case.find("error") is not None]
-        # pytest exits 5 when every test was deselected: not a failure.
-        result["ok"] = proc.returncode in (0, 5)
-        return result
+        pass
+    return env
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _fmt(v, digits=3):
-    return "-" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+def child_env(dry_run: bool) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               TQDM_DISABLE="1")
+    if dry_run:
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    return env
 
 
-def markdown(report: dict) -> str:
-    env, lines = report["environment"], []
-    lines.append(f"# GPU check: {env['device']} ({env['date']})\n")
-    lines.append(", ".join(f"{k} {env[k]}" for k in ("torch", "triton", "cuda", "cudnn", "capability", "sms",
-                                                      "git_commit", "git_dirty")) + "\n")
-    lines.append("## Tests\n")
-    for t in report.get("tests", []):
-        counts = ", ".join(f"{k} {t[k]}" for k in ("tests", "failures", "errors", "skipped") if k in t)
-        lines.append(f"- {t['name']}: {'PASS' if t['ok'] else 'FAIL'} ({counts}; {t.get('seconds', '-')}s) "
-                     f"`{t.get('command', '')}`" + "".join(f"\n  - failed: {f}" for f in t.get("failed", [])))
-    bench = report.get("bench")
-    if bench:
-        rates = bench.get("rates", {})
-        lines.append("\n## Benchmarks (float32, I = 1; ratio = row / triton-fp32, > 1 means triton is faster)\n")
-        if rates:
-            lines.append("Measured: " + ", ".join(f"{k} {v / 1e12:.1f} T/s" for k, v in rates.items()) + "\n")
-        for e in bench["shapes"]:
-            lines.append(f"### T={e['T']} B={e['B']} H={e['H']}  (triton vs eager rel err "
-                         f"{_fmt(e.get('triton_rel_err_vs_eager'))})\n")
-            lines.append("| row | fwd+bwd ms | fwd ms | ratio fwd+bwd | ratio fwd | ms/step fwd+bwd | ms/step fwd "
-                         "| note |")
-            lines.append("|---|---|---|---|---|---|---|---|")
-            for name, r in e["rows"].items():
-                note = r.get("skipped") or r.get("fwd_bwd_ms_error") or r.get("fwd_ms_error") or ""
-                lines.append(f"| {name} | {_fmt(r.get('fwd_bwd_ms'))} | {_fmt(r.get('fwd_ms'))} | "
-                             f"{_fmt(e.get('ratio_fwd_bwd', {}).get(name))} | "
-                             f"{_fmt(e.get('ratio_fwd', {}).get(name))} | "
-                             f"{_fmt(e.get('per_step_fwd_bwd_ms', {}).get(name))} | "
-                             f"{_fmt(e.get('per_step_fwd_ms', {}).get(name))} | {note[:120]} |")
-            if e.get("floor_per_step"):
-                floor = ", ".join(f"{k} {_fmt(v)}" for k, v in e["floor_per_step"].items())
-                lines.append(f"\nFloors per step (us): {floor}")
-            lines.append("")
-        if bench.get("sweep"):
-            lines.append("### Launch configs, triton fwd+bwd at T=400 B=256 H=500\n")
-            lines.append("| block_b | block_n | block_k | warps | stages | precision | ms | rel err | note |")
-            lines.append("|---|---|---|---|---|---|---|---|---|")
-            for row in bench["sweep"]:
-                c = row["config"]
-                lines.append(f"| {c['block_b']} | {c['block_n']} | {c['block_k']} | {c['num_warps']} | "
-                             f"{c['num_stages']} | {row['precision']} | {_fmt(row.get('fwd_bwd_ms'))} | "
-                             f"{_fmt(row.get('rel_err_vs_default_fp32'))} | {row.get('error', '')[:120]} |")
-    for extra in report.get("extra", []):
-        lines.append(f"\n## {extra['name']} benchmark\n")
-        if "output" in extra:
-            lines.append("```\n" + extra["output"].strip() + "\n```")
-        else:
-            lines.append(extra.get("error") or extra.get("skipped", ""))
-    return "\n".join(lines) + "\n"
-
-
-# The study-level benchmarks, shortened to fit what is left of the budget: the tau_net simulation
-# (extrapolated from 10,000 steps) and epochs per hour of the multi-head curriculum at the study's shapes.
-EXTRA_BENCHMARKS = (
-    ("tau_net", ["bench_tau_net.py", "--device", "cuda", "--steps", "10000", "--repeats", "1"]),
-    ("training", ["bench_training.py", "--paper", "--device", "cuda", "--steps", "20", "--rounds", "1"]),
-)
-
-
-def run_extra_benchmarks(deadline: float, stem: Path) -> list[dict]:
-    """Each extra benchmark in a subprocess with what is left of the budget; its JSON is kept."""
-    results = []
-    for name, argv in EXTRA_BENCHMARKS:
-        remaining = deadline - time.monotonic() - 15
-        if remaining < 60:
-            results.append({"name": name, "skipped": "budget spent"})
-            continue
-        json_path = Path(f"{stem}-{name}.json")
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(REPO / "benchmarks" / argv[0]), *argv[1:], "--json", str(json_path)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=remaining, cwd=REPO)
-            entry = {"name": name, "returncode": proc.returncode, "output": proc.stdout[-4000:],
-                     "stderr": proc.stderr[-2000:] if proc.returncode else ""}
-            if json_path.is_file():
-                entry["results"] = json.loads(json_path.read_text())
-        except subprocess.TimeoutExpired:
-            entry = {"name": name, "error": f"timed out after {remaining:.0f} s"}
-        print(f"extra benchmark {name}: {entry.get('returncode', entry.get('error'))}")
-        results.append(entry)
-    return results
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget-s", type=float, default=540, help="wall-clock bound for the whole check")
-    parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--skip-bench", action="store_true")
-    parser.add_argument("--allow-no-gpu", action="store_true", help="without CUDA: print the plan, exit 0")
-    parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
-    args = parser.parse_args()
+def run_group(name, argv, limit, dry_run, log_path) -> dict:
+    """Runs one group's subprocess under `limit` seconds; appends its output to the log."""
+    if name != "compile" and not name.startswith("tests"):  # the benchmark groups
+        argv = argv + ["--budget-s", str(max(1, limit - 8))] + (["--dry-run"] if dry_run else [])
     start = time.monotonic()
-    deadline = start + args.budget_s
-    if not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}). "
-              "Run this on a machine with an NVIDIA GPU and a CUDA build of torch and triton.", file=sys.stderr)
-        if args.allow_no_gpu:
-            print("would run: " + "; ".join("pytest " + " ".join(a) for _, a in TEST_RUNS)
-                  + "; bench_gpu.run() over " + str(__import__("bench_gpu").SHAPES) + "; sweep_configs()")
-            return 0
+    status = {"limit_s": round(limit)}
+    # A session of its own, so that a timeout ends the group's own subprocesses (compile workers) too.
+    proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=child_env(dry_run), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=limit)
+        status["returncode"] = proc.returncode
+        status["status"] = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        status["status"] = f"timed out after {limit:.0f} s"
+    status["seconds"] = round(time.monotonic() - start, 1)
+    with open(log_path, "a") as log:
+        log.write(f"\n===== {name}: {status['status']} in {status['seconds']} s =====\n{output[-20000:]}\n")
+    if status["status"] != "ok":
+        status["tail"] = output[-1500:]
+    return status
+
+
+def junit_summary(path: Path) -> dict:
+    """Counts and failing test ids from pytest's JUnit XML."""
+    if not path.is_file():
+        return {}
+    suite = ET.parse(path).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    out = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    out["failed"] = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+                     if case.find("failure") is not None or case.find("error") is not None]
+    return out
+
+
+def compile_summary(path: Path) -> dict:
+    data = load(path)
+    rows = data.get("rows", [])
+    return {"triton": data.get("triton"), "kernels": len(rows), "failed": [r for r in rows if "error" in r],
+            "static_check": {r["case"]: r["unswizzled_reduction_operands"][0] for r in rows
+                             if r.get("unswizzled_reduction_operands")},
+            "resources": {r["case"]: {k: r[k] for k in ("registers", "spills", "smem")} for r in rows
+                          if "error" not in r}}
+
+
+def run_groups(wanted, args, results, md_path, log_path, start) -> bool:
+    """Runs the wanted groups in order within the budget, recording each; False when one failed."""
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, limit_s, template in GROUPS:
+            if name not in wanted:
+                continue
+            stretch = DRY_RUN_STRETCH if args.dry_run else 1.0
+            remaining = args.budget_s * stretch - (time.monotonic() - start)
+            limit_s *= stretch
+            if args.dry_run and name == "compile":
+                status = {"status": "skipped: dry run (the interpreter compiles nothing)"}
+            elif remaining < MIN_GROUP_S:
+                status = {"status": "skipped: budget spent"}
+            else:
+                argv_ = [a.format(results=results, tmp=tmp) for a in template]
+                status = run_group(name, argv_, min(limit_s, remaining), args.dry_run, log_path)
+            if name.startswith("tests"):
+                record(results, ["tests", name], junit_summary(Path(tmp) / "junit.xml"))
+                (Path(tmp) / "junit.xml").unlink(missing_ok=True)
+            if name == "compile" and "returncode" in status:
+                record(results, ["compile"], compile_summary(Path(tmp) / "compile.json"))
+            ok &= status["status"] in ("ok",) or status["status"].startswith("skipped")
+            record(results, ["groups", name], status)
+            record(results, ["seconds"], round(time.monotonic() - start, 1))
+            write_atomic(md_path, markdown(load(results)))
+            print(f"gpu_check: {name}: {status['status']} ({status.get('seconds', 0)} s)", flush=True)
+    return ok
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out-dir", default=out_dir_default(), help="where the three result files go")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="wall-clock bound for all groups")
+    parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU: tiny shapes, interpreter")
+    parser.add_argument("--groups", default=None,
+                        help="comma-separated subset of the groups (default: all); keeps the others' results")
+    args = parser.parse_args(argv)
+    wanted = set(args.groups.split(",")) if args.groups else {g[0] for g in GROUPS}
+    unknown = wanted - {g[0] for g in GROUPS}
+    if unknown:
+        names = ", ".join(g[0] for g in GROUPS)
+        parser.error(f"--groups: expected names from {names}; got {', '.join(sorted(unknown))}")
+    start = time.monotonic()
+    import torch
+    if not args.dry_run and not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA device (torch {torch.__version__}); rehearse with --dry-run", file=sys.stderr)
         return 1
-    report = {"environment": environment(), "budget_s": args.budget_s}
-    print(f"gpu_check on {report['environment']['device']}")
+    env = environment(args.dry_run)
     out_dir = Path(args.out_dir)
-    stem = f"gpu-{slug(report['environment']['device'])}-{datetime.date.today().isoformat()}"
-
-    def save(bench=None):
-        """Written after the tests, before the compile rows and at the end: an overrun keeps the rest."""
-        if bench is not None:
-            report["bench"] = bench
-        report["seconds"] = round(time.monotonic() - start, 1)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
-        (out_dir / f"{stem}.md").write_text(markdown(report))
-
-    if not args.skip_tests:
-        report["tests"] = []
-        for name, test_args in TEST_RUNS:
-            # Tests get at most 45% of the budget so that the table always runs.
-            remaining = start + 0.45 * args.budget_s - time.monotonic()
-            report["tests"].append(run_tests(name, test_args, remaining))
-            t = report["tests"][-1]
-            print(f"tests {name}: {'PASS' if t['ok'] else 'FAIL'} {t.get('failed') or ''} {t.get('error', '')}")
-        save()
-    if not args.skip_bench:
-        import bench_gpu
-        try:
-            save(bench_gpu.run(deadline=deadline - 20, checkpoint=save))
-        except Exception as err:
-            report["bench_error"] = repr(err)
-    if not args.skip_bench:
-        report["extra"] = run_extra_benchmarks(deadline, out_dir / f"{stem}-extra")
-    save()
-    print(f"wrote {out_dir / stem}.json and .md in {report['seconds']}s")
-    return 0 if all(t["ok"] for t in report.get("tests", [])) else 1
+    stem = out_dir / f"gpu-{slug(env['device'])}"
+    results, log_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".md")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.groups:  # a rerun of some groups keeps the other groups' figures
+        write_atomic(results, "{}")
+        log_path.write_text("")
+    with open(log_path, "a") as log:
+        log.write(f"gpu_check {env}\n")
+    record(results, ["environment"], env)
+    ok = run_groups(wanted, args, results, md_path, log_path, start)
+    report = markdown(load(results))
+    write_atomic(md_path, report)
+    print(report)
+    print(f"gpu_check: wrote {results.name}, {md_path.name}, {log_path.name} to {out_dir} "
+          f"in {time.monotonic() - start:.0f} s")
+    tests = load(results).get("tests", {}).values()
+    return 0 if ok and not any(t.get("failed") for t in tests) else 1
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""The benchmark scripts stay runnable: the GPU command's dry run, and each script's CLI parses."""
+"""The benchmark scripts stay runnable: the GPU command's rehearsal (--dry-run), its time limits, and each
+script's CLI."""
+import json
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from conftest import REPO
 
-SCRIPTS = ["bench_cpu.py", "bench_gpu.py", "bench_training.py", "bench_tau_net.py", "gpu_check.py"]
+SCRIPTS = ["bench_cpu.py", "bench_gpu.py", "bench_steps.py", "bench_training.py", "bench_tau_net.py", "gpu_check.py",
+           "triton_compile.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -18,14 +23,88 @@ def test_script_help(script):
     assert "usage" in proc.stdout
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")
-def test_gpu_check_dry_run_without_cuda():
-    script = REPO / "benchmarks" / "gpu_check.py"
-    plan = subprocess.run([sys.executable, str(script), "--allow-no-gpu"], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
-    assert plan.returncode == 0 and "would run" in plan.stdout, plan.stderr[-2000:]
-    refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert refused.returncode == 1 and "no CUDA device" in refused.stderr
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_refuses_without_cuda(tmp_path):
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out-dir", str(tmp_path)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert refused.returncode == 1 and "no CUDA device" in refused.stderr and "--dry-run" in refused.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpu_check_group_time_limit_ends_the_group(tmp_path):
+    """A group past its limit is killed with its subprocesses; its output so far is kept in the log."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+    log = tmp_path / "log.txt"
+    script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "print('started', flush=True); time.sleep(60)")
+    start = time.monotonic()
+    status = gpu_check.run_group("tests", ["-c", script], 3, False, log)
+    assert time.monotonic() - start < 30
+    assert status["status"] == "timed out after 3 s"
+    assert "started" in log.read_text()
+
+
+def test_results_are_rewritten_whole_after_every_measurement(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_results import load, record
+    path = tmp_path / "results.json"
+    record(path, ["table", "400,256,500", "eager"], {"fwd_ms": 1.5})
+    record(path, ["table", "400,256,500", "cudnn"], {"fwd_ms": 0.5})
+    record(path, ["seconds"], 3.0)
+    assert load(path) == {"table": {"400,256,500": {"eager": {"fwd_ms": 1.5}, "cudnn": {"fwd_ms": 0.5}}},
+                          "seconds": 3.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_gpu_check_rejects_unknown_groups(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--groups",
+                          "table,tabel", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert run.returncode == 2 and "--groups" in run.stderr and "tabel" in run.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_contract(tmp_path):
+    """The rehearsal on the CPU: every group runs in its own subprocess, the files land flat in
+    --out-dir (at most 8, plain names), and the JSON and the table hold every kind of figure."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["gpu-dry-run-cpu.json", "gpu-dry-run-cpu.log", "gpu-dry-run-cpu.md"]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) and (tmp_path / n).is_file() for n in names)
+    results = json.loads((tmp_path / "gpu-dry-run-cpu.json").read_text())
+    assert set(results["groups"]) == {name for name, _, _ in gpu_check.GROUPS}
+    for name, status in results["groups"].items():
+        assert status["status"] == "ok" or status["status"].startswith("skipped: dry run"), (name, status)
+    stretch = gpu_check.DRY_RUN_STRETCH
+    assert results["seconds"] <= gpu_check.DEFAULT_BUDGET_S * stretch + 30
+    for shape in ("4,16,16", "2,16,16"):
+        rows = {**results["table"][shape], **results["persistent"][shape], **results["torch-compile"][shape]}
+        for name in ["triton-default-fp32", "triton-persistent-bf16", "eager-study", "eager", "cudnn",
+                     "torch.compile"]:
+            assert rows[name]["fwd_ms"] > 0 and rows[name]["fwd_bwd_ms"] > 0, (shape, name, rows[name])
+    assert results["analysis"]["op default fp32"]["seconds_at_full"] > 0
+    assert results["analysis"]["analysis.simulate default"]["seconds"] > 0
+    assert results["defect-ab"]["default"]["max_abs_difference"] == 0.0
+    launches = results["training"]["launches"]
+    assert set(launches) == {"2..3", "2..4"} and all(r["aten_calls"] > 0 for r in launches.values())
+    assert results["training"]["headline_hours"]["ours"] > 0
+    assert set(results["tests"]) == {"tests", "tests-persistent"}
+    assert all(t["tests"] > 0 and not t["failed"] for t in results["tests"].values())
+    table = (tmp_path / "gpu-dry-run-cpu.md").read_text()
+    assert table == results_table(results)
+    assert run.stdout.count("| triton-default-fp32 |") == 1
+    for heading in ("Per step", "Analysis simulation", "Defect A/B", "Training steps", "Checks and groups"):
+        assert f"## {heading}" in table
+
+
+def results_table(results):
+    from gpu_report import markdown
+    return markdown(results)
 
 
 def test_cpu_benchmark_runs_at_a_tiny_shape(tmp_path):

@@ -1,0 +1,136 @@
+"""The compact markdown table of `make gpu-check`, from its results JSON (see gpu_check.py)."""
+from __future__ import annotations
+
+TRITON_ROWS = [f"triton-{family}-{prec}" for family in ("default", "persistent")
+               for prec in ("fp32", "tf32x3", "tf32", "bf16")]
+BASELINE_ROWS = ["torch.compile", "cuda-graph", "cudnn", "cudnn-fp32", "eager", "eager-study"]
+TABLE_GROUPS = ("table", "persistent", "torch-compile")
+
+
+def fmt(value, digits=3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+    return str(value)
+
+
+def table_rows(results: dict) -> dict:
+    """{shape key: {row name: row}} merged over the groups that time per-shape rows."""
+    merged = {}
+    for group in TABLE_GROUPS:
+        for shape, rows in results.get(group, {}).items():
+            merged.setdefault(shape, {}).update(rows)
+    return merged
+
+
+def per_step_table(results: dict) -> list[str]:
+    """Rows x (fwd, fwd+bwd) per-step microseconds at every shape, peak MB, and eager-study / row."""
+    merged = table_rows(results)
+    shapes = list(merged)
+    if not shapes:
+        return ["(no per-step measurements)"]
+    first = shapes[0]
+    head = ["row"] + [f"{m} us/step {s}" for s in shapes for m in ("fwd", "fwd+bwd")]
+    head += [f"peak MB fwd+bwd {first}", f"eager-study / row, fwd+bwd {first}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    study = merged[first].get("eager-study", {}).get("fwd_bwd_ms")
+    for name in TRITON_ROWS + BASELINE_ROWS:
+        if not any(name in merged[s] for s in shapes):
+            continue
+        cells, note = [name], ""
+        for s in shapes:
+            T = int(s.split(",")[0])
+            row = merged[s].get(name, {})
+            note = note or row.get("skipped") or row.get("fwd_bwd_ms_error") or row.get("fwd_ms_error") or ""
+            for mode in ("fwd_ms", "fwd_bwd_ms"):
+                cells.append(fmt(row[mode] * 1e3 / T if row.get(mode) else None))
+        row = merged[first].get(name, {})
+        cells.append(fmt(row.get("peak_mb")))
+        cells.append(fmt(study / row["fwd_bwd_ms"]) + "x" if study and row.get("fwd_bwd_ms") else "-")
+        if row.get("path") == "fallback":
+            note = note or "ran the default kernels (fallback)"
+        lines.append("| " + " | ".join(cells) + " |" + (f" {note[:100]}" if note else ""))
+    return lines
+
+
+def analysis_lines(results: dict) -> list[str]:
+    lines = []
+    for name, row in results.get("analysis", {}).items():
+        if "seconds_at_full" in row:
+            how = "measured" if row.get("measured_full") else f"projected from {row['probe_steps']} steps"
+            lines.append(f"- {name}: {fmt(row['seconds_at_full'])} s for {row['steps']} steps x {row['trials']} "
+                         f"trials, H = {row['hidden']} ({fmt(row['us_per_step'])} us/step, {how})")
+        elif "seconds" in row:
+            lines.append(f"- {name}: {fmt(row['seconds'])} s (op, autocorrelation and covariance sums)")
+        else:
+            lines.append(f"- {name}: {row.get('error') or row.get('skipped')}")
+    return lines
+
+
+def defect_ab_lines(results: dict) -> list[str]:
+    lines = []
+    for family, row in results.get("defect-ab", {}).items():
+        strided, contiguous = row.get("strided W us/step"), row.get("contiguous W^T us/step")
+        if strided and contiguous:
+            lines.append(f"- {family} ({row['kernel']}, {row['T']}x{row['B']}x{row['H']} fp32): strided W "
+                         f"{fmt(strided)} us/step, contiguous W^T {fmt(contiguous)} us/step "
+                         f"({fmt(strided / contiguous)}x; max |difference| {fmt(row['max_abs_difference'])})")
+        else:
+            lines.append(f"- {family}: {row.get('error') or row.get('skipped')}")
+    return lines
+
+
+def training_lines(results: dict) -> list[str]:
+    training, lines = results.get("training", {}), []
+    for key, row in training.get("launches", {}).items():
+        if "step_ms" in row and "recurrence_ms" in row:
+            lines.append(f"- N = {key} ({row['backend']}): {fmt(row['gpu_kernels'])} GPU kernels, "
+                         f"{fmt(row['launch_calls'])} launch calls, {fmt(row['aten_calls'])} aten calls per step; "
+                         f"step {fmt(row['step_ms'])} ms against {fmt(row['recurrence_ms'])} ms for the recurrence "
+                         f"alone at T = {row['mean_T']} ({fmt(row['step_over_recurrence'])}x)")
+        else:
+            lines.append(f"- N = {key}: {row.get('error') or row.get('skipped')}")
+    for N, row in training.get("epochs", {}).items():
+        if "ours" in row:
+            lines.append(f"- epoch at N = 2..{N}: ours {fmt(row['ours']['epoch_s'])} s ({row['ours']['backend']}), "
+                         f"the study's code {fmt(row['study']['epoch_s'])} s ({fmt(row['speedup'])}x)")
+        else:
+            lines.append(f"- epoch at N = 2..{N}: {row.get('error') or row.get('skipped')}")
+    hours = training.get("headline_hours")
+    if hours:
+        lines.append(f"- headline run projected (1000 epochs, N rising 2 -> 100): ours {fmt(hours['ours'])} h, "
+                     f"the study's code {fmt(hours['study'])} h")
+    return lines
+
+
+def check_lines(results: dict) -> list[str]:
+    lines = []
+    for name, tests in results.get("tests", {}).items():
+        lines.append(f"- {name} (pytest -m gpu): {tests.get('tests', 0)} run, {tests.get('failures', 0)} failed, "
+                     f"{tests.get('errors', 0)} errors, {tests.get('skipped', 0)} skipped"
+                     + "".join(f"\n  - failed: {f}" for f in tests.get("failed", [])))
+    comp = results.get("compile")
+    if comp:
+        lines.append(f"- compile (triton {comp['triton']}, sm_90): {comp['kernels']} kernels, "
+                     f"{len(comp['failed'])} failed, {len(comp['static_check'])} with an unswizzled "
+                     "reduction-axis operand")
+    for name, status in results.get("groups", {}).items():
+        lines.append(f"- group {name}: {status['status']}"
+                     + (f" ({status['seconds']} s of {status['limit_s']} s)" if "seconds" in status else ""))
+    return lines
+
+
+def markdown(results: dict) -> str:
+    env = results.get("environment", {})
+    out = [f"# gpu_check: {env.get('device', '?')} ({env.get('date', '?')})", "",
+           ", ".join(f"{k} {env[k]}" for k in ("torch", "triton", "cuda", "cudnn", "sms", "git_commit", "git_dirty")
+                     if k in env), "", "## Per step, microseconds (median)", ""]
+    out += per_step_table(results)
+    for title, lines in (("Analysis simulation (forward only)", analysis_lines(results)),
+                         ("Defect A/B: forward kernel, strided W against contiguous W^T", defect_ab_lines(results)),
+                         ("Training steps and the headline run", training_lines(results)),
+                         ("Checks and groups", check_lines(results))):
+        out += ["", f"## {title}", ""] + (lines or ["(not measured)"])
+    out += ["", f"Total: {results.get('seconds', '-')} s"]
+    return "\n".join(out) + "\n"

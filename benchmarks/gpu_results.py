@@ -1,0 +1,124 @@
+"""What the GPU command's groups share: the shapes (GPU and dry run), timing, peak memory, and the
+results file, rewritten atomically after every measurement so that a run cut short keeps what it
+measured."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+PRECISIONS = ("fp32", "tf32x3", "tf32", "bf16")
+FAMILIES = ("default", "persistent")
+
+# What each group measures, on a GPU and in the CPU rehearsal (--dry-run: tiny shapes, the
+# Triton interpreter, torch.compile with its "eager" backend).
+SETTINGS = {
+    "gpu": {"device": "cuda", "shapes": [(400, 256, 500), (100, 256, 500)], "analysis": (100_500, 10, 500),
+            "analysis_probe_steps": 10_050, "hidden": 500, "batch": 256, "epoch_Ns": (30, 100),
+            "launch_Ns": (10, 100), "compile_backend": "inductor", "train_steps": 3},
+    "dry-run": {"device": "cpu", "shapes": [(4, 16, 16), (2, 16, 16)], "analysis": (8, 2, 16),
+                "analysis_probe_steps": 4, "hidden": 16, "batch": 8, "epoch_Ns": (3, 4), "launch_Ns": (3, 4),
+                "compile_backend": "eager", "train_steps": 1},
+}
+
+
+def settings(dry_run: bool) -> dict:
+    return SETTINGS["dry-run" if dry_run else "gpu"]
+
+
+def load(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write then rename: a reader (or a run cut off mid-write) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def record(path: Path, keys: list[str], value) -> None:
+    """results[keys[0]][keys[1]]... = value in the JSON at path, rewritten atomically."""
+    data = load(path)
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    write_atomic(path, json.dumps(data, indent=1, default=str))
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn, device: str, grads=None) -> float:
+    """Median milliseconds of fn(): triton's do_bench on CUDA, a few wall-clock runs on the CPU."""
+    if device == "cuda":
+        import triton.testing
+        return triton.testing.do_bench(fn, warmup=10, rep=50, grad_to_none=grads, return_mode="median")
+    times = []
+    for _ in range(1 if os.environ.get("TRITON_INTERPRET") == "1" else 3):  # the interpreter: seconds per call
+        for g in grads or ():
+            g.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def peak_memory(device: str, out: dict, key: str):
+    """out[key] = MB allocated at the peak inside the block beyond what was allocated before it (CUDA)."""
+    if device != "cuda":
+        yield
+        return
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    yield
+    sync(device)
+    out[key] = round((torch.cuda.max_memory_allocated() - before) / 2 ** 20, 1)
+
+
+def call_with_family(fn, family: str, *args, **kwargs):
+    """fn(*args, **kwargs) with the triton backend's kernel family pinned ("default" or "persistent"):
+    through a family= keyword where fn takes one, else through the module switch
+    triton_recurrence.persistent. Neither: an error, never a silent run of whichever family."""
+    if "family" in inspect.signature(fn).parameters:
+        return fn(*args, family=family, **kwargs)
+    from timescale_kernels.ops import triton_recurrence as tr
+    if not hasattr(tr, "persistent"):
+        raise RuntimeError(f"cannot pin the kernel family {family!r}: {fn.__name__} takes no family= keyword and "
+                           "triton_recurrence has no 'persistent' switch")
+    saved = tr.persistent
+    tr.persistent = family == "persistent"
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        tr.persistent = saved
+
+
+def short_error(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip()[:300]}"
+
+
+def deadline_passed(deadline: float | None, reserve_s: float = 0.0) -> bool:
+    return deadline is not None and time.monotonic() + reserve_s > deadline

@@ -1,0 +1,420 @@
+"""Compile the Triton kernels for sm_90 exactly as their launchers launch them, without a GPU.
+
+    python benchmarks/triton_compile.py [--table] [--check] [--json PATH] [--quick]
+    python benchmarks/triton_compile.py --warm-cache [--jobs N]      (on a GPU machine)
+
+capture(case) runs the real launchers (triton_recurrence.forward / backward, whichever kernel family
+they pick) on stand-in tensors that report device "cuda" but live on the meta device (no memory, no
+GPU), and records every `kernel[grid](*args, **kwargs)` instead of launching it. compile_launch()
+then specialises the recorded arguments with the installed triton's own launch-time code (its
+binder and JITFunction._pack_args: a stride of 1 becomes the constant 1, integers and pointers
+divisible by 16 get tt.divisibility = 16; pointers are 256-byte aligned plus their storage offset,
+as CUDA allocations are) and compiles for GPUTarget("cuda", 90, 32): the same ASTSource, options
+and cache key as the JIT's own compile on an H100/H200.
+
+resources() reads registers, spills and shared memory from `ptxas -v` (the ptxas triton ships);
+unswizzled_reduction_operands() is the static check on the TTGIR: a dot operand staged in shared
+memory with an unswizzled layout (vec = 1, perPhase = 1, maxPhase = 1) whose fastest axis is the
+reduction axis makes every lane of a warp read the same bank (a 32-way conflict for 4-byte values).
+--warm-cache compiles every case in parallel processes into triton's cache on the GPU machine, so
+that the benchmarks' first launches find their kernels compiled.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+STUDY_SHAPE = (400, 256, 500)      # (T, B, H): the study's training batch
+ANALYSIS_SHAPE = (100_500, 10, 500)  # the analysis simulation: 10 trials, forward only
+PRECISIONS = ("fp32", "tf32x3", "tf32", "bf16")
+FAMILIES = ("default", "persistent")
+ARCH = 90
+# An H200 as torch reports it (the launchers' co-residency rules read these).
+DEVICE_PROPERTIES = types.SimpleNamespace(
+    name="NVIDIA H200 (stand-in)", major=9, minor=0, multi_processor_count=132, total_memory=141 * 2 ** 30,
+    L2_cache_size=60 * 2 ** 20, shared_memory_per_block=48 * 1024, shared_memory_per_block_optin=227 * 1024,
+    shared_memory_per_multiprocessor=228 * 1024, regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+    max_threads_per_block=1024, warp_size=32, gcnArchName="", uuid="stand-in", is_integrated=False)
+
+
+# ---- stand-in CUDA tensors --------------------------------------------------------------------------
+
+class StandIn(torch.Tensor):
+    """A tensor that reports device cuda:0 and a 256-byte aligned data_ptr, backed by a meta tensor."""
+    _next_base = 1 << 40
+
+    @staticmethod
+    def __new__(cls, meta: torch.Tensor):
+        out = torch.Tensor._make_wrapper_subclass(cls, meta.shape, strides=meta.stride(),
+                                                  storage_offset=meta.storage_offset(), dtype=meta.dtype,
+                                                  device="cuda", requires_grad=meta.requires_grad)
+        out.meta = meta
+        out.base_address = StandIn._next_base
+        StandIn._next_base += 1 << 36
+        return out
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types_, args=(), kwargs=None):
+        raise RuntimeError(f"stand-in CUDA tensor reached the dispatcher with {func}: run it under StandInMode")
+
+
+_CUDA_ATTRIBUTES = {torch.Tensor.device.__get__: lambda t: torch.device("cuda", 0),
+                    torch.Tensor.is_cuda.__get__: lambda t: True,
+                    torch.Tensor.data_ptr: lambda t: t.base_address + t.meta.storage_offset() * t.meta.element_size(),
+                    torch.Tensor.get_device: lambda t: 0}
+
+
+def _to_meta(value):
+    if isinstance(value, StandIn):
+        return value.meta
+    if isinstance(value, torch.device) and value.type == "cuda":
+        return torch.device("meta")
+    if isinstance(value, str) and value.startswith("cuda"):
+        return "meta"
+    return value
+
+
+class StandInMode(TorchFunctionMode):
+    """Runs every torch call on meta tensors: cuda devices become meta, results become StandIns."""
+
+    def __torch_function__(self, func, types_, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CUDA_ATTRIBUTES and args and isinstance(args[0], StandIn):
+            return _CUDA_ATTRIBUTES[func](args[0])
+        out = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
+        return tree_map(lambda v: StandIn(v) if isinstance(v, torch.Tensor) and v.is_meta else v, out)
+
+
+def stand_in(shape, dtype=torch.float32) -> StandIn:
+    """An uninitialised stand-in CUDA tensor of this shape (contiguous)."""
+    return StandIn(torch.empty(shape, dtype=dtype, device="meta"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pointer:
+    """What the JIT sees of a tensor argument: its dtype and address (triton calls data_ptr())."""
+    dtype: torch.dtype
+    address: int
+
+    def data_ptr(self) -> int:
+        return self.address
+
+
+@dataclasses.dataclass
+class Launch:
+    """One recorded `kernel[grid](*args, **kwargs)`; tensors recorded as Pointers."""
+    kernel: object
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+
+def _as_pointer(value):
+    return Pointer(value.dtype, value.data_ptr()) if isinstance(value, StandIn) else value
+
+
+@contextlib.contextmanager
+def capturing():
+    """Inside: the launchers see one CUDA H200 (torch.cuda patched, tensors are StandIns) and every
+    JITFunction launch is recorded into the yielded list instead of running."""
+    from triton.runtime.jit import JITFunction
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("capturing(): unset TRITON_INTERPRET (the launchers would take the interpreter's path)")
+    launches: list[Launch] = []
+
+    def record(self, *args, grid, warmup, **kwargs):
+        grid = grid(dict(zip(self.arg_names, args))) if callable(grid) else tuple(grid)
+        launches.append(Launch(self, tuple(grid), tuple(_as_pointer(a) for a in args),
+                               {k: _as_pointer(v) for k, v in kwargs.items()}))
+        return None
+
+    patches = {"is_available": lambda: True, "device_count": lambda: 1, "current_device": lambda: 0,
+               "get_device_properties": lambda device=None: DEVICE_PROPERTIES,
+               "get_device_capability": lambda device=None: (DEVICE_PROPERTIES.major, DEVICE_PROPERTIES.minor),
+               "get_device_name": lambda device=None: DEVICE_PROPERTIES.name,
+               "device": lambda device=None: contextlib.nullcontext(), "synchronize": lambda device=None: None}
+    saved = {name: getattr(torch.cuda, name) for name in patches}
+    saved_run = JITFunction.run
+    try:
+        for name, fn in patches.items():
+            setattr(torch.cuda, name, fn)
+        JITFunction.run = record
+        with StandInMode():
+            yield launches
+    finally:
+        JITFunction.run = saved_run
+        for name, fn in saved.items():
+            setattr(torch.cuda, name, fn)
+
+
+# ---- the cases: every family, precision and dtype at the study's shapes -----------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    family: str = "default"
+    precision: str = "fp32"
+    dtype: str = "float32"
+    direction: str = "forward"       # "forward" (drive saved, as in training), "backward", "simulate"
+    nonlinearity: str = "leaky_relu"
+    placement: str = "outside"
+
+    @property
+    def label(self) -> str:
+        inside = "" if self.placement == "outside" else f"/{self.placement}"
+        return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{inside}"
+
+    @property
+    def shape(self):
+        return ANALYSIS_SHAPE if self.direction == "simulate" else STUDY_SHAPE
+
+
+def all_cases(quick: bool = False) -> list[Case]:
+    """Each family x precision (float32) x direction, plus float64 in fp32; quick: the default family's
+    fp32 forward and backward and the persistent fp32 forward."""
+    if quick:
+        return [Case(), Case(direction="backward"), Case("persistent")]
+    cases = []
+    for family in FAMILIES:
+        for direction in ("forward", "backward", "simulate"):
+            cases += [Case(family, p, "float32", direction) for p in PRECISIONS]
+            cases.append(Case(family, "fp32", "float64", direction))
+    return cases
+
+
+def warm_cases() -> list[Case]:
+    """all_cases() and the GPU tests' other placement ("inside"), forward and backward: every kernel
+    that `make gpu-check` launches at the study's shapes."""
+    inside = [Case(family, p, "float32", direction, placement="inside")
+              for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
+    return all_cases() + inside
+
+
+def capture(case: Case) -> list[Launch]:
+    """The launches the launchers make for one case at its shape (usually one)."""
+    from gpu_results import call_with_family
+    from timescale_kernels.ops import triton_recurrence as tr
+    T, B, H = case.shape
+    dtype = getattr(torch, case.dtype)
+    common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision)
+    with capturing() as launches:
+        u, h0 = stand_in((T, B, H), dtype), stand_in((B, H), dtype)
+        w, alpha = stand_in((H, H), dtype), stand_in(H, dtype)
+        if case.direction == "backward":
+            h, drive, grad_h = (stand_in((T, B, H), dtype) for _ in range(3))
+            call_with_family(tr.backward, case.family, grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, **common)
+        else:
+            call_with_family(tr.forward, case.family, u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward",
+                  **common)
+    return launches
+
+
+# ---- specialise and compile ---------------------------------------------------------------------------
+
+def target():
+    from triton.backends.compiler import GPUTarget
+    return GPUTarget("cuda", ARCH, 32)
+
+
+def specialise(launch: Launch):
+    """(signature, constexprs, attrs, options) as JITFunction.run derives them from these arguments."""
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(target())
+    kernel = launch.kernel
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    from triton import knobs
+    kwargs = dict(launch.kwargs)  # the options JITFunction.run adds before binding, so the cache key matches
+    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
+    for name in ("instrumentation_mode", "fpsan_homomorphic_casts"):
+        if hasattr(knobs.compilation, name):
+            kwargs[name] = getattr(knobs.compilation, name)
+    bound_args, specialization, options = binder(*launch.args, **kwargs)
+    return kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+
+
+def compile_launch(launch: Launch):
+    """The kernel the JIT would compile for this launch on an sm_90 device (asm: ttgir, ptx, cubin)."""
+    import triton
+    options, signature, constexprs, attrs = specialise(launch)
+    source = triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=target(), options=options.__dict__)
+
+
+def specialised_arguments(launch: Launch) -> dict:
+    """{argument name: JIT type, with ':16' for divisibility, or '=value' for a constant}: for reports."""
+    options, signature, constexprs, attrs = specialise(launch)
+    out = {}
+    for index, (name, kind) in enumerate(signature.items()):
+        if kind == "constexpr":
+            out[name] = f"={constexprs[(index,)]}"
+        else:
+            out[name] = kind + (":16" if attrs.get((index,)) else "")
+    return out
+
+
+def resources(compiled) -> dict:
+    """{'registers', 'spills' (bytes stored + loaded), 'smem' (bytes, ptxas static + triton's dynamic)}."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        run = subprocess.run([get_ptxas(ARCH).path, "-v", f"--gpu-name={sm_arch_from_capability(ARCH)}", str(ptx),
+                              "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True, check=True)
+    log = run.stderr + run.stdout
+    registers = int(re.search(r"Used (\d+) registers", log).group(1))
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    static_smem = re.search(r"(\d+) bytes smem", log)
+    return {"registers": registers, "spills": int(spill.group(1)) + int(spill.group(2)) if spill else 0,
+            "smem": (int(static_smem.group(1)) if static_smem else 0) + int(compiled.metadata.shared),
+            "num_warps": compiled.metadata.num_warps}
+
+
+# ---- the static check on the TTGIR -------------------------------------------------------------------
+
+_SHARED = re.compile(r"^#(\w+) = #ttg\.swizzled_shared<\{vec = (\d+), perPhase = (\d+), maxPhase = (\d+), "
+                     r"order = \[(\d+), \d+\]", re.M)
+_BLOCKED = re.compile(r"^#(\w+) = #ttg\.blocked<\{[^}]*threadsPerWarp = \[(\d+), (\d+)\]", re.M)
+_LOCAL_LOAD = re.compile(r"ttg\.local_load .*!ttg\.memdesc<[\dx]+x(\w+), #(\w+)[^>]*> -> "
+                         r"tensor<[^,]+, #ttg\.dot_op<\{opIdx = (\d), parent = #(\w+)")
+_WGMMA = re.compile(r"ttng\.warp_group_dot .*: !ttg\.memdesc<[\dx]+x(\w+), #(\w+)[^>]*> \* "
+                    r"!ttg\.memdesc<[\dx]+x(\w+), #(\w+)")
+
+
+def unswizzled_reduction_operands(ttgir: str, element_types=("f32",)) -> list[str]:
+    """The TTGIR lines that stage a dot operand of one of element_types in an unswizzled shared layout
+    (vec = perPhase = maxPhase = 1) whose fastest axis (order[0]) is the reduction axis (axis 1 of
+    operand A, axis 0 of operand B), read by a warp whose lanes span the operand's other axis: those
+    lanes then read addresses one row of the tile apart, all in one bank. (A warp whose lanes all
+    share the other index, as operand A of the FMA dot with threadsPerWarp = [1, 32], reads one
+    address: a broadcast, not a conflict.)"""
+    unswizzled = {name: int(fastest) for name, vec, per_phase, max_phase, fastest in _SHARED.findall(ttgir)
+                  if (vec, per_phase, max_phase) == ("1", "1", "1")}
+    lanes = {name: (int(a), int(b)) for name, a, b in _BLOCKED.findall(ttgir)}
+    found = []
+    for line in ttgir.splitlines():
+        m = _LOCAL_LOAD.search(line)
+        if m and m.group(1) in element_types:
+            op_idx = int(m.group(3))
+            reduction_axis, other_axis = (1, 0) if op_idx == 0 else (0, 1)
+            other_lanes = lanes.get(m.group(4), (2, 2))[other_axis]  # an MMA parent spreads lanes on both axes
+            if unswizzled.get(m.group(2)) == reduction_axis and other_lanes > 1:
+                found.append(line.strip())
+        m = _WGMMA.search(line)
+        if m:
+            for op_idx, (etype, layout) in enumerate(((m.group(1), m.group(2)), (m.group(3), m.group(4)))):
+                if etype in element_types and unswizzled.get(layout) == (1 if op_idx == 0 else 0):
+                    found.append(line.strip())
+    return found
+
+
+# ---- reports -------------------------------------------------------------------------------------------
+
+def compile_case(case: Case) -> list[dict]:
+    """One row per launch of the case: kernel, grid, specialisation, resources, static-check findings."""
+    rows = []
+    for launch in capture(case):
+        compiled = compile_launch(launch)
+        rows.append({"case": case.label, "kernel": launch.name, "grid": list(launch.grid),
+                     "arguments": specialised_arguments(launch), **resources(compiled),
+                     "unswizzled_reduction_operands": unswizzled_reduction_operands(
+                         compiled.asm["ttgir"], ("f32",) if case.dtype == "float32" else ("f64",))})
+    return rows
+
+
+def markdown_table(rows: list[dict], version: str) -> str:
+    """The register table for benchmarks/NOTES.md."""
+    lines = [f"triton {version}, sm_90, specialised from the launchers' arguments at (T, B, H) = {STUDY_SHAPE} "
+             f"(simulate: {ANALYSIS_SHAPE}, forward without the drive); generated by "
+             "`python benchmarks/triton_compile.py --table`.", "",
+             "| family / direction / precision / dtype | kernel | grid | warps | registers | spills (B) | smem (KB) "
+             "| unswizzled reduction-axis operand |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            error = r["error"].replace("`", "")[:100]
+            lines.append(f"| {r['case']} | - | - | - | - | - | - | compile failed: {error} |")
+            continue
+        lines.append(f"| {r['case']} | {r['kernel']} | {'x'.join(map(str, r['grid']))} | {r['num_warps']} | "
+                     f"{r['registers']} | {r['spills']} | {r['smem'] / 1024:.1f} | "
+                     f"{'yes' if r['unswizzled_reduction_operands'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _compile_case_safely(case: Case) -> list[dict]:
+    try:
+        return compile_case(case)
+    except Exception as err:  # one failing case must not hide the others' rows
+        return [{"case": case.label, "error": describe_error(err)}]
+
+
+def describe_error(err: BaseException) -> str:
+    """The innermost source line a compile error points at, and the root exception: one line."""
+    chain = [err]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    where = ""
+    for e in chain:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip().strip("^")]
+        if lines and type(e).__name__ == "CompilationError":
+            where = lines[-1]
+    root = chain[-1]
+    return f"{type(root).__name__}: {str(root).strip()[:200] or '(no message)'}" + (f" at `{where}`" if where else "")
+
+
+def warm_cache(cases, jobs: int) -> list[dict]:
+    """Compiles the cases in `jobs` processes (each into triton's on-disk cache); their rows."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [row for rows in pool.map(_compile_case_safely, cases) for row in rows]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="three cases instead of every one")
+    parser.add_argument("--table", action="store_true", help="print the markdown register table")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the static check finds an operand")
+    parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    parser.add_argument("--warm-cache", action="store_true", help="(GPU machine) compile every case in parallel")
+    args = parser.parse_args(argv)
+    import triton
+    os.environ.pop("TRITON_INTERPRET", None)
+    cases = warm_cases() if args.warm_cache else all_cases(args.quick)
+    jobs = max(1, min(len(cases), os.cpu_count() or 1)) if args.warm_cache and args.jobs == 1 else args.jobs
+    rows = warm_cache(cases, jobs) if jobs > 1 else [r for c in cases for r in _compile_case_safely(c)]
+    if args.json:
+        Path(args.json).write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=1))
+    if args.table:
+        print(markdown_table(rows, triton.__version__))
+    failed = [r for r in rows if "error" in r]
+    flagged = [r for r in rows if r.get("unswizzled_reduction_operands")]
+    for r in flagged:
+        print(f"static check: {r['case']} {r['kernel']}: {r['unswizzled_reduction_operands'][0]}", file=sys.stderr)
+    print(f"triton {triton.__version__}: {len(rows)} kernels, {len(failed)} failed to compile, "
+          f"{len(flagged)} with an unswizzled reduction-axis operand", file=sys.stderr)
+    return 1 if failed or (args.check and flagged) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
