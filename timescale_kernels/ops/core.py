@@ -101,13 +101,25 @@ def _backward(ctx, grad_h, grad_drive):
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths)
-    hidden = h.shape[-1]
-    # dW = d_drive^T h_prev over all T*B rows, without materialising h_prev = [h0, h_1..h_{T-1}].
-    # (Past a row's length d_drive is zero, so held states add nothing.)
-    dw = d_drive[0].t() @ h0
-    if h.shape[0] > 1:
-        dw = dw.addmm(d_drive[1:].reshape(-1, hidden).t(), h[:-1].reshape(-1, hidden))
+    dw = _weight_gradient(d_drive, h, h0, lengths)
     return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None
+
+
+def _weight_gradient(d_drive, h, h0, lengths):
+    """dW (H, H) = sum over t and b of d_drive[t, b]^T h_{t-1}[b], as GEMMs over the rows of all steps,
+    without materialising h_prev = [h0, h_1..h_{T-1}]."""
+    hidden = h.shape[-1]
+    dw = d_drive[0].t() @ h0
+    if h.shape[0] == 1:
+        return dw
+    d_rows, h_rows = d_drive[1:].reshape(-1, hidden), h[:-1].reshape(-1, hidden)
+    if lengths is not None and h.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Past its length a row's d_drive is zero: gathering the (t, b) still running first costs less
+        # than the GEMM rows it saves. (Not on a GPU, where the row count would cost a synchronisation,
+        # nor under torch.compile, which would see a data-dependent shape.)
+        running = (torch.arange(1, h.shape[0]).unsqueeze(1) < lengths).flatten().nonzero().squeeze(1)
+        d_rows, h_rows = d_rows.index_select(0, running), h_rows.index_select(0, running)
+    return dw.addmm(d_rows.t(), h_rows)
 
 
 recurrence.register_autograd(_backward, setup_context=_setup_context)
