@@ -19,6 +19,12 @@ nonlinearity and placement arrive as names already validated at the public bound
 integer codes are their positions in choices.py. The parallel parts stay here, as GEMMs over all
 T*B rows: dW = d_drive^T h_prev after the reverse loop, and (through autograd of the caller)
 du -> dx, dW_ih, the biases.
+
+With lengths, the op's h is the output the caller returns: zero where t >= lengths[b] (as in
+torch.nn.RNN's padded packed output). The backend's held states are zeroed in place after its
+forward (no second (T, B, H) tensor), which its backward never reads: they lie past each row's
+length, where it only passes the gradient through. The gradient reaching those zeros from outside
+is dropped before the backend's backward. Each row's last valid state is h[lengths[b] - 1, b].
 """
 from __future__ import annotations
 
@@ -42,11 +48,29 @@ def recurrence(
     save_drive: bool,
     lengths: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """h (T, B, H) and the saved drive (T, B, H) (empty when save_drive is False)."""
-    return COMPILED[backend].forward(
+    """h (T, B, H), zero past each row's length, and the saved drive (T, B, H) (empty when save_drive
+    is False)."""
+    h, drive = COMPILED[backend].forward(
         u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(),
         nonlinearity, placement, save_drive, precision, lengths=lengths,
     )
+    if lengths is not None:
+        _zero_past_lengths_(h, lengths)
+    return h, drive
+
+
+def running_mask(steps: int, lengths: torch.Tensor) -> torch.Tensor:
+    """(T, B, 1) bool: True where step t < lengths[b]."""
+    return (torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(2)
+
+
+def _zero_past_lengths_(h: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Sets h[t, b] = 0 where t >= lengths[b], in place."""
+    held = ~running_mask(h.shape[0], lengths)
+    if h.device.type == "cpu":  # writes the held rows only
+        h.view(-1, h.shape[2]).index_fill_(0, held.flatten().nonzero().squeeze(1), 0.0)
+    else:  # no row count, so no synchronisation
+        h.masked_fill_(held, 0.0)
 
 
 @recurrence.register_fake
@@ -100,6 +124,8 @@ def _backward(ctx, grad_h, grad_drive):
         raise RuntimeError("leaky_rnn: backward through a forward that did not save its drive")
     if grad_h is None:
         grad_h = torch.zeros_like(h)
+    elif lengths is not None:  # h is a constant zero past each row's length
+        grad_h = torch.where(running_mask(h.shape[0], lengths), grad_h, 0.0)
     d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths)
     dw = _weight_gradient(d_drive, h, h0, lengths)
     return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None

@@ -1,8 +1,7 @@
 """leaky_rnn, the public op: validate the arguments, resolve the backend, run it.
 
-The reference backend runs reference.py's loop; a compiled one runs the parallel parts here (the
-input projection before the loop, the output mask after it) around core.recurrence, the serial
-core of the backend's module.
+The reference backend runs reference.py's loop; a compiled one runs the input projection here, as
+one GEMM before the loop, then core.recurrence (the serial core of the backend's module).
 """
 from __future__ import annotations
 
@@ -94,9 +93,12 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    h, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths)
-    h_n = h[-1]  # with lengths: each row's last valid state, held since
-    output = h if lengths is None else _zero_past_lengths(h, lengths)
+    output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad,
+                                lengths)
+    if lengths is None:
+        h_n = output[-1]
+    else:  # each row's last valid state (the output is zero past it)
+        h_n = output[lengths - 1, torch.arange(output.shape[1], device=output.device)]
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n
@@ -116,8 +118,3 @@ def _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise):
     u = u.view(steps, batch, hidden)
     return u if drive_noise is None else u + drive_noise
 
-
-def _zero_past_lengths(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """h (T, B, H) with h[t, b] = 0 where t >= lengths[b] (lengths (B,) on h's device)."""
-    running = torch.arange(h.shape[0], device=h.device).unsqueeze(1) < lengths  # (T, B)
-    return torch.where(running.unsqueeze(2), h, 0.0)
