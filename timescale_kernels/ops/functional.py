@@ -40,8 +40,7 @@ def leaky_rnn(
         weight_ih: (H, I). weight_hh: (H, H) (its diagonal is ignored unless self_connections).
         bias_ih, bias_hh: (H,) or None.
         tau: (H,) or 0-dim; alpha = 1 / clamp(tau, min=1), so tau < 1 acts as 1 and gets no gradient.
-        nonlinearity: a name in NONLINEARITIES: "leaky_relu" (slope 0.01), "relu", "tanh", "sigmoid"
-            or "identity".
+        nonlinearity: one of NONLINEARITIES: "leaky_relu" (slope 0.01), "relu", "tanh", "sigmoid", "identity".
         placement: "outside": h_t = f((1 - alpha) h_{t-1} + alpha drive_t) (the study's default);
             "inside": h_t = (1 - alpha) h_{t-1} + alpha f(drive_t) (the study's "mod" model);
             drive_t = h_{t-1} W^T + bias_hh + x_t weight_ih^T + bias_ih.
