@@ -1,12 +1,18 @@
 """One forward + backward of a leaky RNN on the CPU: the cpu backend against its baselines.
 
     python benchmarks/bench_cpu.py [--repeats N] [--json PATH] [--steps T] [--batch B] [--hidden H]
+                                   [--mixed-lengths]
 
 Rows, all at the same shape (default T=100, B=256, H=500, I=1, float32), timed in one process,
 interleaved round by round, median over repeats:
   cpu backend   timescale_kernels.leaky_rnn(..., backend="cpu"), loss = output.sum(), backward
   eager loop    the study's way: a Python loop of small ops per time step, autograd backward
   torch.nn.RNN  Elman tanh RNN (oneDNN), the floor a fused library reaches at this shape
+
+With --mixed-lengths, one batch whose rows have lengths uniform in T/4..T (25..100 at T=100),
+against the same batch padded to T (every row runs all T steps):
+  cpu backend, padded / cpu backend, mixed lengths   leaky_rnn without and with lengths=
+  torch.nn.RNN, padded / torch.nn.RNN, packed        the padded tensor, and a PackedSequence of it
 """
 from __future__ import annotations
 
@@ -86,6 +92,65 @@ def study_loop_step(x, h0, p):
     torch.stack(outputs).sum().backward()
 
 
+def mixed_length_rows(x, h0, params, rnn, seed: int = 0) -> dict:
+    """The rows of --mixed-lengths: the same batch padded, and with lengths uniform in T/4..T."""
+    from timescale_kernels import leaky_rnn
+    steps, batch, _ = x.shape
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max(1, steps // 4), steps + 1, (batch,), generator=gen)
+    print(f"lengths: uniform in {max(1, steps // 4)}..{steps}, mean {lengths.double().mean():.1f} "
+          f"(work fraction of the serial steps {lengths.sum().item() / (steps * batch):.3f})")
+    p = params
+
+    def leaky(lengths_or_none):
+        out, _ = leaky_rnn(x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], p["tau"],
+                           nonlinearity="leaky_relu", placement="outside", backend="cpu", lengths=lengths_or_none)
+        out.sum().backward()
+
+    def nn_rnn(packed: bool):
+        seq = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        out, _ = rnn(seq, h0.unsqueeze(0))
+        (out.data if packed else out).sum().backward()
+
+    return {"cpu backend, padded": lambda: leaky(None),
+            "cpu backend, mixed lengths": lambda: leaky(lengths),
+            "torch.nn.RNN, padded": lambda: nn_rnn(False),
+            "torch.nn.RNN, packed": lambda: nn_rnn(True)}
+
+
+def print_speedups(ms: dict) -> None:
+    eager_ms, rnn_ms = ms.get("eager loop"), ms["torch.nn.RNN"]
+    print(f"{'':16s} {'ms':>9s} {'speedup vs eager':>17s} {'speedup vs nn.RNN':>18s}")
+    for name, value in ms.items():
+        vs_eager = f"{eager_ms / value:.2f}x" if eager_ms else "-"
+        print(f"{name:16s} {value:9.1f} {vs_eager:>17s} {rnn_ms / value:17.2f}x")
+    if eager_ms:
+        print("eager loop: as the study's code writes it; lean eager loop: the same model with x_t W_ih^T "
+              "per step (no indexing into a tensor that needs a gradient)")
+
+
+def print_mixed_lengths(ms: dict) -> None:
+    print(f"{'':28s} {'ms':>9s} {'time / padded':>14s}")
+    for name, value in ms.items():
+        padded = ms[name.split(",")[0] + ", padded"]
+        print(f"{name:28s} {value:9.1f} {value / padded:14.3f}")
+
+
+def time_rows(rows: dict, params: list, repeats: int) -> dict:
+    """Seconds per call of each row: one warm-up call each, then rounds that run every row once."""
+    times = {name: [] for name in rows}
+    for fn in rows.values():  # warm-up: allocator, oneDNN primitives, thread pool
+        fn()
+    for _ in range(repeats):
+        for name, fn in rows.items():
+            for p in params:
+                p.grad = None
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -94,6 +159,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=500)
     parser.add_argument("--no-eager", action="store_true", help="skip the (slow) eager loop")
+    parser.add_argument("--mixed-lengths", action="store_true",
+                        help="time a batch of lengths uniform in T/4..T against the same batch padded to T")
     args = parser.parse_args()
     steps, batch, hidden, inputs = args.steps, args.batch, args.hidden, 1
 
@@ -107,38 +174,25 @@ def main() -> None:
         out, _ = rnn(x, h0.unsqueeze(0))
         out.sum().backward()
 
-    rows = {"cpu backend": lambda: cpu_backend_step(x, h0, params)}
-    if not args.no_eager:
+    if args.mixed_lengths:
+        rows = mixed_length_rows(x, h0, params, rnn)
+    else:
+        rows = {"cpu backend": lambda: cpu_backend_step(x, h0, params)}
+    if not args.no_eager and not args.mixed_lengths:
         rows["eager loop"] = lambda: study_loop_step(x, h0, params)
         rows["lean eager loop"] = lambda: eager_step(x, h0, params)
-    rows["torch.nn.RNN"] = nn_rnn_step
+    if not args.mixed_lengths:
+        rows["torch.nn.RNN"] = nn_rnn_step
 
-    times = {name: [] for name in rows}
-    for fn in rows.values():  # warm-up: allocator, oneDNN primitives, thread pool
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in rows.items():
-            for p in list(params.values()) + list(rnn.parameters()):
-                p.grad = None
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-
+    times = time_rows(rows, list(params.values()) + list(rnn.parameters()), args.repeats)
     ms = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
-    eager_ms, rnn_ms = ms.get("eager loop"), ms["torch.nn.RNN"]
     print(f"forward+backward, T={steps} B={batch} H={hidden} I={inputs} float32, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'':16s} {'ms':>9s} {'speedup vs eager':>17s} {'speedup vs nn.RNN':>18s}")
-    for name, value in ms.items():
-        vs_eager = f"{eager_ms / value:.2f}x" if eager_ms else "-"
-        print(f"{name:16s} {value:9.1f} {vs_eager:>17s} {rnn_ms / value:17.2f}x")
-    if eager_ms:
-        print("eager loop: as the study's code writes it; lean eager loop: the same model with x_t W_ih^T "
-              "per step (no indexing into a tensor that needs a gradient)")
+    (print_mixed_lengths if args.mixed_lengths else print_speedups)(ms)
 
     if args.json:
         result = {
-            "benchmark": "bench_cpu",
+            "benchmark": "bench_cpu --mixed-lengths" if args.mixed_lengths else "bench_cpu",
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": cpu_name(),
             "threads": torch.get_num_threads(),

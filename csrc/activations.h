@@ -10,8 +10,27 @@
 
 namespace timescale_kernels {
 
-// Codes shared with timescale_kernels/ops/cpu.py.
-enum Nonlinearity : int64_t { kLeakyRelu = 0, kRelu = 1, kTanh = 2, kSigmoid = 3, kIdentity = 4 };
+// The nonlinearities, one X(code, name) each. A nonlinearity's integer code is its position in
+// this list, which must be the order of NONLINEARITIES in timescale_kernels/ops/choices.py: the
+// extension reports the names (torch.ops.timescale_kernels_cpu.nonlinearities()) and a test checks
+// that the two lists agree. A new nonlinearity is one line here plus its cases in activate() and
+// derivative() below.
+#define TK_NONLINEARITIES(X) \
+  X(kLeakyRelu, "leaky_relu")  \
+  X(kRelu, "relu")             \
+  X(kTanh, "tanh")             \
+  X(kSigmoid, "sigmoid")       \
+  X(kIdentity, "identity")
+
+#define TK_ENUM_ENTRY(CODE, NAME) CODE,
+enum Nonlinearity : int64_t { TK_NONLINEARITIES(TK_ENUM_ENTRY) kNumNonlinearities };
+#undef TK_ENUM_ENTRY
+
+#define TK_NAME_ENTRY(CODE, NAME) NAME,
+inline constexpr const char* kNonlinearityNames[] = {TK_NONLINEARITIES(TK_NAME_ENTRY)};
+#undef TK_NAME_ENTRY
+
+// Placement codes: positions in PLACEMENTS of timescale_kernels/ops/choices.py.
 enum Placement : int64_t { kOutside = 0, kInside = 1 };
 
 constexpr double kLeakySlope = 0.01;
@@ -70,8 +89,10 @@ inline T activate(T z) {
   return z;
 }
 
-// f'(z) given the pre-activation z and, for tanh and sigmoid, the output y = f(z)
-// (the same formulas autograd uses, so the two agree bit for bit on y).
+// f'(z) given the pre-activation z and the output y = f(z): tanh and sigmoid use y (the same
+// formulas autograd uses, so the two agree bit for bit on y); a function whose derivative is
+// simpler in z (the ReLUs; softplus, ELU, GELU) uses z. Callers pass y only where
+// derivative_needs_output says it is read, so that the others need not load it.
 template <int64_t NL>
 constexpr bool derivative_needs_output = NL == kTanh || NL == kSigmoid;
 

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import rel_err  # noqa: F401  (tests that import it from here)
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -13,15 +15,6 @@ warnings.filterwarnings("ignore", message="timescale_kernels: the C\\+\\+ CPU ke
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_CHECKPOINTS = REPO.parent / "shared" / "reference_checkpoints"
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||, in float64; NaN anywhere gives inf so that it never passes."""
-    a, b = a.detach().double(), b.detach().double()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return float("inf")
-    denom = b.norm().item()
-    return (a - b).norm().item() / (denom if denom > 0 else 1.0)
 
 
 @pytest.fixture

@@ -3,13 +3,16 @@ import pytest
 import torch
 
 import timescale_kernels as tk
+from timescale_kernels.ops import NONLINEARITIES, PLACEMENTS
 
-from test_op import make_args
+from helpers import op_args
+
+OPTIONS = ("nonlinearity", "placement", "backend", "precision", "lengths", "drive_noise")
 
 
 def call(**changes):
-    args = make_args(requires_grad=False)
-    options = {k: changes.pop(k) for k in list(changes) if k in ("nonlinearity", "placement", "backend", "precision")}
+    args = op_args(requires_grad=False)
+    options = {k: changes.pop(k) for k in list(changes) if k in OPTIONS}
     args.update(changes)
     return tk.leaky_rnn(*args.values(), **options)
 
@@ -29,11 +32,19 @@ def call(**changes):
     (dict(hx=torch.randn(3, 13, dtype=torch.float64)), TypeError, ["hx", "float32", "float64"]),
     (dict(input=torch.ones(6, 3, 2, dtype=torch.int64)), TypeError, ["input", "floating", "int64"]),
     (dict(weight_ih=[[1.0]]), TypeError, ["weight_ih", "torch.Tensor", "list"]),
-    (dict(nonlinearity="softplus"), ValueError, ["nonlinearity", "leaky_relu", "softplus"]),
-    (dict(placement="middle"), ValueError, ["placement", "outside", "middle"]),
+    (dict(nonlinearity="softsign"), ValueError, ["nonlinearity", *NONLINEARITIES, "softsign"]),
+    (dict(placement="middle"), ValueError, ["placement", *PLACEMENTS, "middle"]),
     (dict(backend="cuda"), ValueError, ["backend", "auto", "cuda"]),
     (dict(precision="fp8"), ValueError, ["precision", "fp32", "fp8"]),
     (dict(precision="bf16", backend="reference"), ValueError, ["precision", "triton", "reference"]),
+    (dict(lengths=torch.tensor([1, 7, 2])), ValueError, ["lengths", "1..6", "from 1 to 7"]),
+    (dict(lengths=torch.tensor([0, 6, 2])), ValueError, ["lengths", "1..6", "from 0 to 6"]),
+    (dict(lengths=torch.tensor([1, 6])), ValueError, ["lengths", "(3,)", "(2,)"]),
+    (dict(lengths=torch.tensor([[1, 6, 2]])), ValueError, ["lengths", "(3,)", "(1, 3)"]),
+    (dict(lengths=torch.tensor([1.0, 6.0, 2.0])), TypeError, ["lengths", "integer", "float32"]),
+    (dict(lengths=[1, 6, 2]), TypeError, ["lengths", "torch.Tensor", "list"]),
+    (dict(drive_noise=torch.randn(6, 3, 12)), ValueError, ["drive_noise", "(6, 3, 13)", "(6, 3, 12)"]),
+    (dict(drive_noise=torch.randn(6, 3, 13, dtype=torch.float64)), TypeError, ["drive_noise", "float32", "float64"]),
 ])
 def test_bad_input_is_named(changes, error, words):
     with pytest.raises(error) as info:
@@ -61,3 +72,8 @@ def test_cpu_backend_refuses_other_devices():
     from timescale_kernels.ops import resolve_backend
     with pytest.raises(ValueError, match=r"backend: 'cpu' runs on CPU tensors; got tensors on meta"):
         resolve_backend("cpu", torch.device("meta"))
+
+
+def test_lengths_on_another_device_is_named():
+    with pytest.raises(ValueError, match=r"lengths: expected device cpu .* got meta"):
+        call(lengths=torch.empty(3, dtype=torch.int64, device="meta"))

@@ -5,18 +5,15 @@ import pytest
 import torch
 
 from timescale_kernels.ops import core, cpu
+from timescale_kernels.ops.choices import NONLINEARITIES, PLACEMENTS
 from timescale_kernels.ops.reference import recurrence_reference
+
+from helpers import core_inputs, rel_err
 
 pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason=f"the C++ extension is not built: {cpu.unavailable_reason()}")
 
-NONLINEARITIES = ("leaky_relu", "relu", "tanh", "sigmoid", "identity")
-PLACEMENTS = ("outside", "inside")
 SHAPES = [(1, 3, 20), (9, 4, 37), (6, 70, 300)]  # (T, B, H); the last one runs on several threads
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def assert_close_rel(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
@@ -37,16 +34,13 @@ def poison_allocator(*shapes, dtype=torch.float32) -> None:
 
 
 def make_inputs(steps, batch, hidden, dtype=torch.float32, seed=0, weight_scale=1.0):
-    """Fresh random u, h0, w (masked diagonal), alpha; tau spans both sides of 1."""
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.randn(steps, batch, hidden, generator=gen, dtype=dtype)
-    h0 = torch.randn(batch, hidden, generator=gen, dtype=dtype)
-    w = weight_scale * torch.randn(hidden, hidden, generator=gen, dtype=dtype) / hidden ** 0.5
-    w.fill_diagonal_(0.0)
-    tau = torch.cat([0.2 + 0.8 * torch.rand(hidden // 3, generator=gen, dtype=dtype),
-                     1.0 + 19.0 * torch.rand(hidden - hidden // 3, generator=gen, dtype=dtype)])
-    alpha = 1.0 / torch.clamp(tau, min=1.0)
-    return u, h0, w, alpha
+    """u, h0, w (masked diagonal), alpha of helpers.core_inputs."""
+    c = core_inputs(steps, batch, hidden, dtype=dtype, seed=seed, weight_scale=weight_scale)
+    return c["u"], c["h0"], c["w"], c["alpha"]
+
+
+def test_kernels_know_the_nonlinearities_of_the_table_in_its_order():
+    assert cpu.nonlinearities() == NONLINEARITIES
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -212,10 +206,11 @@ def test_precision_other_than_fp32_is_rejected():
 
 def test_bad_arguments_are_rejected():
     u, h0, w, alpha = make_inputs(2, 2, 4)
-    with pytest.raises(ValueError, match="nonlinearity"):
-        cpu.forward(u, h0, w, alpha, "gelu", "outside", True, "fp32")
-    with pytest.raises(ValueError, match="placement"):
-        cpu.forward(u, h0, w, alpha, "tanh", "middle", True, "fp32")
+    kernel = torch.ops.timescale_kernels_cpu.forward
+    with pytest.raises(RuntimeError, match=f"nonlinearity: expected a code in 0..{len(NONLINEARITIES) - 1}"):
+        kernel(u, h0, w, alpha, len(NONLINEARITIES), 0, True)
+    with pytest.raises(RuntimeError, match="placement: expected 0 .outside. or 1 .inside."):
+        kernel(u, h0, w, alpha, 0, len(PLACEMENTS), True)
     with pytest.raises(RuntimeError, match="dtype"):
         cpu.forward(u, h0.double(), w, alpha, "tanh", "outside", True, "fp32")
     with pytest.raises(RuntimeError, match="w: expected"):

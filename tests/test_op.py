@@ -1,27 +1,13 @@
-"""The functional op: every backend against the reference, gradients, bad input."""
+"""The functional op: every backend against the reference, gradients, drive noise, bad input."""
 import pytest
 import torch
 
 import timescale_kernels as tk
-from timescale_kernels.ops import NONLINEARITIES, PLACEMENTS, leaky_rnn_reference
+from timescale_kernels.ops import NONLINEARITIES, PLACEMENTS
 
-from conftest import rel_err
+from helpers import GRAD_NAMES, op_args, rel_err
 
 FAST_BACKENDS = [b for b in tk.available_backends() if b != "reference"]
-
-
-def make_args(T=6, B=3, I=2, H=13, dtype=torch.float32, tau_range=(0.5, 3.0), seed=0, requires_grad=True):
-    """Fresh random arguments; tau spans both sides of 1."""
-    g = torch.Generator().manual_seed(seed)
-    def r(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_(requires_grad)
-    tau = (tau_range[0] + (tau_range[1] - tau_range[0]) * torch.rand(H, generator=g, dtype=dtype))
-    return dict(input=r(T, B, I), hx=r(B, H, scale=0.5), weight_ih=r(H, I, scale=0.5),
-                weight_hh=r(H, H, scale=1.0 / H ** 0.5), bias_ih=r(H, scale=0.1), bias_hh=r(H, scale=0.1),
-                tau=tau.requires_grad_(requires_grad))
-
-
-GRAD_NAMES = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "tau"]
 
 
 def run(args, backend, **kw):
@@ -41,7 +27,7 @@ def run(args, backend, **kw):
 @pytest.mark.parametrize("self_connections", [False, True])
 def test_backend_matches_reference(backend, placement, nonlinearity, self_connections):
     kw = dict(nonlinearity=nonlinearity, placement=placement, self_connections=self_connections)
-    args = make_args(H=13 if backend == "triton" else 37)
+    args = op_args(H=13 if backend == "triton" else 37)
     ref = run(args, "reference", **kw)
     got = run(args, backend, **kw)
     assert rel_err(got[0], ref[0]) <= 1e-5
@@ -52,7 +38,7 @@ def test_backend_matches_reference(backend, placement, nonlinearity, self_connec
 
 def test_reference_gradients_follow_the_design():
     """tau < 1 gets no gradient; the diagonal gets none without self-connections."""
-    args = make_args(H=9, tau_range=(0.2, 3.0))
+    args = op_args(H=9, tau_range=(0.2, 3.0))
     _, _, grads = run(args, "reference")
     below = args["tau"].detach() < 1
     assert below.any() and (~below).any()
@@ -67,7 +53,7 @@ def test_reference_gradients_follow_the_design():
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("nonlinearity", ["tanh", "leaky_relu", "sigmoid"])
 def test_gradcheck_float64(backend, placement, nonlinearity):
-    args = make_args(T=4, B=2, I=2, H=5, dtype=torch.float64, tau_range=(1.2, 3.0))
+    args = op_args(T=4, B=2, I=2, H=5, dtype=torch.float64, tau_range=(1.2, 3.0))
     names = list(args)
 
     def fn(*tensors):
@@ -78,7 +64,7 @@ def test_gradcheck_float64(backend, placement, nonlinearity):
 
 
 def test_scalar_tau_and_no_bias():
-    args = make_args(H=8)
+    args = op_args(H=8)
     args["tau"] = torch.tensor(1.7, requires_grad=True)
     args["bias_ih"] = args["bias_hh"] = None
     ref_out, _ = tk.leaky_rnn(*args.values(), backend="reference")
@@ -90,7 +76,7 @@ def test_scalar_tau_and_no_bias():
 
 
 def test_noncontiguous_input_matches():
-    args = make_args(T=5, B=4, H=11, requires_grad=False)
+    args = op_args(T=5, B=4, H=11, requires_grad=False)
     batch_major = args["input"].transpose(0, 1).contiguous()
     strided = batch_major.transpose(0, 1)
     assert not strided.is_contiguous()
@@ -103,7 +89,7 @@ def test_noncontiguous_input_matches():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_run_in_float32(dtype):
-    args = make_args(requires_grad=False)
+    args = op_args(requires_grad=False)
     low = {k: v.to(dtype) for k, v in args.items()}
     for backend in FAST_BACKENDS:
         out, hn = tk.leaky_rnn(*low.values(), backend=backend)
@@ -119,9 +105,47 @@ def test_available_backends_lists_reference_first():
 
 
 def test_forward_without_grad_runs_on_every_backend():
-    args = make_args(requires_grad=False)
+    args = op_args(requires_grad=False)
     ref, _ = tk.leaky_rnn(*args.values(), backend="reference")
     for backend in FAST_BACKENDS:
         with torch.no_grad():
             out, hn = tk.leaky_rnn(*args.values(), backend=backend)
         assert rel_err(out, ref) <= 1e-5 and torch.equal(hn, out[-1])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
+def test_drive_noise_is_added_to_the_drive(backend):
+    """Noise n (T, B, H) in the drive equals an input [x, n] through weight_ih [W_ih, identity]."""
+    args = op_args(T=5, B=3, I=2, H=11, seed=4)
+    noise = torch.randn(5, 3, 11, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    out, hn = tk.leaky_rnn(*args.values(), backend=backend, drive_noise=noise)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(6))
+    (out * weights).sum().backward()
+    got_grads = [args["weight_hh"].grad.clone(), noise.grad.clone()]
+    args["weight_hh"].grad = None
+
+    widened = dict(args, input=torch.cat([args["input"].detach(), noise.detach()], 2).requires_grad_(),
+                   weight_ih=torch.cat([args["weight_ih"].detach(), torch.eye(11)], 1))
+    want, want_hn = tk.leaky_rnn(*widened.values(), backend="reference")
+    (want * weights).sum().backward()
+    assert rel_err(out, want) <= 1e-5 and rel_err(hn, want_hn) <= 1e-5
+    assert rel_err(got_grads[0], args["weight_hh"].grad) <= 1e-5
+    assert rel_err(got_grads[1], widened["input"].grad[..., 2:]) <= 1e-5
+
+
+def test_gradients_of_gradients_on_the_reference():
+    args = op_args(T=3, B=2, I=2, H=4, dtype=torch.float64, tau_range=(1.2, 3.0))
+
+    def fn(*tensors):
+        return tk.leaky_rnn(*tensors, nonlinearity="tanh", backend="reference")[0]
+
+    assert torch.autograd.gradgradcheck(fn, tuple(args.values()), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradients_of_gradients_name_the_backend_that_has_them(backend):
+    args = op_args(T=4, B=2, H=6)
+    out, _ = tk.leaky_rnn(*args.values(), backend=backend)
+    (grad_w,) = torch.autograd.grad(out.square().sum(), args["weight_hh"], create_graph=True)
+    with pytest.raises(RuntimeError, match=f"not supported by the '{backend}' backend; use backend='reference'"):
+        grad_w.square().sum().backward()

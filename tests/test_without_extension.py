@@ -22,6 +22,9 @@ def test_package_imports_and_warns_once_without_the_extension():
             out, _ = m(torch.rand(5, 2, 1))
             out.sum().backward()
             m(torch.rand(5, 2, 1))
+            out, h_n = tk.leaky_rnn(torch.rand(5, 2, 1), torch.rand(2, 6), torch.rand(6, 1), torch.rand(6, 6),
+                                    None, None, torch.full((6,), 2.0), lengths=torch.tensor([2, 5]))
+            assert torch.equal(h_n[0], out[1, 0]) and torch.all(out[2:, 0] == 0)
         messages = [str(w.message) for w in caught if "timescale_kernels" in str(w.message)]
         assert any("pip install --no-build-isolation -e ." in m for m in messages), messages
         assert len(messages) == 1 and "C++ CPU kernel is not built" in messages[0], messages

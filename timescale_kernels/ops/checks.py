@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import NONLINEARITIES, PLACEMENTS, PRECISIONS
+from .choices import NONLINEARITIES, PLACEMENTS, PRECISIONS
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

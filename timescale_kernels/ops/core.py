@@ -1,32 +1,38 @@
 """The serial recurrence as a torch.library custom op, with its autograd.
 
-Every compiled backend (``cpu``, ``triton``) implements only the serial core:
+Every compiled backend (``cpu``, ``triton``: the modules in backends.COMPILED) implements only
+the serial core:
 
-    forward(u, h0, w, alpha, nonlinearity, placement, save_drive, precision)
-        u (T, B, H): input projection plus both biases; h0 (B, H); w (H, H), already masked;
-        alpha (H,). Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (saved for the backward
-        pass; an empty tensor when save_drive is False).
-    backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision)
-        grad_h (T, B, H): the gradient reaching each h_t from outside the recurrence.
-        Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,).
+    forward(u, h0, w, alpha, nonlinearity, placement, save_drive, precision, lengths)
+        u (T, B, H): input projection plus both biases (plus any drive noise); h0 (B, H);
+        w (H, H), already masked; alpha (H,); lengths None or int64 (B,) on u's device, values in
+        1..T, in any order. Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (saved for the
+        backward pass; an empty tensor when save_drive is False). With lengths, row b holds its
+        state from step lengths[b] on: h[t, b] = h[t - 1, b], so h[T-1] is each row's last
+        valid state; drive there is unspecified.
+    backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision, lengths)
+        grad_h (T, B, H), any strides: the gradient reaching each h_t from outside the recurrence.
+        Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,). With lengths, d_drive[t, b] = 0 for
+        t >= lengths[b] and the gradient passes through those steps to h_{t-1} unchanged.
 
-The parallel parts stay here, as GEMMs over all T*B rows: dW = d_drive^T h_prev after the
-reverse loop, and (through autograd of the caller) du -> dx, dW_ih, the biases.
+nonlinearity and placement arrive as names already validated at the public boundary; their
+integer codes are their positions in choices.py. The parallel parts stay here, as GEMMs over all
+T*B rows: dW = d_drive^T h_prev after the reverse loop, and (through autograd of the caller)
+du -> dx, dW_ih, the biases.
+
+With lengths, the op's h is the output the caller returns: zero where t >= lengths[b] (as in
+torch.nn.RNN's padded packed output). The backend's held states are zeroed in place after its
+forward (no second (T, B, H) tensor), which its backward never reads: they lie past each row's
+length, where it only passes the gradient through. The gradient reaching those zeros from outside
+is dropped before the backend's backward. Each row's last valid state is h[lengths[b] - 1, b].
 """
 from __future__ import annotations
 
-import importlib
+from typing import Optional
 
 import torch
 
-from .choices import NONLINEARITIES, PLACEMENTS, PRECISIONS  # noqa: F401  (re-exported)
-
-_BACKEND_MODULES = {"cpu": "timescale_kernels.ops.cpu", "triton": "timescale_kernels.ops.triton_recurrence"}
-
-
-def backend_module(name: str):
-    """The module that implements a compiled backend's serial core."""
-    return importlib.import_module(_BACKEND_MODULES[name])
+from .backends import COMPILED
 
 
 @torch.library.custom_op("timescale_kernels::recurrence", mutates_args=())
@@ -40,17 +46,35 @@ def recurrence(
     backend: str,
     precision: str,
     save_drive: bool,
+    lengths: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """h (T, B, H) and the saved drive (T, B, H) (empty when save_drive is False)."""
-    mod = backend_module(backend)
-    return mod.forward(
+    """h (T, B, H), zero past each row's length, and the saved drive (T, B, H) (empty when save_drive
+    is False)."""
+    h, drive = COMPILED[backend].forward(
         u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(),
-        nonlinearity, placement, save_drive, precision,
+        nonlinearity, placement, save_drive, precision, lengths=lengths,
     )
+    if lengths is not None:
+        _zero_past_lengths_(h, lengths)
+    return h, drive
+
+
+def running_mask(steps: int, lengths: torch.Tensor) -> torch.Tensor:
+    """(T, B, 1) bool: True where step t < lengths[b]."""
+    return (torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(2)
+
+
+def _zero_past_lengths_(h: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Sets h[t, b] = 0 where t >= lengths[b], in place."""
+    held = ~running_mask(h.shape[0], lengths)
+    if h.device.type == "cpu":  # writes the held rows only
+        h.view(-1, h.shape[2]).index_fill_(0, held.flatten().nonzero().squeeze(1), 0.0)
+    else:  # no row count, so no synchronisation
+        h.masked_fill_(held, 0.0)
 
 
 @recurrence.register_fake
-def _recurrence_fake(u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive):
+def _recurrence_fake(u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths=None):
     h = u.new_empty(u.shape)
     drive = u.new_empty(u.shape) if save_drive else u.new_empty((0,))
     return h, drive
@@ -68,44 +92,75 @@ def recurrence_backward(
     placement: str,
     backend: str,
     precision: str,
+    lengths: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """d_drive (T, B, H), dh0 (B, H), d_alpha (H,)."""
-    mod = backend_module(backend)
     # grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies
     # what it needs.
-    return mod.backward(
+    return COMPILED[backend].backward(
         grad_h, h, h0.contiguous(), drive, w.contiguous(), alpha.contiguous(),
-        nonlinearity, placement, precision,
+        nonlinearity, placement, precision, lengths=lengths,
     )
 
 
 @recurrence_backward.register_fake
-def _recurrence_backward_fake(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision):
+def _recurrence_backward_fake(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision,
+                              lengths=None):
     return grad_h.new_empty(grad_h.shape), h0.new_empty(h0.shape), alpha.new_empty(alpha.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive = inputs
+    u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths = inputs
     h, drive = output
-    ctx.save_for_backward(h, h0, drive, w, alpha)
+    ctx.save_for_backward(h, h0, drive, w, alpha, lengths)
     ctx.args = (nonlinearity, placement, backend, precision)
     # The saved drive is an output only for autograd's bookkeeping: never build a zero gradient for it.
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_h, grad_drive):
-    h, h0, drive, w, alpha = ctx.saved_tensors
+    h, h0, drive, w, alpha, lengths = ctx.saved_tensors
     if drive.numel() == 0:
         raise RuntimeError("leaky_rnn: backward through a forward that did not save its drive")
     if grad_h is None:
         grad_h = torch.zeros_like(h)
-    d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args)
+    elif lengths is not None:  # h is a constant zero past each row's length
+        grad_h = torch.where(running_mask(h.shape[0], lengths), grad_h, 0.0)
+    d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths)
+    dw = _weight_gradient(d_drive, h, h0, lengths)
+    return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None
+
+
+def _weight_gradient(d_drive, h, h0, lengths):
+    """dW (H, H) = sum over t and b of d_drive[t, b]^T h_{t-1}[b], as GEMMs over the rows of all steps,
+    without materialising h_prev = [h0, h_1..h_{T-1}]."""
     hidden = h.shape[-1]
-    # dW = d_drive^T h_prev over all T*B rows, without materialising h_prev = [h0, h_1..h_{T-1}].
     dw = d_drive[0].t() @ h0
-    if h.shape[0] > 1:
-        dw = dw.addmm(d_drive[1:].reshape(-1, hidden).t(), h[:-1].reshape(-1, hidden))
-    return d_drive, dh0, dw, d_alpha, None, None, None, None, None
+    if h.shape[0] == 1:
+        return dw
+    d_rows, h_rows = d_drive[1:].reshape(-1, hidden), h[:-1].reshape(-1, hidden)
+    if lengths is not None and h.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Past its length a row's d_drive is zero: gathering the (t, b) still running first costs less
+        # than the GEMM rows it saves. (Not on a GPU, where the row count would cost a synchronisation,
+        # nor under torch.compile, which would see a data-dependent shape.)
+        running = (torch.arange(1, h.shape[0]).unsqueeze(1) < lengths).flatten().nonzero().squeeze(1)
+        d_rows, h_rows = d_rows.index_select(0, running), h_rows.index_select(0, running)
+    return dw.addmm(d_rows.t(), h_rows)
 
 
 recurrence.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _backward_setup_context(ctx, inputs, output):
+    ctx.backend = inputs[8]
+
+
+def _double_backward(ctx, grad_d_drive, grad_dh0, grad_d_alpha):
+    raise RuntimeError(
+        f"leaky_rnn: gradients of gradients (create_graph=True) are not supported by the {ctx.backend!r} "
+        "backend; use backend='reference', which supports them")
+
+
+# The compiled backward kernels are not differentiable: a second derivative through them raises,
+# naming the backend that has one.
+recurrence_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)

@@ -1,8 +1,10 @@
 """The C++ CPU backend: binds the serial core in csrc/ (torch.ops.timescale_kernels_cpu).
 
 Each time step is one BLAS GEMM plus one fused element-wise pass over torch's intra-op threads;
-see core.py for the contract. Importing this module never fails: without the compiled extension
-is_available() is False and unavailable_reason() says how to build it.
+see core.py for the contract. With lengths the kernel orders the rows by length inside the call,
+so that each step computes only the rows still running. Importing this module never fails:
+without the compiled extension is_available() is False and unavailable_reason() says how to
+build it.
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import importlib
 
 import torch
 
-_NONLINEARITY_CODES = {"leaky_relu": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "identity": 4}
-_PLACEMENT_CODES = {"outside": 0, "inside": 1}
+from .choices import nonlinearity_code, placement_code
+
 _BUILD_HINT = "build it with: pip install --no-build-isolation -e ."
 
 try:
@@ -35,41 +37,47 @@ def unavailable_reason() -> str:
     return ""
 
 
+def nonlinearities() -> tuple[str, ...]:
+    """The nonlinearity names the compiled kernels know, in the order of their integer codes."""
+    return tuple(torch.ops.timescale_kernels_cpu.nonlinearities())
+
+
 def empty_cache() -> None:
     """Frees the output blocks the kernels keep for reuse by the next call (csrc/output_pool.h)."""
     if is_available():
         torch.ops.timescale_kernels_cpu.empty_cache()
 
 
-def _codes(nonlinearity: str, placement: str, precision: str) -> tuple[int, int]:
+def _check_precision(precision: str) -> None:
+    # Not a name check (names are checked at the public boundary): a precision this backend lacks.
     if precision != "fp32":
         raise ValueError(f"precision: the cpu backend computes in the input dtype; got {precision!r}")
-    if nonlinearity not in _NONLINEARITY_CODES:
-        raise ValueError(f"nonlinearity: expected one of {', '.join(map(repr, _NONLINEARITY_CODES))}; "
-                         f"got {nonlinearity!r}")
-    if placement not in _PLACEMENT_CODES:
-        raise ValueError(f"placement: expected one of {', '.join(map(repr, _PLACEMENT_CODES))}; got {placement!r}")
-    return _NONLINEARITY_CODES[nonlinearity], _PLACEMENT_CODES[placement]
 
 
-def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str):
-    """u (T, B, H), h0 (B, H), w (H, H) masked, alpha (H,), all float32 or all float64, on the CPU.
+def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str,
+            lengths: torch.Tensor | None = None):
+    """u (T, B, H), h0 (B, H), w (H, H) masked, alpha (H,), all float32 or all float64, on the CPU;
+    lengths None or int64 (B,) with values in 1..T, in any order.
 
-    Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (an empty tensor unless save_drive).
+    Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (an empty tensor unless save_drive). With
+    lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified.
     """
-    nl, pl = _codes(nonlinearity, placement, precision)
+    _check_precision(precision)
     return torch.ops.timescale_kernels_cpu.forward(
-        u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(), nl, pl, bool(save_drive))
+        u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(), nonlinearity_code(nonlinearity),
+        placement_code(placement), bool(save_drive), lengths)
 
 
-def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str):
-    """grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,).
+def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str,
+             lengths: torch.Tensor | None = None):
+    """grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,); lengths as in forward.
 
     grad_h may have any strides (e.g. the stride-0 expansion autograd gives for output.sum()): the
     kernel copies one (B, H) slice per step instead of materialising all of it.
-    Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,). dW is left to the caller (one GEMM).
+    Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,); dW is left to the caller (one GEMM). With
+    lengths, d_drive[t, b] = 0 for t >= lengths[b] and the gradient passes through those steps.
     """
-    nl, pl = _codes(nonlinearity, placement, precision)
+    _check_precision(precision)
     return torch.ops.timescale_kernels_cpu.backward(
-        grad_h, h.contiguous(), h0.contiguous(), drive.contiguous(), w.contiguous(),
-        alpha.contiguous(), nl, pl)
+        grad_h, h.contiguous(), h0.contiguous(), drive.contiguous(), w.contiguous(), alpha.contiguous(),
+        nonlinearity_code(nonlinearity), placement_code(placement), lengths)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LEAKY_SLOPE = 0.01
+from .choices import LEAKY_SLOPE
 
 
 def activation(name: str):
-    """The element-wise nonlinearity f for a name in NONLINEARITIES."""
+    """The element-wise nonlinearity f for a name in choices.NONLINEARITIES."""
     if name == "leaky_relu":
         return lambda z: F.leaky_relu(z, LEAKY_SLOPE)
     if name == "relu":

@@ -1,0 +1,311 @@
+// The time loops of the CPU core (see leaky_rnn.cpp): over full batches, and over rows of different
+// lengths. Each is a Kernel<T, NL, PL> with a static run(...), instantiated per dtype, nonlinearity
+// and placement by dispatch_activation. Also the floating-point mode guard the loops run under.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define TK_HAS_MXCSR 1
+#endif
+
+#include "activations.h"
+#include "pointwise.h"
+
+namespace timescale_kernels {
+
+// Elements per parallel chunk below which one thread is faster than waking the others.
+constexpr int64_t kMinElementsPerTask = 16384;
+
+// Sets flush-to-zero and denormals-are-zero in every intra-op thread (where MKL's GEMMs run too)
+// for the lifetime of the object and restores each thread's previous mode afterwards. Together
+// with flush() in the element-wise passes this keeps decaying states and gradients fast.
+class DenormalsAreZero {
+ public:
+  DenormalsAreZero() {
+#ifdef TK_HAS_MXCSR
+    saved_.assign(at::get_num_threads() + 1, 0);
+    on_each_thread([this](int64_t slot) {
+      saved_[slot] = _mm_getcsr();
+      _mm_setcsr(saved_[slot] | 0x8040);  // FTZ (bit 15) | DAZ (bit 6)
+    });
+#endif
+  }
+  ~DenormalsAreZero() {
+#ifdef TK_HAS_MXCSR
+    try {
+      on_each_thread([this](int64_t slot) { _mm_setcsr(saved_[slot]); });
+    } catch (...) {
+    }
+#endif
+  }
+  DenormalsAreZero(const DenormalsAreZero&) = delete;
+  DenormalsAreZero& operator=(const DenormalsAreZero&) = delete;
+
+ private:
+  template <typename F>
+  void on_each_thread(const F& f) {
+    const int64_t n = at::get_num_threads();
+    // A range of n with grain 1 gives each of the n team threads exactly one index.
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) f(std::min<int64_t>(at::get_thread_num(), n));
+    });
+  }
+  std::vector<unsigned int> saved_;
+};
+
+// Rows per partial sum of d_alpha in the backward pass. Fixed, not derived from the thread count,
+// so that the order of summation, and so the result, is the same on any machine.
+constexpr int64_t kRowsPerPartial = 16;
+
+// Rows per parallel task: enough elements that waking another thread pays.
+inline int64_t row_grain(int64_t hidden, int64_t rows_per_item = 1) {
+  return std::max<int64_t>(1, kMinElementsPerTask / (rows_per_item * hidden));
+}
+
+// The rows of a batch ordered by length, longest first (ties in batch order), and how many of them
+// still run at each step: at step t the running rows are exactly the first running[t] of the order,
+// so that one GEMM over a prefix of a row-ordered state covers them.
+struct RowOrder {
+  at::Tensor index;              // (B,) int64: position in the order -> batch row
+  std::vector<int64_t> running;  // (T,): rows with lengths > t
+};
+
+inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_t batch) {
+  TORCH_CHECK(lengths.device().is_cpu() && lengths.scalar_type() == at::kLong,
+              "lengths: expected a CPU int64 tensor; got ", lengths.device(), " ",
+              lengths.scalar_type());
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == batch, "lengths: expected (", batch,
+              ",); got ", lengths.sizes());
+  const at::Tensor lengths_c = lengths.contiguous();
+  const int64_t* len = lengths_c.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(len[b] >= 1 && len[b] <= steps, "lengths: expected values in 1..", steps,
+                "; got ", len[b], " at row ", b);
+  }
+  RowOrder order{at::empty({batch}, lengths.options()), std::vector<int64_t>(steps, 0)};
+  int64_t* index = order.index.mutable_data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) index[b] = b;
+  std::stable_sort(index, index + batch, [len](int64_t a, int64_t b) { return len[a] > len[b]; });
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < len[b]; ++t) ++order.running[t];
+  }
+  return order;
+}
+
+// One forward step's element-wise pass over all B rows, in batch order.
+template <typename T, int64_t NL, int64_t PL>
+void forward_pointwise(const T* u, const T* product, T* drive, const T* h_prev, T* h,
+                       const T* alpha, const T* keep, int64_t batch, int64_t hidden) {
+  at::parallel_for(0, batch, row_grain(hidden), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t row = b * hidden;
+      forward_row<T, NL, PL>(u + row, product + row, drive + row, h_prev + row, h + row, alpha,
+                             keep, hidden);
+    }
+  });
+}
+
+// One reverse step's element-wise pass over all B rows, in batch order; dh (B, H) as in
+// backward_row. Each block of kRowsPerPartial rows accumulates its own d_alpha partial (AccT) row,
+// so that no two threads ever add to the same element.
+template <typename T, typename AccT, int64_t NL, int64_t PL>
+void backward_pointwise(const T* drive, const T* h_prev, const T* h, const T* grad_prev, T* dh,
+                        T* d_drive, AccT* d_alpha_partial, const T* alpha, const T* keep,
+                        int64_t batch, int64_t hidden) {
+  const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
+  at::parallel_for(0, blocks, row_grain(hidden, kRowsPerPartial), [&](int64_t k0, int64_t k1) {
+    for (int64_t block = k0; block < k1; ++block) {
+      const int64_t b1 = std::min(batch, (block + 1) * kRowsPerPartial);
+      for (int64_t b = block * kRowsPerPartial; b < b1; ++b) {
+        const int64_t row = b * hidden;
+        backward_row<T, AccT, NL, PL>(drive + row, h_prev + row, h + row,
+                                      grad_prev == nullptr ? nullptr : grad_prev + row, dh + row,
+                                      d_drive + row, d_alpha_partial + block * hidden, alpha, keep,
+                                      hidden);
+      }
+    }
+  });
+}
+
+// Runs Kernel<T, NL, PL>::run(args...) for the runtime nonlinearity and placement codes.
+template <template <typename, int64_t, int64_t> class Kernel, typename T, typename... Args>
+void dispatch_activation(int64_t nonlinearity, int64_t placement, Args&&... args) {
+  TORCH_CHECK(placement == kOutside || placement == kInside,
+              "placement: expected 0 (outside) or 1 (inside); got ", placement);
+  const bool outside = placement == kOutside;
+  switch (nonlinearity) {
+#define TK_CASE(CODE, NAME)                                  \
+  case CODE:                                                 \
+    return outside ? Kernel<T, CODE, kOutside>::run(args...) \
+                   : Kernel<T, CODE, kInside>::run(args...);
+    TK_NONLINEARITIES(TK_CASE)
+#undef TK_CASE
+    default:
+      TORCH_CHECK(false, "nonlinearity: expected a code in 0..", kNumNonlinearities - 1, "; got ",
+                  nonlinearity);
+  }
+}
+
+// The forward time loop. Without save_drive, drive is one (B, H) buffer reused every step.
+template <typename T, int64_t NL, int64_t PL>
+struct ForwardLoop {
+  static void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                  const at::Tensor& alpha, const at::Tensor& keep, at::Tensor& h,
+                  at::Tensor& drive, bool save_drive) {
+    const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
+    const int64_t plane = batch * hidden;
+    const at::Tensor w_t = w.t();
+    at::Tensor product = at::empty({batch, hidden}, u.options());
+    const T* u_p = u.const_data_ptr<T>();
+    T* h_p = h.mutable_data_ptr<T>();
+    for (int64_t t = 0; t < steps; ++t) {
+      const at::Tensor h_prev = t == 0 ? h0 : h[t - 1];
+      at::mm_out(product, h_prev, w_t);  // product = h_{t-1} W^T
+      T* drive_t = drive.mutable_data_ptr<T>() + (save_drive ? t * plane : 0);
+      forward_pointwise<T, NL, PL>(u_p + t * plane, product.const_data_ptr<T>(), drive_t,
+                                   h_prev.const_data_ptr<T>(), h_p + t * plane,
+                                   alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(), batch,
+                                   hidden);
+    }
+  }
+};
+
+// The forward time loop over rows of different lengths. The state lives in row order (longest
+// first) in a (B, H) buffer, so that step t's GEMM covers only its first running[t] rows; each
+// running row is computed into h[t, b] (batch order) and copied back to the state, each finished
+// row copies its held state to h[t, b].
+template <typename T, int64_t NL, int64_t PL>
+struct ForwardByLengthLoop {
+  static void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                  const at::Tensor& alpha, const at::Tensor& keep, at::Tensor& h,
+                  at::Tensor& drive, bool save_drive, const RowOrder& order) {
+    const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
+    const int64_t plane = batch * hidden;
+    const size_t row_bytes = hidden * sizeof(T);
+    const at::Tensor w_t = w.t();
+    at::Tensor state = h0.index_select(0, order.index);
+    at::Tensor product = at::empty({batch, hidden}, u.options());
+    const int64_t* index = order.index.const_data_ptr<int64_t>();
+    T* s = state.mutable_data_ptr<T>();
+    const T* p = product.const_data_ptr<T>();
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t running = order.running[t];
+      if (running > 0) {  // product = h_{t-1} W^T over the running rows
+        at::Tensor product_running = product.narrow(0, 0, running);
+        at::mm_out(product_running, state.narrow(0, 0, running), w_t);
+      }
+      const T* u_t = u.const_data_ptr<T>() + t * plane;
+      T* h_t = h.mutable_data_ptr<T>() + t * plane;
+      T* drive_t = drive.mutable_data_ptr<T>() + (save_drive ? t * plane : 0);
+      at::parallel_for(0, batch, row_grain(hidden), [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t row = index[i] * hidden, pos = i * hidden;
+          if (i < running) {
+            forward_row<T, NL, PL>(u_t + row, p + pos, drive_t + row, s + pos, h_t + row,
+                                   alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(), hidden);
+            std::memcpy(s + pos, h_t + row, row_bytes);
+          } else {
+            std::memcpy(h_t + row, s + pos, row_bytes);
+          }
+        }
+      });
+    }
+  }
+};
+
+// grad_h[t - 1] as a contiguous (B, H) block (copied into scratch when grad_h has other strides),
+// or nullptr at t = 0.
+template <typename T>
+const T* incoming_gradient(const at::Tensor& grad_h, int64_t t, at::Tensor& scratch) {
+  if (t == 0) return nullptr;
+  if (!scratch.defined()) return grad_h.const_data_ptr<T>() + (t - 1) * grad_h.stride(0);
+  scratch.copy_(grad_h[t - 1]);
+  return scratch.const_data_ptr<T>();
+}
+
+// The reverse time loop; dh (B, H) enters as grad_h[T-1] and leaves as dh0. grad_h may have any
+// strides: autograd hands out a stride-0 expansion for a loss like output.sum(), and copying one
+// (B, H) slice per step is far cheaper than materialising all T of them.
+template <typename T, int64_t NL, int64_t PL>
+struct BackwardLoop {
+  static void run(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
+                  const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
+                  const at::Tensor& keep, at::Tensor& d_drive, at::Tensor& dh,
+                  at::Tensor& d_alpha_partial) {
+    const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
+    const int64_t plane = batch * hidden;
+    const T* drive_p = drive.const_data_ptr<T>();
+    const T* h_p = h.const_data_ptr<T>();
+    T* d_drive_p = d_drive.mutable_data_ptr<T>();
+    at::Tensor grad_slice = grad_h.is_contiguous() ? at::Tensor() : at::empty_like(dh);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const T* grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
+      backward_pointwise<T, double, NL, PL>(
+          drive_p + t * plane, t == 0 ? h0.const_data_ptr<T>() : h_p + (t - 1) * plane,
+          h_p + t * plane, grad_prev, dh.mutable_data_ptr<T>(), d_drive_p + t * plane,
+          d_alpha_partial.mutable_data_ptr<double>(), alpha.const_data_ptr<T>(),
+          keep.const_data_ptr<T>(), batch, hidden);
+      dh.addmm_(d_drive[t], w);  // dh_{t-1} += d_drive_t W, in place (beta = 1)
+    }
+  }
+};
+
+// The reverse time loop over rows of different lengths: the adjoint dh (B, H) lives in row order,
+// as the forward state did, so that step t's GEMM covers only the first running[t] rows. A running
+// row's d_drive goes to a row-ordered buffer (the GEMM's operand) and is copied to d_drive[t, b];
+// a finished row passes its adjoint through and gets d_drive[t, b] = 0. dh leaves in row order.
+template <typename T, int64_t NL, int64_t PL>
+struct BackwardByLengthLoop {
+  static void run(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
+                  const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
+                  const at::Tensor& keep, at::Tensor& d_drive, at::Tensor& dh,
+                  at::Tensor& d_alpha_partial, const RowOrder& order) {
+    const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
+    const int64_t plane = batch * hidden;
+    const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
+    const int64_t* index = order.index.const_data_ptr<int64_t>();
+    at::Tensor d_drive_rows = at::empty({batch, hidden}, h.options());
+    at::Tensor grad_slice = grad_h.is_contiguous() ? at::Tensor() : at::empty_like(dh);
+    T* g = dh.mutable_data_ptr<T>();
+    T* dd = d_drive_rows.mutable_data_ptr<T>();
+    double* partial = d_alpha_partial.mutable_data_ptr<double>();
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t running = order.running[t];
+      const T* grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
+      const T* h_prev = t == 0 ? h0.const_data_ptr<T>() : h.const_data_ptr<T>() + (t - 1) * plane;
+      const T* h_t = h.const_data_ptr<T>() + t * plane;
+      const T* drive_t = drive.const_data_ptr<T>() + t * plane;
+      T* d_drive_t = d_drive.mutable_data_ptr<T>() + t * plane;
+      at::parallel_for(0, blocks, row_grain(hidden, kRowsPerPartial), [&](int64_t k0, int64_t k1) {
+        for (int64_t block = k0; block < k1; ++block) {
+          const int64_t i1 = std::min(batch, (block + 1) * kRowsPerPartial);
+          for (int64_t i = block * kRowsPerPartial; i < i1; ++i) {
+            const int64_t row = index[i] * hidden, pos = i * hidden;
+            const T* gp = grad_prev == nullptr ? nullptr : grad_prev + row;
+            if (i < running) {
+              backward_row<T, double, NL, PL>(drive_t + row, h_prev + row, h_t + row, gp, g + pos,
+                                              dd + pos, partial + block * hidden,
+                                              alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(),
+                                              hidden);
+              std::memcpy(d_drive_t + row, dd + pos, hidden * sizeof(T));
+            } else {
+              held_row_backward<T>(gp, g + pos, d_drive_t + row, hidden);
+            }
+          }
+        }
+      });
+      if (running > 0) {  // dh_{t-1} += d_drive_t W over the running rows
+        dh.narrow(0, 0, running).addmm_(d_drive_rows.narrow(0, 0, running), w);
+      }
+    }
+  }
+};
+
+}  // namespace timescale_kernels

@@ -1,0 +1,76 @@
+// The element-wise halves of one forward and one reverse step, for one batch row of H values.
+//
+// The time loops in leaky_rnn.cpp call these for every row, in batch order (every row runs every
+// step) or through a row order (rows sorted by length, so that the rows still running are a
+// prefix). Both loops therefore compute with the same arithmetic, value for value.
+#pragma once
+
+#include <cstdint>
+
+#include "activations.h"
+
+namespace timescale_kernels {
+
+// drive = u + product (product = h_{t-1} W^T), stored to drive; then h_t from drive and h_prev.
+// keep = 1 - alpha; alpha and keep (H,).
+template <typename T, int64_t NL, int64_t PL>
+inline void forward_row(const T* __restrict u, const T* __restrict product, T* __restrict drive,
+                        const T* __restrict h_prev, T* __restrict h, const T* __restrict alpha,
+                        const T* __restrict keep, int64_t hidden) {
+#pragma omp simd
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T dv = product[j] + u[j];
+    drive[j] = dv;
+    T y;
+    if constexpr (PL == kOutside) {
+      y = activate<NL>(keep[j] * h_prev[j] + alpha[j] * dv);
+    } else {
+      y = keep[j] * h_prev[j] + alpha[j] * activate<NL>(dv);
+    }
+    h[j] = flush(y);
+  }
+}
+
+// The element-wise half of one reverse step. On entry dh holds the adjoint of h_t; on exit it holds
+// (1 - alpha) * (dz or dh) + grad_prev (grad_prev = the gradient reaching h_{t-1} from outside;
+// nullptr at t = 0), to which the caller adds d_drive W. d_alpha_acc (H,) accumulates this row's
+// d_alpha terms in AccT.
+template <typename T, typename AccT, int64_t NL, int64_t PL>
+inline void backward_row(const T* __restrict drive, const T* __restrict h_prev,
+                         const T* __restrict h, const T* __restrict grad_prev, T* __restrict dh,
+                         T* __restrict d_drive, AccT* __restrict d_alpha_acc,
+                         const T* __restrict alpha, const T* __restrict keep, int64_t hidden) {
+#pragma omp simd
+  for (int64_t j = 0; j < hidden; ++j) {
+    T carried;
+    if constexpr (PL == kOutside) {
+      const T z = keep[j] * h_prev[j] + alpha[j] * drive[j];
+      const T y = derivative_needs_output<NL> ? h[j] : T(0);
+      const T dz = dh[j] * derivative<NL>(z, y);
+      d_drive[j] = flush(alpha[j] * dz);
+      d_alpha_acc[j] += static_cast<AccT>(dz * (drive[j] - h_prev[j]));
+      carried = keep[j] * dz;
+    } else {
+      const T fd = activate<NL>(drive[j]);
+      d_drive[j] = flush(alpha[j] * dh[j] * derivative<NL>(drive[j], fd));
+      d_alpha_acc[j] += static_cast<AccT>(dh[j] * (fd - h_prev[j]));
+      carried = keep[j] * dh[j];
+    }
+    if (grad_prev != nullptr) carried += grad_prev[j];
+    dh[j] = flush(carried);
+  }
+}
+
+// A row past its length in a reverse step: h_t = h_{t-1}, so the adjoint passes through unchanged
+// (plus the gradient reaching h_{t-1} from outside) and its drive gets no gradient.
+template <typename T>
+inline void held_row_backward(const T* __restrict grad_prev, T* __restrict dh,
+                              T* __restrict d_drive, int64_t hidden) {
+#pragma omp simd
+  for (int64_t j = 0; j < hidden; ++j) {
+    d_drive[j] = T(0);
+    if (grad_prev != nullptr) dh[j] = flush(dh[j] + grad_prev[j]);
+  }
+}
+
+}  // namespace timescale_kernels

@@ -1,0 +1,119 @@
+"""leaky_rnn, the public op: validate the arguments, resolve the backend, run it.
+
+The reference backend runs reference.py's loop; a compiled one runs the input projection here, as
+one GEMM before the loop, then core.recurrence (the serial core of the backend's module).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import core
+from .backends import resolve_backend
+from .checks import check_drive_noise, check_lengths, check_op_args
+from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def leaky_rnn(
+    input: torch.Tensor,
+    hx: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None,
+    bias_hh: torch.Tensor | None,
+    tau: torch.Tensor,
+    *,
+    nonlinearity: str = "leaky_relu",
+    placement: str = "outside",
+    self_connections: bool = False,
+    backend: str = "auto",
+    precision: str = "fp32",
+    lengths: torch.Tensor | None = None,
+    drive_noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A leaky RNN with per-neuron time constants, over a whole sequence.
+
+    Args:
+        input: (T, B, I), time-major; any strides.
+        hx: (B, H) initial state h_0.
+        weight_ih: (H, I). weight_hh: (H, H) (its diagonal is ignored unless self_connections).
+        bias_ih, bias_hh: (H,) or None.
+        tau: (H,) or 0-dim; alpha = 1 / clamp(tau, min=1), so tau < 1 acts as 1 and gets no gradient.
+        nonlinearity: one of NONLINEARITIES: "leaky_relu" (slope 0.01), "relu", "tanh", "sigmoid", "identity".
+        placement: "outside": h_t = f((1 - alpha) h_{t-1} + alpha drive_t) (the study's default);
+            "inside": h_t = (1 - alpha) h_{t-1} + alpha f(drive_t) (the study's "mod" model);
+            drive_t = h_{t-1} W^T + bias_hh + x_t weight_ih^T + bias_ih.
+        self_connections: keep (and train) the diagonal of weight_hh.
+        backend: "auto" (the fastest available for the tensors' device), "reference", "cpu", "triton".
+        precision: "fp32" (exact); "tf32x3" (three tf32 tensor-core products per fp32 product:
+            near-fp32 accuracy on tensor cores); "tf32" or "bf16" matmuls; state and accumulation
+            always fp32 (all but "fp32" need the triton backend).
+        lengths: (B,) integers in 1..T, in any order, or None (every row runs T steps). Row b stops
+            after lengths[b] steps: later states are held (h_t = h_{t-1}), later outputs are zero
+            (as in torch.nn.RNN's padded packed output) and h_n is its last valid state. The
+            compiled backends compute only the rows still running at each step.
+        drive_noise: (T, B, H) or None: added to each step's drive (e.g. recurrent noise).
+
+    Returns:
+        output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
+        float16 and bfloat16 tensors are computed in float32 and returned in their own dtype.
+        Gradients of gradients (create_graph=True) need backend="reference".
+    """
+    steps, batch, _, hidden = check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity,
+                                            placement, precision)
+    if lengths is not None:
+        lengths = check_lengths(lengths, steps, batch, input.device)
+    if drive_noise is not None:
+        check_drive_noise(drive_noise, input, hidden)
+    name = resolve_backend(backend, input.device)
+    if precision != "fp32" and name != "triton":
+        raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r} "
+                         f"(the {name!r} backend computes exactly in the input dtype: use 'fp32')")
+    if name == "reference":
+        return leaky_rnn_reference(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
+                                   nonlinearity, placement, self_connections, lengths, drive_noise)
+    return _run_compiled(name, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
+                         self_connections, precision, lengths, drive_noise)
+
+
+def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
+                  self_connections, precision, lengths, drive_noise):
+    """leaky_rnn on a compiled backend: input projection, the serial core, the output mask."""
+    out_dtype = input.dtype
+    if out_dtype in _LOW_PRECISION:
+        input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise = (
+            None if t is None else t.float()
+            for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
+    hidden = weight_hh.shape[0]
+    u = _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise)
+    w = masked_recurrent_weight(weight_hh, self_connections)
+    alpha = alpha_from_tau(tau, hidden).contiguous()
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
+    output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad,
+                                lengths)
+    if lengths is None:
+        h_n = output[-1]
+    else:  # each row's last valid state (the output is zero past it)
+        h_n = output[lengths - 1, torch.arange(output.shape[1], device=output.device)]
+    if out_dtype != output.dtype:
+        output, h_n = output.to(out_dtype), h_n.to(out_dtype)
+    return output, h_n
+
+
+def _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise):
+    """u (T, B, H) = x weight_ih^T + bias_ih + bias_hh (+ drive_noise), one GEMM over all T*B rows."""
+    steps, batch, in_size = input.shape
+    hidden = weight_ih.shape[0]
+    flat = input.reshape(steps * batch, in_size)
+    if bias_ih is not None and bias_hh is not None:
+        u = torch.addmm(bias_ih + bias_hh, flat, weight_ih.t())
+    elif bias_ih is not None or bias_hh is not None:
+        u = torch.addmm(bias_ih if bias_ih is not None else bias_hh, flat, weight_ih.t())
+    else:
+        u = flat @ weight_ih.t()
+    u = u.view(steps, batch, hidden)
+    return u if drive_noise is None else u + drive_noise
+
