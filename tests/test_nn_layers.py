@@ -210,3 +210,12 @@ def test_bad_layer_arguments(kwargs, error, words):
         tk.LeakyRNN(3, 5, **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+def test_torch_compile_traces_layers_directions_and_lengths():
+    torch.manual_seed(8)
+    m = tk.LeakyRNN(3, 5, num_layers=2, bidirectional=True, backend=BACKENDS[-1])
+    x = torch.randn(T, B, 3)
+    want, want_n = m(x, lengths=_lengths())
+    got, got_n = torch.compile(m, backend="eager", fullgraph=True)(x, lengths=_lengths())
+    assert rel_err(got, want) <= 1e-6 and rel_err(got_n, want_n) <= 1e-6

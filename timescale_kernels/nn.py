@@ -64,7 +64,8 @@ class LeakyRNN(LeakyBase):
         batch_first: input and output as (B, T, *) instead of (T, B, *).
         nonlinearity: "leaky_relu" (slope 0.01, default), "relu", "tanh", "sigmoid", "identity".
         placement: "outside" (default) or "inside".
-        tau_init: the time constants at initialisation: a (low, high) range drawn uniformly, or a number.
+        tau_init: the time constants at initialisation: a (low, high) range drawn uniformly, or a number
+            (moved just inside the open range of "softplus" and "sigmoid" where it reaches a bound).
         learn_tau: tau is a Parameter (default) or a fixed buffer.
         self_connections: keep the diagonal of each weight_hh (default False: zero and untrained).
         backend: "auto", "reference", "cpu" or "triton".
@@ -94,6 +95,9 @@ class LeakyRNN(LeakyBase):
         output: (T, B, num_directions * H) (batch_first: (B, T, ...); unbatched: (T, ...)), or a
             PackedSequence for a packed input; zero past each row's length.
         h_n: (num_layers * num_directions, B, H): each layer's and direction's last valid state.
+
+    Gradients of gradients (create_graph=True) need backend="reference" (or LeakyRNNCell): the
+    compiled backends' backward is not itself differentiable and raises.
 
     Attributes:
         weight_ih_l{k}[_reverse] (H, I or num_directions * H), weight_hh_l{k}[_reverse] (H, H),
