@@ -96,7 +96,8 @@ def test_jacobian_with_torch_func():
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_gradcheck_layers_directions_lengths(backend):
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_gradcheck_layers_directions_lengths(backend, with_lengths):
     if backend not in tk.available_backends():
         pytest.skip(f"{backend} is not available")
     torch.manual_seed(4)
@@ -104,7 +105,7 @@ def test_gradcheck_layers_directions_lengths(backend):
                     backend=backend, dtype=torch.float64)
     names = [n for n, _ in m.named_parameters()]
     x, h0 = _double((4, 3, 2)), _double((4, 3, 3))
-    lengths = torch.tensor([2, 4, 1])
+    lengths = torch.tensor([2, 4, 1]) if with_lengths else None
 
     def run(x, h0, *params):
         state = dict(zip(names, params))
