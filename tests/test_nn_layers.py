@@ -181,8 +181,8 @@ def test_unbatched_and_dropout():
     (lambda m: m(torch.randn(6, 4, 3), lengths=torch.tensor([1, 2])), ValueError, ["lengths", "(4,)"]),
     (lambda m: m(torch.randn(6, 4, 3), lengths=torch.tensor([1.0, 2, 3, 4])), TypeError, ["lengths", "integer"]),
     (lambda m: m(torch.randn(6, 3), lengths=torch.tensor([2])), ValueError, ["lengths", "unbatched"]),
-    (lambda m: m(pack_padded_sequence(torch.randn(6, 4, 3), torch.tensor([6, 5, 2, 1])), lengths=torch.tensor([1, 1, 1, 1])),
-     ValueError, ["lengths", "PackedSequence"]),
+    (lambda m: m(pack_padded_sequence(torch.randn(6, 4, 3), torch.tensor([6, 5, 2, 1])),
+                 lengths=torch.tensor([1, 1, 1, 1])), ValueError, ["lengths", "PackedSequence"]),
     (lambda m: m("x"), TypeError, ["input"]),
 ])
 def test_bad_forward_inputs(call, error, words):

@@ -27,5 +27,5 @@ def _warn_if_cpu_kernel_missing() -> None:
 
 _warn_if_cpu_kernel_missing()
 
-__all__ = ["LeakyRNN", "LeakyRNNCell", "MultiHeadReadout", "leaky_rnn", "available_backends", "BACKENDS", "NONLINEARITIES",
-           "PLACEMENTS", "__version__"]
+__all__ = ["LeakyRNN", "LeakyRNNCell", "MultiHeadReadout", "leaky_rnn", "available_backends", "BACKENDS",
+           "NONLINEARITIES", "PLACEMENTS", "__version__"]
