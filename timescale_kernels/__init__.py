@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from .models import MultiHeadReadout
-from .nn import LeakyRNN
+from .nn import LeakyRNN, LeakyRNNCell
 from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS, available_backends, leaky_rnn
 
 __version__ = "0.1.0"
@@ -27,5 +27,5 @@ def _warn_if_cpu_kernel_missing() -> None:
 
 _warn_if_cpu_kernel_missing()
 
-__all__ = ["LeakyRNN", "MultiHeadReadout", "leaky_rnn", "available_backends", "BACKENDS", "NONLINEARITIES",
-           "PLACEMENTS", "__version__"]
+__all__ = ["LeakyRNN", "LeakyRNNCell", "MultiHeadReadout", "leaky_rnn", "available_backends", "BACKENDS",
+           "NONLINEARITIES", "PLACEMENTS", "__version__"]

@@ -1,186 +1,288 @@
-"""LeakyRNN, a drop-in module with torch.nn.RNN's conventions."""
+"""LeakyRNN and LeakyRNNCell, drop-in modules with torch.nn.RNN's and torch.nn.RNNCell's conventions."""
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
-from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS, leaky_rnn
-from .ops.checks import check_choice
+from .cell import LeakyRNNCell
+from .leaky_base import ROLES, LeakyBase, check_size
+from .ops import BACKENDS, leaky_rnn
+from .ops.checks import check_choice, check_lengths
+from .sequences import pack_like, reverse_in_time, unpack
+from .torch_rnn import from_torch_rnn, to_torch_rnn
 
 
-class LeakyRNN(nn.Module):
-    r"""One layer of leaky (continuous-time) RNN with a trainable time constant per neuron.
+def _group_names(layer: int, reverse: bool, single: bool) -> dict[str, str]:
+    """Registered names of one layer and direction: today's one-layer names (weight_ih, ..., tau) for a
+    one-layer unidirectional module, torch.nn.RNN's (weight_ih_l0, ..., tau_l1_reverse) otherwise."""
+    if single:
+        return {role: role for role in ROLES}
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    return {role: role + suffix for role in ROLES}
+
+
+def _alias(first: str, second: str) -> property:
+    """An attribute that reads whichever of two names is registered (weight_ih <-> weight_ih_l0)."""
+    def get(self):
+        for name in (first, second):
+            if name in self._parameters:
+                return self._parameters[name]
+            if name in self._buffers:
+                return self._buffers[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{first}'")
+    return property(get, doc=f"{first}, the same tensor as {second} (layer 0, forward direction)")
+
+
+class LeakyRNN(LeakyBase):
+    r"""A stack of leaky (continuous-time) RNN layers with a trainable time constant per neuron.
+
+    Each layer and direction computes, with its own weights and time constants:
 
     .. math::
-        \alpha = 1 / \max(\tau, 1), \quad
-        d_t = W_{hh} h_{t-1} + b_{hh} + W_{ih} x_t + b_{ih}
+        \tau = g(p), \quad \alpha = 1 / \tau, \quad
+        d_t = W h_{t-1} + b_{hh} + W_{ih} x_t + b_{ih} + \sigma_{rec} \sqrt{2 \tau}\, \xi_t
 
     placement "outside": h_t = f((1 - alpha) h_{t-1} + alpha d_t);
     placement "inside":  h_t = (1 - alpha) h_{t-1} + alpha f(d_t).
-    With tau = 1 both are torch.nn.RNN's Elman update.
+    W = |W_hh| * dale_signs[None, :] * connectivity_mask (each factor only when given; its diagonal
+    is zero unless self_connections); g is the tau parameterisation; xi_t ~ N(0, 1).
+    Layer k > 0 reads layer k-1's output (both directions concatenated), after dropout in training.
+    With tau = 1 and self_connections this is torch.nn.RNN, layer for layer.
+
+    Equivalent plain code for one layer and direction (reversed directions read each row's first
+    lengths[b] steps backwards)::
+
+        h = h0
+        for t in range(T):
+            h = leaky_rnn_step(x[t], h, *module.layer_tensors(layer, reverse), ...)
 
     Args:
-        input_size: I, features per time step.
-        hidden_size: H, neurons.
+        input_size: I. hidden_size: H.
         bias: with bias_ih and bias_hh (default True).
         batch_first: input and output as (B, T, *) instead of (T, B, *).
         nonlinearity: "leaky_relu" (slope 0.01, default), "relu", "tanh", "sigmoid", "identity".
         placement: "outside" (default) or "inside".
-        tau_init: a (low, high) range to draw each neuron's tau from uniformly, or one number.
+        tau_init: the time constants at initialisation: a (low, high) range drawn uniformly, or a number
+            (moved just inside the open range of "softplus" and "sigmoid" where it reaches a bound).
         learn_tau: tau is a Parameter (default) or a fixed buffer.
-        self_connections: keep the diagonal of weight_hh (default False: it is zero and untrained).
+        self_connections: keep the diagonal of each weight_hh (default False: zero and untrained).
         backend: "auto", "reference", "cpu" or "triton".
+        num_layers, dropout, bidirectional: as torch.nn.RNN's (keyword only).
+        tau_parameterisation: how the stored tau tensor p gives the time constants:
+            "clamp" tau = max(p, 1) (the study's, the default: p is tau itself);
+            "softplus" tau = 1 + softplus(p); "sigmoid" tau = tau_min + (tau_max - tau_min) sigmoid(p).
+        tau_bounds: (tau_min, tau_max) with 1 <= tau_min < tau_max, for "sigmoid" only.
+        sigma_rec: recurrent noise (default 0): sigma_rec * sqrt(2 tau) * N(0, 1) added to each step's
+            drive (PsychRNN's discretisation: the state receives sqrt(2 alpha) sigma_rec N(0, 1)).
+            Drawn in training mode only (module.train()), as dropout; eval() runs without noise.
+        noise_generator: the torch.Generator the noise is drawn from (None: torch's global one);
+            forward(..., generator=) overrides it for one call.
+        learn_initial_state: a Parameter initial_state (num_layers * num_directions, H), zeros at
+            first, used (broadcast over the batch) when hx is None.
+        connectivity_mask: fixed (H, H) of 0/1: weight_hh[i, j] exists only where mask[i, j] = 1.
+        dale_signs: fixed (H,) of +1/-1: presynaptic neuron j excitatory or inhibitory (Dale's law);
+            the signs hold through training because the stored weight enters only as |W_hh|.
 
-    Inputs: input, hx
-        input: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I).
-        hx: (1, B, H) or (1, H) unbatched; None means zeros.
+    Inputs: input, hx (forward also takes lengths= and generator= by keyword)
+        input: (T, B, I), (B, T, I) with batch_first, unbatched (T, I), or a PackedSequence.
+        hx: (num_layers * num_directions, B, H), or (num_layers * num_directions, H) unbatched;
+            None means initial_state (learn_initial_state) or zeros.
+        lengths: (B,) integers in 1..T for a padded batch: row b stops after lengths[b] steps.
 
     Outputs: output, h_n
-        output: (T, B, H), (B, T, H) with batch_first, or (T, H) unbatched: h_1..h_T.
-        h_n: (1, B, H) or (1, H): h_T.
+        output: (T, B, num_directions * H) (batch_first: (B, T, ...); unbatched: (T, ...)), or a
+            PackedSequence for a packed input; zero past each row's length.
+        h_n: (num_layers * num_directions, B, H): each layer's and direction's last valid state.
+
+    Gradients of gradients (create_graph=True) need backend="reference" (or LeakyRNNCell): the
+    compiled backends' backward is not itself differentiable and raises.
 
     Attributes:
-        weight_ih (H, I), weight_hh (H, H), bias_ih (H,), bias_hh (H,): torch.nn.RNN's names and
-        initialisation U(-1/sqrt(H), 1/sqrt(H)); tau (H,).
+        weight_ih_l{k}[_reverse] (H, I or num_directions * H), weight_hh_l{k}[_reverse] (H, H),
+        bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse] (H,), tau_l{k}[_reverse] (H,): torch.nn.RNN's
+        names and initialisation U(-1/sqrt(H), 1/sqrt(H)). A one-layer unidirectional module registers
+        them as weight_ih, weight_hh, bias_ih, bias_hh, tau (the names its checkpoints use); either
+        spelling reads layer 0's forward tensors and loads from a state_dict.
+
+    Examples::
+
+        >>> rnn = LeakyRNN(1, 64, num_layers=2, bidirectional=True, nonlinearity="tanh")
+        >>> output, h_n = rnn(torch.randn(100, 8, 1))     # (100, 8, 128), (4, 8, 64)
     """
+
+    weight_ih, weight_ih_l0 = _alias("weight_ih", "weight_ih_l0"), _alias("weight_ih_l0", "weight_ih")
+    weight_hh, weight_hh_l0 = _alias("weight_hh", "weight_hh_l0"), _alias("weight_hh_l0", "weight_hh")
+    bias_ih, bias_ih_l0 = _alias("bias_ih", "bias_ih_l0"), _alias("bias_ih_l0", "bias_ih")
+    bias_hh, bias_hh_l0 = _alias("bias_hh", "bias_hh_l0"), _alias("bias_hh_l0", "bias_hh")
+    tau, tau_l0 = _alias("tau", "tau_l0"), _alias("tau_l0", "tau")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
                  nonlinearity: str = "leaky_relu", placement: str = "outside", tau_init=(1.0, 2.0),
                  learn_tau: bool = True, self_connections: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False,
+                 tau_parameterisation: str = "clamp", tau_bounds=None, sigma_rec: float = 0.0,
+                 noise_generator: torch.Generator | None = None, learn_initial_state: bool = False,
+                 connectivity_mask: torch.Tensor | None = None, dale_signs: torch.Tensor | None = None):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int; got {value!r}")
-        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        check_choice("placement", placement, PLACEMENTS)
-        check_choice("backend", backend, BACKENDS)
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.bias, self.batch_first = bias, batch_first
-        self.nonlinearity, self.placement = nonlinearity, placement
-        self.self_connections, self.backend = self_connections, backend
-        self.learn_tau = learn_tau
         factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(hidden_size, **factory))
+        self._setup(input_size, hidden_size, bias, nonlinearity, placement, tau_init, learn_tau, self_connections,
+                    tau_parameterisation, tau_bounds, sigma_rec, connectivity_mask, dale_signs, factory)
+        check_size("num_layers", num_layers)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout: expected a number in [0, 1]; got {dropout!r}")
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"bidirectional: expected a bool; got {bidirectional!r}")
+        check_choice("backend", backend, BACKENDS)
+        self.batch_first, self.backend = batch_first, backend
+        self.num_layers, self.dropout, self.bidirectional = num_layers, float(dropout), bidirectional
+        self.noise_generator = noise_generator
+        directions = 2 if bidirectional else 1
+        single = num_layers == 1 and not bidirectional
+        for layer in range(num_layers):
+            for reverse in range(directions):
+                in_size = input_size if layer == 0 else directions * hidden_size
+                self._add_group(_group_names(layer, bool(reverse), single), in_size, factory)
+        if learn_initial_state:
+            self.initial_state = nn.Parameter(torch.zeros(num_layers * directions, hidden_size, **factory))
         else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        tau = torch.empty(hidden_size, **factory)
-        if learn_tau:
-            self.tau = nn.Parameter(tau)
-        else:
-            self.register_buffer("tau", tau)
-        self.tau_init = tau_init
+            self.initial_state = None
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """torch.nn.RNN's initialisation for the weights; tau from tau_init."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
-                if p is not None:
-                    p.uniform_(-bound, bound)
-            if isinstance(self.tau_init, (tuple, list)):
-                low, high = (float(v) for v in self.tau_init)
-                if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-                    raise ValueError(f"tau_init: expected a finite (low, high) with low <= high; got {self.tau_init!r}")
-                self.tau.uniform_(low, high)
-            else:
-                value = float(self.tau_init)
-                if not math.isfinite(value):
-                    raise ValueError(f"tau_init: expected a finite number; got {self.tau_init!r}")
-                self.tau.fill_(value)
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _group(self, layer: int, reverse: bool) -> dict[str, str]:
+        if not (isinstance(layer, int) and 0 <= layer < self.num_layers):
+            raise ValueError(f"layer: expected an int in 0..{self.num_layers - 1}; got {layer!r}")
+        if reverse and not self.bidirectional:
+            raise ValueError("reverse: this module is unidirectional; got reverse=True")
+        return self._groups[layer * self.num_directions + int(bool(reverse))]
+
+    def layer_tensors(self, layer: int = 0, reverse: bool = False):
+        """(weight_ih, weight_hh, bias_ih, bias_hh, tau) of one layer and direction as the op receives
+        them (connectivity mask and Dale's signs applied, tau through its parameterisation)."""
+        return self.group_tensors(self._group(layer, reverse))
+
+    def time_constants(self, layer: int = 0, reverse: bool = False) -> torch.Tensor:
+        """The time constants (H,) one layer and direction runs with (>= 1)."""
+        return self.group_time_constants(self._group(layer, reverse))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Layer 0's forward tensors load from either spelling (weight_ih or weight_ih_l0, ...).
+        for role, name in self._groups[0].items():
+            for other in {role, role + "_l0"} - {name}:
+                if prefix + name not in state_dict and prefix + other in state_dict:
+                    state_dict[prefix + name] = state_dict.pop(prefix + other)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        parts = [f"{self.input_size}, {self.hidden_size}", f"nonlinearity={self.nonlinearity!r}",
-                 f"placement={self.placement!r}"]
-        if not self.bias:
-            parts.append("bias=False")
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        parts += self._option_repr()
         if self.batch_first:
             parts.append("batch_first=True")
-        if not self.learn_tau:
-            parts.append("learn_tau=False")
-        if self.self_connections:
-            parts.append("self_connections=True")
+        if self.dropout:
+            parts.append(f"dropout={self.dropout}")
+        if self.bidirectional:
+            parts.append("bidirectional=True")
+        if self.initial_state is not None:
+            parts.append("learn_initial_state=True")
         return ", ".join(parts)
 
-    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None):
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input: expected a torch.Tensor; got {type(input).__name__}")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"input: expected (T, B, {self.input_size}) or unbatched (T, {self.input_size}); "
-                             f"got shape {tuple(input.shape)}")
-        batched = input.dim() == 3
+    def forward(self, input, hx: torch.Tensor | None = None, *, lengths: torch.Tensor | None = None,
+                generator: torch.Generator | None = None):
+        template = input if isinstance(input, PackedSequence) else None
+        x, lengths, batched = self._time_major(input, lengths)
+        h0 = self._initial_states(hx, x, batched)
+        output, h_n = self._run_layers(x, h0, lengths, generator if generator is not None else self.noise_generator)
+        if template is not None:
+            return pack_like(output, lengths, template), h_n
         if not batched:
-            input = input.unsqueeze(1)
-        elif self.batch_first:
-            input = input.transpose(0, 1)
-        if input.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected {self.input_size} features in the last dimension; "
-                             f"got shape {tuple(input.shape)}")
-        batch = input.shape[1]
-        if hx is None:
-            h0 = torch.zeros(batch, self.hidden_size, dtype=input.dtype, device=input.device)
-        else:
-            want = (1, batch, self.hidden_size) if batched else (1, self.hidden_size)
-            if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != want:
-                got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
-                raise ValueError(f"hx: expected shape {want}; got {got}")
-            h0 = hx[0] if batched else hx
-            h0 = h0.reshape(batch, self.hidden_size)
-        output, h_n = leaky_rnn(input, h0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                                self.tau, nonlinearity=self.nonlinearity, placement=self.placement,
-                                self_connections=self.self_connections, backend=self.backend)
-        if not batched:
-            return output.squeeze(1), h_n.view(1, self.hidden_size)
+            return output.squeeze(1), h_n.squeeze(1)
         if self.batch_first:
             output = output.transpose(0, 1)
-        return output, h_n.unsqueeze(0)
+        return output, h_n
+
+    def _time_major(self, input, lengths):
+        """input -> (x (T, B, I), lengths (B,) or None, batched)."""
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence carries its own lengths; got lengths as well")
+            x, lengths = unpack(input)
+            batched = True
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input: expected a torch.Tensor or a PackedSequence; got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"input: expected (T, B, {self.input_size}) or unbatched (T, {self.input_size}); "
+                                 f"got shape {tuple(input.shape)}")
+            batched = input.dim() == 3
+            if not batched and lengths is not None:
+                raise ValueError("lengths: an unbatched input (T, I) takes no lengths; got lengths")
+            x = input.unsqueeze(1) if not batched else input.transpose(0, 1) if self.batch_first else input
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected {self.input_size} features in the last dimension; "
+                             f"got shape {tuple(x.shape)}")
+        if lengths is not None:
+            lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
+        return x, lengths, batched
+
+    def _initial_states(self, hx, x: torch.Tensor, batched: bool) -> torch.Tensor:
+        """h0 (num_layers * num_directions, B, H)."""
+        count, batch, hidden = self.num_layers * self.num_directions, x.shape[1], self.hidden_size
+        if hx is None:
+            if self.initial_state is not None:
+                return self.initial_state.unsqueeze(1).expand(count, batch, hidden)
+            return x.new_zeros(count, batch, hidden)
+        want = (count, batch, hidden) if batched else (count, hidden)
+        if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != want:
+            got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
+            raise ValueError(f"hx: expected shape {want}; got {got} (num_layers * num_directions = {count} "
+                             f"initial states of size {hidden}{' per batch row' if batched else ''})")
+        return hx if batched else hx.unsqueeze(1)
+
+    def _run_layers(self, x, h0, lengths, generator):
+        """Every layer and direction in turn: output (T, B, num_directions * H), h_n (L * D, B, H)."""
+        layer_input, finals = x, []
+        for layer in range(self.num_layers):
+            outputs = []
+            for reverse in range(self.num_directions):
+                k = layer * self.num_directions + reverse
+                out, last = self._run_direction(layer_input, h0[k], self._groups[k], bool(reverse), lengths,
+                                                generator)
+                outputs.append(out)
+                finals.append(last)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
+            if self.dropout and self.training and layer + 1 < self.num_layers:
+                layer_input = F.dropout(layer_input, self.dropout, True)
+        return layer_input, torch.stack(finals, 0)
+
+    def _run_direction(self, x, h0, names, reverse, lengths, generator):
+        w_ih, w_hh, b_ih, b_hh, tau = self.group_tensors(names)
+        if reverse:
+            x = reverse_in_time(x, lengths)
+        noise = self.noise_for(tau, (x.shape[0], x.shape[1], self.hidden_size), generator, x)
+        out, last = leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity=self.nonlinearity,
+                              placement=self.placement, self_connections=self.self_connections,
+                              backend=self.backend, lengths=lengths, drive_noise=noise)
+        return (reverse_in_time(out, lengths) if reverse else out), last
 
     @classmethod
     def from_torch_rnn(cls, rnn: nn.RNN, **kwargs) -> "LeakyRNN":
-        """A LeakyRNN computing exactly what a one-layer, unidirectional torch.nn.RNN computes
-        (tau = 1, fixed; self-connections kept)."""
-        if not isinstance(rnn, nn.RNN):
-            raise TypeError(f"rnn: expected a torch.nn.RNN; got {type(rnn).__name__}")
-        if rnn.num_layers != 1 or rnn.bidirectional or getattr(rnn, "proj_size", 0):
-            raise ValueError("rnn: expected one layer, unidirectional, no projection; got "
-                             f"num_layers={rnn.num_layers}, bidirectional={rnn.bidirectional}")
-        ref = rnn.weight_hh_l0
-        model = cls(rnn.input_size, rnn.hidden_size, bias=rnn.bias, batch_first=rnn.batch_first,
-                    nonlinearity=rnn.nonlinearity, tau_init=1.0, learn_tau=False, self_connections=True,
-                    device=ref.device, dtype=ref.dtype, **kwargs)
-        with torch.no_grad():
-            model.weight_ih.copy_(rnn.weight_ih_l0)
-            model.weight_hh.copy_(rnn.weight_hh_l0)
-            if rnn.bias:
-                model.bias_ih.copy_(rnn.bias_ih_l0)
-                model.bias_hh.copy_(rnn.bias_hh_l0)
-        return model
+        """A LeakyRNN computing exactly what a torch.nn.RNN computes (any num_layers, bidirectional,
+        dropout, batch_first; tau = 1, fixed; self-connections kept). kwargs override those settings
+        or add others (placement, backend, ...)."""
+        return from_torch_rnn(cls, rnn, **kwargs)
 
     def to_torch_rnn(self) -> nn.RNN:
-        """The equivalent torch.nn.RNN; needs tau <= 1 everywhere and a tanh or relu nonlinearity."""
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: torch.nn.RNN supports 'tanh' or 'relu'; this module has {self.nonlinearity!r}")
-        if bool((self.tau.detach() > 1).any()):
-            raise ValueError(f"tau: torch.nn.RNN has no time constant, expected tau <= 1 everywhere; "
-                             f"got max tau {float(self.tau.detach().max()):.4g}")
-        ref = self.weight_hh
-        rnn = nn.RNN(self.input_size, self.hidden_size, nonlinearity=self.nonlinearity, bias=self.bias,
-                     batch_first=self.batch_first, device=ref.device, dtype=ref.dtype)
-        with torch.no_grad():
-            rnn.weight_ih_l0.copy_(self.weight_ih)
-            w = self.weight_hh.clone()
-            if not self.self_connections:
-                w.fill_diagonal_(0.0)
-            rnn.weight_hh_l0.copy_(w)
-            if self.bias:
-                rnn.bias_ih_l0.copy_(self.bias_ih)
-                rnn.bias_hh_l0.copy_(self.bias_hh)
-        return rnn
+        """The equivalent torch.nn.RNN (same layers, directions, dropout, batch_first); needs every
+        time constant at 1 (tau <= 1 under "clamp") and a tanh or relu nonlinearity. The connectivity
+        mask, Dale's signs and the zero diagonal are applied to the weights it receives."""
+        return to_torch_rnn(self)
+
+
+__all__ = ["LeakyRNN", "LeakyRNNCell"]
