@@ -135,6 +135,7 @@ def test_choose_family_is_a_function_of_device_and_shape():
     assert tr.choose_family(H200, 10, 500, "tf32x3") == "persistent"
     assert tr.choose_family(H200, 4096, 500, "fp32") == "default"
     assert tr.choose_family(H200, 256, 8000, "fp32") == "default"
+    assert tr.choose_family(H200, 10, 500, "fp32", torch.float64) == "default"  # float64: the default kernels
     assert [tr.choose_family(H200, 256, 500, "fp32") for _ in range(3)] == ["persistent"] * 3
 
 

@@ -123,13 +123,15 @@ def persistent_plan(device_props, B: int, H: int, precision: str, dtype: torch.d
         w_bytes *= 2  # M twice on chip: its tf32 part and the rest
     if device_props is None:
         return _persistent.plan(B, H, w_bytes, None, None)
+    if dtype == torch.float64:
+        return None  # the float64 backward spills registers (sm_90, triton 3.6: 16x16 and 32x32 tiles)
     return _persistent.plan(B, H, w_bytes, device_props.multi_processor_count, _smem_per_block(device_props))
 
 
 def choose_family(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32) -> str:
     """"persistent" when its grid of one program per SM fits co-resident on the device (at most
-    multi_processor_count programs, W's column slice and the state tile within one program's shared
-    memory), else "default". A function of the device's properties and the shape only, never of
+    multi_processor_count programs, W's column slice within one program's shared memory; float32
+    only), else "default". A function of the device's properties and the shape only, never of
     timings: a resumed run takes the same kernels as an uninterrupted one. The sequence length
     does not enter: both families cover all steps in one launch. Not yet set from GPU measurements
     (benchmarks/NOTES.md)."""
