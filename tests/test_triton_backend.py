@@ -87,9 +87,10 @@ def test_core_awkward_shapes(T, B, H, nonlinearity, placement):
     check_core(make_core(T, B, H, seed=T * B + H), nonlinearity, placement)
 
 
-@pytest.mark.parametrize("placement", ["outside", "inside"])
-def test_core_float64(placement):
-    check_core(make_core(5, 3, 20, dtype=torch.float64), "tanh", placement, tol=1e-12)
+@pytest.mark.parametrize("nonlinearity,placement", [("tanh", "outside"), ("tanh", "inside"),
+                                                    ("leaky_relu", "outside"), ("sigmoid", "inside")])
+def test_core_float64(nonlinearity, placement):
+    check_core(make_core(5, 3, 20, dtype=torch.float64), nonlinearity, placement, tol=1e-12)
 
 
 @pytest.mark.parametrize("precision,tol", [("tf32x3", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])

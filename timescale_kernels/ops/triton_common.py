@@ -5,7 +5,7 @@ Imported by triton_kernels.py (default kernels), triton_persistent.py (persisten
 launcher) and triton_recurrence.py (the backend's launchers); imports nothing of theirs.
 
 Nonlinearity codes (ACT) are indices in choices.NONLINEARITIES; adding a nonlinearity means adding a
-branch to _act and to _act_grad below (both see the pre-activation z and y = f(z)).
+branch to _act below, which gives f and f' from the pre-activation z.
 
 DOT_BF16: 0 dots in the state dtype with DOT_PRECISION; 1 bf16 operands, fp32 accumulation;
 2 the same numbers by an fp32 dot of bf16-rounded operands (for the interpreter).
@@ -57,47 +57,37 @@ def dot_modes(precision: str) -> tuple[str, int]:
 
 @triton.jit
 def _act(z, ACT: tl.constexpr):
-    """f(z), element-wise."""
+    """(f(z), f'(z)), element-wise, from the pre-activation z (tanh and sigmoid write f' through
+    f(z), as autograd does). A caller that uses only f(z) pays nothing for f': it is dead code."""
+    one = tl.full(z.shape, 1.0, z.dtype)
     if ACT == _LEAKY_RELU:
         y = tl.where(z > 0, z, z * LEAKY_SLOPE)
+        dy = tl.where(z > 0, one, tl.full(z.shape, LEAKY_SLOPE, z.dtype))
     elif ACT == _RELU:
         y = tl.where(z > 0, z, 0.0)
+        dy = tl.where(z > 0, one, 0.0)
     elif ACT == _TANH:
         # tanh via exp(-2|z|): no overflow for any z, accurate to a few ulp near zero in absolute terms.
         e = tl.exp(-2.0 * tl.abs(z))
         r = (1.0 - e) / (1.0 + e)
         y = tl.where(z < 0, -r, r)
+        dy = 1.0 - y * y
     elif ACT == _SIGMOID:
         y = 1.0 / (1.0 + tl.exp(-z))
+        dy = y * (1.0 - y)
     else:
         y = z
-    return y
-
-
-@triton.jit
-def _act_grad(g, z, y, ACT: tl.constexpr):
-    """g * f'(z), given the pre-activation z and y = f(z) (tanh and sigmoid write f' through y,
-    as autograd does)."""
-    if ACT == _LEAKY_RELU:
-        r = tl.where(z > 0, g, g * LEAKY_SLOPE)
-    elif ACT == _RELU:
-        r = tl.where(z > 0, g, 0.0)
-    elif ACT == _TANH:
-        r = g * (1.0 - y * y)
-    elif ACT == _SIGMOID:
-        r = g * (y * (1.0 - y))
-    else:
-        r = g
-    return r
+        dy = one
+    return y, dy
 
 
 @triton.jit
 def _step_forward(h_prev, drive, alpha, ACT: tl.constexpr, INSIDE: tl.constexpr):
     """h_t from h_{t-1} and drive_t, element-wise; alpha broadcasts over rows."""
     if INSIDE:
-        h_new = (1.0 - alpha) * h_prev + alpha * _act(drive, ACT)
+        h_new = (1.0 - alpha) * h_prev + alpha * _act(drive, ACT)[0]
     else:
-        h_new = _act((1.0 - alpha) * h_prev + alpha * drive, ACT)
+        h_new = _act((1.0 - alpha) * h_prev + alpha * drive, ACT)[0]
     return h_new
 
 
@@ -110,14 +100,12 @@ def _step_backward(dh, drive, h_prev, alpha, live, ACT: tl.constexpr, INSIDE: tl
     (t >= its length): d_drive and the d_alpha term are 0 and dh passes to h_{t-1} unchanged.
     The activation is recomputed from the saved drive and h_{t-1} (bitwise the forward's z)."""
     if INSIDE:
-        z = drive
-        f_drive = _act(z, ACT)
-        d_drive = alpha * _act_grad(dh, z, f_drive, ACT)
+        f_drive, df = _act(drive, ACT)
+        d_drive = alpha * (dh * df)
         d_alpha = dh * (f_drive - h_prev)
         carry = (1.0 - alpha) * dh
     else:
-        z = (1.0 - alpha) * h_prev + alpha * drive
-        dz = _act_grad(dh, z, _act(z, ACT), ACT)
+        dz = dh * _act((1.0 - alpha) * h_prev + alpha * drive, ACT)[1]
         d_drive = alpha * dz
         d_alpha = dz * (drive - h_prev)
         carry = (1.0 - alpha) * dz
