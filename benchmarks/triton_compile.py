@@ -136,8 +136,9 @@ def _as_pointer(value):
 
 @contextlib.contextmanager
 def capturing():
-    """Inside: the launchers see one CUDA H200 (torch.cuda patched, tensors are StandIns) and every
-    JITFunction launch is recorded into the yielded list instead of running."""
+    """Inside: the launchers see one CUDA H200 (torch.cuda and triton_recurrence.device_properties /
+    check_device patched, tensors are StandIns) and every JITFunction launch is recorded into the
+    yielded list instead of running."""
     from triton.runtime.jit import JITFunction
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("capturing(): unset TRITON_INTERPRET (the launchers would take the interpreter's path)")
@@ -154,16 +155,23 @@ def capturing():
                "get_device_capability": lambda device=None: (DEVICE_PROPERTIES.major, DEVICE_PROPERTIES.minor),
                "get_device_name": lambda device=None: DEVICE_PROPERTIES.name,
                "device": lambda device=None: contextlib.nullcontext(), "synchronize": lambda device=None: None}
+    from timescale_kernels.ops import triton_recurrence as tr
+    backend = {"device_properties": lambda device: DEVICE_PROPERTIES, "check_device": lambda u_like: None}
     saved = {name: getattr(torch.cuda, name) for name in patches}
+    saved_backend = {name: getattr(tr, name) for name in backend}
     saved_run = JITFunction.run
     try:
         for name, fn in patches.items():
             setattr(torch.cuda, name, fn)
+        for name, fn in backend.items():
+            setattr(tr, name, fn)
         JITFunction.run = record
         with StandInMode():
             yield launches
     finally:
         JITFunction.run = saved_run
+        for name, fn in saved_backend.items():
+            setattr(tr, name, fn)
         for name, fn in saved.items():
             setattr(torch.cuda, name, fn)
 
@@ -178,54 +186,83 @@ class Case:
     direction: str = "forward"       # "forward" (drive saved, as in training), "backward", "simulate"
     nonlinearity: str = "leaky_relu"
     placement: str = "outside"
+    lengths: bool = False            # per-row lengths (HAS_LENGTHS) as the study's variable-length batches
+    contiguous_wt: bool = True       # False: the forward reads W through its strides (defect 1's control)
+    batch: int = 0                   # B; 0: the direction's shape's
 
     @property
     def label(self) -> str:
-        inside = "" if self.placement == "outside" else f"/{self.placement}"
-        return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{inside}"
+        extra = "" if self.nonlinearity == "leaky_relu" else f"/{self.nonlinearity}"
+        extra += "" if self.placement == "outside" else f"/{self.placement}"
+        extra += "/lengths" if self.lengths else ""
+        extra += "" if self.contiguous_wt else "/strided-W"
+        extra += f"/B={self.batch}" if self.batch else ""
+        return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{extra}"
 
     @property
     def shape(self):
-        return ANALYSIS_SHAPE if self.direction == "simulate" else STUDY_SHAPE
+        T, B, H = ANALYSIS_SHAPE if self.direction == "simulate" else STUDY_SHAPE
+        return T, self.batch or B, H
 
 
 def all_cases(quick: bool = False) -> list[Case]:
-    """Each family x precision (float32) x direction, plus float64 in fp32; quick: the default family's
-    fp32 forward and backward and the persistent fp32 forward."""
+    """Each family x direction x precision in float32; float64 (fp32, default family: the persistent
+    family never runs float64 on CUDA); per-row lengths (fp32 at B = 256 in each family, tf32x3 at
+    B = 10 in the persistent one); the other nonlinearities and the inside placement; and the controls(). quick: the default
+    family's fp32 forward and backward, the persistent fp32 forward and the default family's control."""
     if quick:
-        return [Case(), Case(direction="backward"), Case("persistent")]
+        return [Case(), Case(direction="backward"), Case("persistent"), Case(contiguous_wt=False)]
     cases = []
     for family in FAMILIES:
         for direction in ("forward", "backward", "simulate"):
             cases += [Case(family, p, "float32", direction) for p in PRECISIONS]
-            cases.append(Case(family, "fp32", "float64", direction))
-    return cases
+    cases += [Case("default", "fp32", "float64", direction) for direction in ("forward", "backward", "simulate")]
+    for direction in ("forward", "backward"):
+        cases += [Case("default", direction=direction, lengths=True),
+                  Case("persistent", direction=direction, lengths=True),
+                  Case("persistent", "tf32x3", direction=direction, lengths=True, batch=10),
+                  Case("default", "fp32", direction=direction, nonlinearity="tanh", placement="inside"),
+                  Case("default", "tf32", direction=direction, nonlinearity="sigmoid", placement="inside"),
+                  Case("default", "fp32", "float64", direction, nonlinearity="relu", placement="inside")]
+    return cases + controls()
+
+
+def controls() -> list[Case]:
+    """The forward reading W through its strides (LaunchConfig(contiguous_wt=False)), each family:
+    the layout of defect 1, which the static check must flag (so that it cannot pass vacuously)."""
+    return [Case(family, contiguous_wt=False) for family in FAMILIES]
 
 
 def warm_cases() -> list[Case]:
-    """all_cases() and the GPU tests' other placement ("inside"), forward and backward: every kernel
-    that `make gpu-check` launches at the study's shapes."""
+    """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows) and
+    the GPU tests' other placement ("inside"), forward and backward: the kernels that
+    `make gpu-check` launches."""
+    no_drive = [Case(family, p, "float32", "simulate", batch=STUDY_SHAPE[1]) for family in FAMILIES for p in PRECISIONS]
     inside = [Case(family, p, "float32", direction, placement="inside")
               for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
-    return all_cases() + inside
+    return all_cases() + no_drive + inside
 
 
 def capture(case: Case) -> list[Launch]:
-    """The launches the launchers make for one case at its shape (usually one)."""
-    from gpu_results import call_with_family
+    """The launches the launchers make for one case at its shape (usually one), through
+    triton_recurrence.forward / backward with family= pinned and, for contiguous_wt=False, the
+    GPU config with the strided W read."""
     from timescale_kernels.ops import triton_recurrence as tr
     T, B, H = case.shape
     dtype = getattr(torch, case.dtype)
-    common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision)
+    config = dataclasses.replace(tr.GPU_CONFIG, contiguous_wt=case.contiguous_wt)
+    common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision,
+                  config=config, family=case.family)
     with capturing() as launches:
         u, h0 = stand_in((T, B, H), dtype), stand_in((B, H), dtype)
         w, alpha = stand_in((H, H), dtype), stand_in(H, dtype)
+        lengths = stand_in(B, torch.int64) if case.lengths else None
         if case.direction == "backward":
             h, drive, grad_h = (stand_in((T, B, H), dtype) for _ in range(3))
-            call_with_family(tr.backward, case.family, grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, **common)
+            tr.backward(grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, lengths=lengths, **common)
         else:
-            call_with_family(tr.forward, case.family, u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward",
-                  **common)
+            tr.forward(u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward", lengths=lengths,
+                       **common)
     return launches
 
 
@@ -301,13 +338,19 @@ _WGMMA = re.compile(r"ttng\.warp_group_dot .*: !ttg\.memdesc<[\dx]+x(\w+), #(\w+
                     r"!ttg\.memdesc<[\dx]+x(\w+), #(\w+)")
 
 
-def unswizzled_reduction_operands(ttgir: str, element_types=("f32",)) -> list[str]:
-    """The TTGIR lines that stage a dot operand of one of element_types in an unswizzled shared layout
-    (vec = perPhase = maxPhase = 1) whose fastest axis (order[0]) is the reduction axis (axis 1 of
-    operand A, axis 0 of operand B), read by a warp whose lanes span the operand's other axis: those
-    lanes then read addresses one row of the tile apart, all in one bank. (A warp whose lanes all
-    share the other index, as operand A of the FMA dot with threadsPerWarp = [1, 32], reads one
-    address: a broadcast, not a conflict.)"""
+MMA_ROWS = 8      # an MMA fragment spreads a warp's lanes over 8 rows of either operand
+CONFLICT_LIMIT = 2  # the most ways of bank conflict the static check lets pass
+
+
+def unswizzled_reduction_operands(ttgir: str, element_types=("f32",)) -> list[tuple[int, str]]:
+    """[(ways, line)]: the TTGIR lines that stage a dot operand of one of element_types in an
+    unswizzled shared layout (vec = perPhase = maxPhase = 1) whose fastest axis (order[0]) is the
+    reduction axis (axis 1 of operand A, axis 0 of operand B), read by a warp whose lanes span the
+    operand's other axis; ways = the lanes on that axis (MMA_ROWS for an MMA parent, 32 for a
+    warp-group MMA reading shared memory): those lanes read addresses one row of the tile apart,
+    all in one bank for a tile row of 32 words or a multiple. (A warp whose lanes all share the
+    other index, as operand A of the FMA dot with threadsPerWarp = [1, 32], reads one address: a
+    broadcast, not a conflict, and is not listed.)"""
     unswizzled = {name: int(fastest) for name, vec, per_phase, max_phase, fastest in _SHARED.findall(ttgir)
                   if (vec, per_phase, max_phase) == ("1", "1", "1")}
     lanes = {name: (int(a), int(b)) for name, a, b in _BLOCKED.findall(ttgir)}
@@ -317,25 +360,44 @@ def unswizzled_reduction_operands(ttgir: str, element_types=("f32",)) -> list[st
         if m and m.group(1) in element_types:
             op_idx = int(m.group(3))
             reduction_axis, other_axis = (1, 0) if op_idx == 0 else (0, 1)
-            other_lanes = lanes.get(m.group(4), (2, 2))[other_axis]  # an MMA parent spreads lanes on both axes
-            if unswizzled.get(m.group(2)) == reduction_axis and other_lanes > 1:
-                found.append(line.strip())
+            ways = lanes[m.group(4)][other_axis] if m.group(4) in lanes else MMA_ROWS
+            if unswizzled.get(m.group(2)) == reduction_axis and ways > 1:
+                found.append((ways, line.strip()))
         m = _WGMMA.search(line)
         if m:
             for op_idx, (etype, layout) in enumerate(((m.group(1), m.group(2)), (m.group(3), m.group(4)))):
                 if etype in element_types and unswizzled.get(layout) == (1 if op_idx == 0 else 0):
-                    found.append(line.strip())
+                    found.append((32, line.strip()))
     return found
+
+
+def conflict_ways(row: dict) -> int:
+    """The worst bank conflict the static check found in a compiled row (0: none)."""
+    return max((ways for ways, _ in row.get("unswizzled_reduction_operands", [])), default=0)
 
 
 # ---- reports -------------------------------------------------------------------------------------------
 
+_PTX_FACTS = {"bar.sync": r"\bbar\.sync\b", "ld.global.nc": r"\bld\.global\.nc\b", "cp.async": r"\bcp\.async\b",
+              "mma": r"\b(mma\.sync|wgmma)\b", "gpu release": r"\b(red|atom)\.global\.gpu\.release",
+              "gpu acquire": r"\b(ld|atom)\.global\.gpu\.acquire"}
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "launch_cooperative_grid")
+
+
+def ptx_facts(ptx: str) -> list[str]:
+    """Which of the instruction patterns the tests check (_PTX_FACTS) the PTX contains."""
+    return [name for name, pattern in _PTX_FACTS.items() if re.search(pattern, ptx)]
+
+
 def compile_case(case: Case) -> list[dict]:
-    """One row per launch of the case: kernel, grid, specialisation, resources, static-check findings."""
+    """One row per launch of the case: kernel, grid, launch options, specialisation, resources,
+    PTX facts, static-check findings."""
     rows = []
     for launch in capture(case):
         compiled = compile_launch(launch)
         rows.append({"case": case.label, "kernel": launch.name, "grid": list(launch.grid),
+                     "options": {k: launch.kwargs[k] for k in LAUNCH_OPTIONS if k in launch.kwargs},
+                     "ptx": ptx_facts(compiled.asm["ptx"]), "dynamic_smem": int(compiled.metadata.shared),
                      "arguments": specialised_arguments(launch), **resources(compiled),
                      "unswizzled_reduction_operands": unswizzled_reduction_operands(
                          compiled.asm["ttgir"], ("f32",) if case.dtype == "float32" else ("f64",))})
@@ -348,7 +410,7 @@ def markdown_table(rows: list[dict], version: str) -> str:
              f"(simulate: {ANALYSIS_SHAPE}, forward without the drive); generated by "
              "`python benchmarks/triton_compile.py --table`.", "",
              "| family / direction / precision / dtype | kernel | grid | warps | registers | spills (B) | smem (KB) "
-             "| unswizzled reduction-axis operand |", "|---|---|---|---|---|---|---|---|"]
+             "| reduction-axis bank conflict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             error = r["error"].replace("`", "")[:100]
@@ -356,7 +418,7 @@ def markdown_table(rows: list[dict], version: str) -> str:
             continue
         lines.append(f"| {r['case']} | {r['kernel']} | {'x'.join(map(str, r['grid']))} | {r['num_warps']} | "
                      f"{r['registers']} | {r['spills']} | {r['smem'] / 1024:.1f} | "
-                     f"{'yes' if r['unswizzled_reduction_operands'] else 'no'} |")
+                     f"{f'{conflict_ways(r)}-way' if conflict_ways(r) else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -408,12 +470,23 @@ def main(argv=None) -> int:
     if args.table:
         print(markdown_table(rows, triton.__version__))
     failed = [r for r in rows if "error" in r]
-    flagged = [r for r in rows if r.get("unswizzled_reduction_operands")]
+    flagged = [r for r in rows if conflict_ways(r) > CONFLICT_LIMIT and not is_control(r)]
+    missed = [r for r in rows if is_control(r) and "error" not in r and conflict_ways(r) <= CONFLICT_LIMIT]
     for r in flagged:
-        print(f"static check: {r['case']} {r['kernel']}: {r['unswizzled_reduction_operands'][0]}", file=sys.stderr)
+        ways, line = max(r["unswizzled_reduction_operands"])
+        print(f"static check: {r['case']} {r['kernel']}: {ways}-way: {line}", file=sys.stderr)
+    for r in missed:
+        print(f"static check: the control {r['case']} was not flagged", file=sys.stderr)
     print(f"triton {triton.__version__}: {len(rows)} kernels, {len(failed)} failed to compile, "
-          f"{len(flagged)} with an unswizzled reduction-axis operand", file=sys.stderr)
-    return 1 if failed or (args.check and flagged) else 0
+          f"{len(flagged)} with a reduction-axis bank conflict over {CONFLICT_LIMIT}-way, "
+          f"{len(missed)} control(s) not flagged",
+          file=sys.stderr)
+    return 1 if failed or (args.check and (flagged or missed)) else 0
+
+
+def is_control(row: dict) -> bool:
+    """True for a row of one of the controls() (its case label ends in /strided-W)."""
+    return row["case"].endswith("/strided-W")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 from timescale_kernels.ops import triton_common, triton_persistent as tp, triton_recurrence as tr  # noqa: E402
 
 from conftest import REPO, rel_err  # noqa: E402
-from test_triton_backend import (DEVICE, check_lengths, check_rows_alone, compile_subprocess, make_core,  # noqa: E402
+from test_triton_backend import (DEVICE, check_lengths, check_rows_alone, make_core,  # noqa: E402
                                  make_lengths, reference_grads)
 
 pytestmark = pytest.mark.skipif(not tr.is_available(), reason=f"triton backend: {tr.unavailable_reason()}")
@@ -187,35 +187,6 @@ def test_other_launch_errors_are_not_swallowed(monkeypatch):
     c = make_core(3, 5, 20)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", False, "fp32", family="persistent")
-
-
-def test_persistent_kernels_compile_for_h100():
-    """sm_90 compile of the launches at the study's shape and the analysis shape, specialised as the
-    JIT specialises them: a cooperative launch, the column split as grid axis 0, the barrier as a
-    gpu-scope release and acquire bracketed by bar.sync, nothing through the read-only path, no
-    asynchronous copy (nothing prefetched across the barrier), tf32x3 on the tensor cores (mma),
-    and shared memory within the plan's estimate."""
-    compile_subprocess(COMPILE_SCRIPT, timeout=900)
-
-
-COMPILE_SCRIPT = r"""
-import re, torch
-from timescale_kernels.ops import triton_recurrence as tr, triton_persistent as tp
-from triton_launches import SM90_PROPS, capture, compile_captured
-for B, p in ((256, "fp32"), (256, "tf32x3"), (10, "tf32x3"), (256, "bf16")):
-    planned = tr.persistent_plan(SM90_PROPS, B, 500, p)
-    for name, grid, kw, c in compile_captured(capture(3, B, 500, p, family="persistent", lengths=B == 10)):
-        ptx = c.asm["ptx"]
-        assert name.startswith("persistent") and grid == planned.grid, (name, grid)
-        assert kw["launch_cooperative_grid"] and kw["num_stages"] == 1, kw
-        assert re.search(r"(red|atom)\.global\.gpu\.release", ptx), (p, name)
-        assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), (p, name)
-        assert "bar.sync" in ptx and "ld.global.nc" not in ptx and "cp.async" not in ptx, (p, name)
-        assert p == "fp32" or "mma.sync" in ptx or "wgmma" in ptx, (p, name)
-        w_bytes = {"tf32x3": 8, "bf16": 2}.get(p, 4)
-        assert c.metadata.shared <= planned.h_pad * planned.block_n * w_bytes + tp.SMEM_RESERVE, c.metadata.shared
-print("ok")
-"""
 
 
 # ---- GPU only: the multi-program barrier ----

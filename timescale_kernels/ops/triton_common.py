@@ -171,25 +171,3 @@ def _row_tile_matmul(x_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
                     mask=(k[:, None] < H) & col_ok, other=0.0)
         acc = _dot(x, m, acc, DOT_PRECISION, DOT_BF16)
     return acc
-
-
-def compile_launch(kernel, args: tuple, kwargs: dict, arch: int = 90):
-    """Compiles kernel for NVIDIA sm_<arch> exactly as the JIT would for the launch
-    kernel[grid](*args, **kwargs), on any machine (triton ships ptxas; no GPU needed): the
-    signature, the constants and the divisibility hints come from the arguments by the JIT's own
-    rules (an int equal to 1 becomes a constant, pointers and ints divisible by 16 are marked so),
-    and the launch options (num_warps, ...) from kwargs. Tensors may be on the CPU. Returns the
-    compiled kernel (.asm["ttgir"], .asm["ptx"], .metadata, .n_regs, .n_spills after .init_handles()
-    needs a GPU; read registers from the cubin's ptxas report instead). Needs TRITON_INTERPRET unset."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile, make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    if interpreting():
-        raise RuntimeError("compile_launch: unset TRITON_INTERPRET (the kernels are interpreted functions)")
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound_args, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
-    return compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
