@@ -54,8 +54,11 @@ def rows_newest(tmp_path_factory):
     return compile_rows(tmp_path_factory.mktemp("newest"), quick=True)["rows"]
 
 
-def by_case(rows):
-    return {r["case"]: r for r in rows}
+def batch_of(row) -> int:
+    """B of a row's case: its /B=... label, else the direction's shape's."""
+    if "/B=" in row["case"]:
+        return int(row["case"].split("/B=")[1])
+    return tc.ANALYSIS_SHAPE[1] if "/simulate/" in row["case"] else tc.STUDY_SHAPE[1]
 
 
 def check_compiled(rows, cases):
@@ -88,8 +91,7 @@ def test_specialisation_is_the_launch_one(rows36):
     for r in rows36:
         args = r["arguments"]
         assert args["T"] == "i32" and args["H"] == "i32", r["case"]
-        small = "/simulate/" in r["case"] or "/B=10" in r["case"]
-        assert args["B"] == ("i32" if small else "i32:16"), r["case"]
+        assert args["B"] == ("i32:16" if batch_of(r) % 16 == 0 else "i32"), r["case"]
         assert all(v.endswith(":16") for k, v in args.items() if k.endswith("_ptr")), args
         unit = "stride_wk" if tc.is_control(r) else "stride_wn"
         other = ({"stride_wk", "stride_wn"} - {unit}).pop()
@@ -123,8 +125,7 @@ def test_default_kernels_launch(rows36):
     """One program per 16-row batch tile; a block barrier; nothing through the read-only path."""
     for r in rows36:
         if r["kernel"].startswith("recurrence"):
-            batch = int(r["case"].split("B=")[1]) if "/B=" in r["case"] else (10 if "/simulate/" in r["case"] else 256)
-            assert r["grid"] == [-(-batch // tr.GPU_CONFIG.block_b)], r
+            assert r["grid"] == [-(-batch_of(r) // tr.GPU_CONFIG.block_b)], r
             assert r["options"] == {"num_warps": tr.GPU_CONFIG.num_warps, "num_stages": tr.GPU_CONFIG.num_stages}, r
             assert "bar.sync" in r["ptx"] and "ld.global.nc" not in r["ptx"], r
 
@@ -138,8 +139,8 @@ def test_persistent_kernels_launch(rows36):
     rows = [r for r in rows36 if r["kernel"].startswith("persistent")]
     assert {r["case"].split("/")[2] for r in rows} == set(tc.PRECISIONS)
     for r in rows:
-        precision, B = r["case"].split("/")[2], (10 if "/simulate/" in r["case"] or "/B=10" in r["case"] else 256)
-        planned = tr.persistent_plan(tc.DEVICE_PROPERTIES, B, 500, precision)
+        precision = r["case"].split("/")[2]
+        planned = tr.persistent_plan(tc.DEVICE_PROPERTIES, batch_of(r), tc.STUDY_SHAPE[2], precision)
         assert r["grid"] == list(planned.grid) and planned.grid[0] >= 2, r
         assert r["options"] == {"num_warps": tp.NUM_WARPS, "num_stages": 1, "launch_cooperative_grid": True}, r
         assert {"gpu release", "gpu acquire", "bar.sync"} <= set(r["ptx"]), r
