@@ -73,8 +73,9 @@ class Case:
 def all_cases(quick: bool = False) -> list[Case]:
     """Each family x direction x precision in float32; float64 (fp32, default family: the persistent
     family never runs float64 on CUDA); per-row lengths (fp32 at B = 256 in each family, tf32x3 at
-    B = 10 in the persistent one); the other nonlinearities and the inside placement; and the controls(). quick: the default
-    family's fp32 forward and backward, the persistent fp32 forward and the default family's control."""
+    B = 10 in the persistent one); the other nonlinearities and the inside placement; and the
+    controls(). quick: the default family's fp32 forward and backward, the persistent fp32 forward
+    and the default family's control."""
     if quick:
         return [Case(), Case(direction="backward"), Case("persistent"), Case(contiguous_wt=False)]
     cases = []
