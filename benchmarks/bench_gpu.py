@@ -177,7 +177,7 @@ def group_rows(group, shape, cfg):
 
 def run_table(group, cfg, results, deadline):
     """Each row of the group at each shape; results[group]['T,B,H'][row] after every measurement."""
-    from timescale_kernels.ops import triton_persistent
+    from timescale_kernels.ops import triton_recurrence
     for shape in cfg["shapes"]:
         key = ",".join(map(str, shape))
         for name, fn, params, graph in group_rows(group, shape, cfg):
@@ -186,8 +186,8 @@ def run_table(group, cfg, results, deadline):
                 continue
             start = time.monotonic()
             row = measure(fn, cfg["device"], params, graph)
-            if name.startswith("triton-persistent"):
-                row["path"] = getattr(triton_persistent, "last_launch", "")
+            if name.startswith("triton-"):
+                row["family_ran"] = triton_recurrence.last_family  # "default" where persistent fell back
             row["seconds"] = round(time.monotonic() - start, 1)
             record(results, [group, key, name], row)
             print(f"{group} {key} {name}: {row}", flush=True)

@@ -5,7 +5,6 @@ defect-ab   the forward kernel with W read through its unit stride against a con
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -82,83 +81,36 @@ def run_analysis(cfg, results, deadline):
         print(f"analysis simulate: {row}", flush=True)
 
 
-@contextlib.contextmanager
-def launches_recorded():
-    """Records (kernel, grid, args, kwargs) of every Triton launch inside the block (launching it too)."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-    records = []
-    saved = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
-
-    def recorder(original):
-        def run(self, *args, grid, warmup, **kwargs):
-            records.append((self, grid, args, dict(kwargs)))
-            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
-        return run
-    try:
-        for cls, original in saved.items():
-            cls.run = recorder(original)
-        yield records
-    finally:
-        for cls, original in saved.items():
-            cls.run = original
-
-
-def w_variants(kernel, args, w):
-    """{'strided W': args, 'contiguous W^T': args} for a forward kernel whose operand is addressed
-    M[k, n] = w_ptr + k * stride_wk + n * stride_wn and equals W^T."""
-    names = list(kernel.arg_names)
-    missing = {"w_ptr", "stride_wk", "stride_wn"} - set(names)
-    if missing:
-        raise ValueError(f"kernel {kernel.fn.__name__}: no argument {sorted(missing)}")
-    iw, ik, in_ = names.index("w_ptr"), names.index("stride_wk"), names.index("stride_wn")
-    hidden = w.shape[0]
-    operand = args[iw] if isinstance(args[iw], torch.Tensor) and args[iw].shape == w.shape else None
-    dtype = operand.dtype if operand is not None else w.dtype
-    out = {}
-    for label, m, strides in (("strided W", w.to(dtype).contiguous(), (1, hidden)),
-                              ("contiguous W^T", w.to(dtype).t().contiguous(), (hidden, 1))):
-        new = list(args)
-        new[iw], new[ik], new[in_] = m, *strides
-        out[label] = new
-    return out
-
-
-def ab_launch(kernel, grid, args, kwargs):
-    """A callable that relaunches the kernel (zeroing a grid-barrier counter first)."""
-    names = list(kernel.arg_names)
-    counter = args[names.index("counter_ptr")] if "counter_ptr" in names else None
-
-    def launch():
-        if counter is not None:
-            counter.zero_()
-        kernel[grid](*args, **kwargs)
-    return launch
-
-
 def run_defect_ab(cfg, results, deadline):
-    """results['defect-ab'][family] = {'strided W': us/step, 'contiguous W^T': us/step, 'same_result'}."""
-    from bench_gpu import make_problem, triton_op
+    """results['defect-ab'][family] = {'strided W us/step', 'contiguous W^T us/step', 'max_abs_difference',
+    'family_ran'}: triton_recurrence.forward (fp32, no drive) with LaunchConfig(contiguous_wt=False),
+    which reads W through its unit stride (M[k, n] = W[n, k], defect 1), against the default config,
+    which copies W^T contiguous once per call (the copy is timed with it)."""
+    import dataclasses
+    from timescale_kernels.ops import triton_recurrence as tr
     T, B, H = cfg["shapes"][0]
     device = cfg["device"]
-    x, h0, p = make_problem(T, B, H, device)
-    w = (p["weight_hh"] * (1 - torch.eye(H, device=device))).detach()
+    gen = torch.Generator(device=device).manual_seed(0)
+    u = torch.randn(T, B, H, generator=gen, device=device)
+    h0 = torch.randn(B, H, generator=gen, device=device)
+    w = torch.randn(H, H, generator=gen, device=device) / H ** 0.5
+    alpha = torch.rand(H, generator=gen, device=device) * 0.5
+    base = tr.launch_config()
+    configs = {"strided W": dataclasses.replace(base, contiguous_wt=False), "contiguous W^T": base}
     for family in FAMILIES:
         if deadline_passed(deadline, 10):
             record(results, ["defect-ab", family], {"skipped": "group time limit"})
             continue
         row = {"T": T, "B": B, "H": H, "precision": "fp32"}
         try:
-            with torch.no_grad(), launches_recorded() as launches:
-                triton_op(x, h0, p, "fp32", family)
-            kernel, grid, args, kwargs = next(r for r in launches if "fwd" in r[0].fn.__name__)
-            row["kernel"] = kernel.fn.__name__
             outputs = {}
-            for label, new_args in w_variants(kernel, args, w).items():
-                launch = ab_launch(kernel, grid, new_args, kwargs)
-                launch()
+            for label, config in configs.items():
+                def launch(config=config):
+                    return tr.forward(u, h0, w, alpha, "leaky_relu", "outside", False, "fp32", config=config,
+                                      family=family)[0]
+                outputs[label] = launch()
                 sync(device)
-                outputs[label] = new_args[list(kernel.arg_names).index("h_ptr")].clone()
+                row["family_ran"] = tr.last_family
                 row[f"{label} us/step"] = time_ms(launch, device) * 1e3 / T
             a, b = outputs.values()
             row["max_abs_difference"] = (a - b).abs().max().item()

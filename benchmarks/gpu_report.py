@@ -48,8 +48,8 @@ def per_step_table(results: dict) -> list[str]:
         row = merged[first].get(name, {})
         cells.append(fmt(row.get("peak_mb")))
         cells.append(fmt(study / row["fwd_bwd_ms"]) + "x" if study and row.get("fwd_bwd_ms") else "-")
-        if row.get("path") == "fallback":
-            note = note or "ran the default kernels (fallback)"
+        if row.get("family_ran") and not name.startswith(f"triton-{row['family_ran']}-"):
+            note = note or f"ran the {row['family_ran']} kernels (fallback)"
         lines.append("| " + " | ".join(cells) + " |" + (f" {note[:100]}" if note else ""))
     return lines
 
@@ -73,7 +73,7 @@ def defect_ab_lines(results: dict) -> list[str]:
     for family, row in results.get("defect-ab", {}).items():
         strided, contiguous = row.get("strided W us/step"), row.get("contiguous W^T us/step")
         if strided and contiguous:
-            lines.append(f"- {family} ({row['kernel']}, {row['T']}x{row['B']}x{row['H']} fp32): strided W "
+            lines.append(f"- {family} (ran {row['family_ran']}, {row['T']}x{row['B']}x{row['H']} fp32): strided W "
                          f"{fmt(strided)} us/step, contiguous W^T {fmt(contiguous)} us/step "
                          f"({fmt(strided / contiguous)}x; max |difference| {fmt(row['max_abs_difference'])})")
         else:
@@ -113,8 +113,9 @@ def check_lines(results: dict) -> list[str]:
     comp = results.get("compile")
     if comp:
         lines.append(f"- compile (triton {comp['triton']}, sm_90): {comp['kernels']} kernels, "
-                     f"{len(comp['failed'])} failed, {len(comp['static_check'])} with an unswizzled "
-                     "reduction-axis operand")
+                     f"{len(comp['failed'])} failed, {len(comp['static_check'])} with a reduction-axis bank "
+                     "conflict (controls included): "
+                     + ", ".join(f"{case} {ways}-way" for case, (ways, _) in comp["static_check"].items()))
     for name, status in results.get("groups", {}).items():
         lines.append(f"- group {name}: {status['status']}"
                      + (f" ({status['seconds']} s of {status['limit_s']} s)" if "seconds" in status else ""))

@@ -100,20 +100,21 @@ def peak_memory(device: str, out: dict, key: str):
 
 def call_with_family(fn, family: str, *args, **kwargs):
     """fn(*args, **kwargs) with the triton backend's kernel family pinned ("default" or "persistent"):
-    through a family= keyword where fn takes one, else through the module switch
-    triton_recurrence.persistent. Neither: an error, never a silent run of whichever family."""
+    through fn's family= keyword where it takes one (triton_recurrence.forward / backward), else
+    through the environment variable triton_recurrence.FAMILY_ENV, which every call reads (leaky_rnn
+    and the layers above it), restored afterwards."""
     if "family" in inspect.signature(fn).parameters:
         return fn(*args, family=family, **kwargs)
     from timescale_kernels.ops import triton_recurrence as tr
-    if not hasattr(tr, "persistent"):
-        raise RuntimeError(f"cannot pin the kernel family {family!r}: {fn.__name__} takes no family= keyword and "
-                           "triton_recurrence has no 'persistent' switch")
-    saved = tr.persistent
-    tr.persistent = family == "persistent"
+    saved = os.environ.get(tr.FAMILY_ENV)
+    os.environ[tr.FAMILY_ENV] = family
     try:
         return fn(*args, **kwargs)
     finally:
-        tr.persistent = saved
+        if saved is None:
+            os.environ.pop(tr.FAMILY_ENV, None)
+        else:
+            os.environ[tr.FAMILY_ENV] = saved
 
 
 def short_error(err: BaseException) -> str:

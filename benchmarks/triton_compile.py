@@ -3,169 +3,42 @@
     python benchmarks/triton_compile.py [--table] [--check] [--json PATH] [--quick]
     python benchmarks/triton_compile.py --warm-cache [--jobs N]      (on a GPU machine)
 
-capture(case) runs the real launchers (triton_recurrence.forward / backward, whichever kernel family
-they pick) on stand-in tensors that report device "cuda" but live on the meta device (no memory, no
-GPU), and records every `kernel[grid](*args, **kwargs)` instead of launching it. compile_launch()
-then specialises the recorded arguments with the installed triton's own launch-time code (its
-binder and JITFunction._pack_args: a stride of 1 becomes the constant 1, integers and pointers
-divisible by 16 get tt.divisibility = 16; pointers are 256-byte aligned plus their storage offset,
-as CUDA allocations are) and compiles for GPUTarget("cuda", 90, 32): the same ASTSource, options
-and cache key as the JIT's own compile on an H100/H200.
-
-resources() reads registers, spills and shared memory from `ptxas -v` (the ptxas triton ships);
-unswizzled_reduction_operands() is the static check on the TTGIR: a dot operand staged in shared
-memory with an unswizzled layout (vec = 1, perPhase = 1, maxPhase = 1) whose fastest axis is the
-reduction axis makes every lane of a warp read the same bank (a 32-way conflict for 4-byte values).
---warm-cache compiles every case in parallel processes into triton's cache on the GPU machine, so
-that the benchmarks' first launches find their kernels compiled.
+capture(case) runs the real launchers (triton_recurrence.forward / backward, with the case's kernel
+family and LaunchConfig) under triton_capture.capturing() and returns the recorded launches;
+compile_case() compiles each with triton_capture.compile_launch() (the JIT's own specialisation,
+sm_90) and reports registers, spills, shared memory, launch options, a few PTX facts and the
+static check. unswizzled_reduction_operands() is that check on the TTGIR: a dot operand staged in
+shared memory with an unswizzled layout (vec = 1, perPhase = 1, maxPhase = 1) whose fastest axis
+is the reduction axis makes the lanes of a warp that span the other axis read one bank (32-way for
+a warp's 32 lanes: defect 1). --check fails on a conflict over CONFLICT_LIMIT ways, and on a
+strided-W control that is not flagged. --warm-cache compiles every kernel `make gpu-check`
+launches, in parallel processes, into triton's cache on the GPU machine, so that the benchmarks'
+first launches find their kernels compiled.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
-import types
 from pathlib import Path
 
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from triton_capture import (ARCH, DEVICE_PROPERTIES, Launch, capturing, compile_launch,  # noqa: E402,F401
+                            resources, specialised_arguments, stand_in)
 
 STUDY_SHAPE = (400, 256, 500)      # (T, B, H): the study's training batch
 ANALYSIS_SHAPE = (100_500, 10, 500)  # the analysis simulation: 10 trials, forward only
 PRECISIONS = ("fp32", "tf32x3", "tf32", "bf16")
 FAMILIES = ("default", "persistent")
-ARCH = 90
-# An H200 as torch reports it (the launchers' co-residency rules read these).
-DEVICE_PROPERTIES = types.SimpleNamespace(
-    name="NVIDIA H200 (stand-in)", major=9, minor=0, multi_processor_count=132, total_memory=141 * 2 ** 30,
-    L2_cache_size=60 * 2 ** 20, shared_memory_per_block=48 * 1024, shared_memory_per_block_optin=227 * 1024,
-    shared_memory_per_multiprocessor=228 * 1024, regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
-    max_threads_per_block=1024, warp_size=32, gcnArchName="", uuid="stand-in", is_integrated=False)
-
-
-# ---- stand-in CUDA tensors --------------------------------------------------------------------------
-
-class StandIn(torch.Tensor):
-    """A tensor that reports device cuda:0 and a 256-byte aligned data_ptr, backed by a meta tensor."""
-    _next_base = 1 << 40
-
-    @staticmethod
-    def __new__(cls, meta: torch.Tensor):
-        out = torch.Tensor._make_wrapper_subclass(cls, meta.shape, strides=meta.stride(),
-                                                  storage_offset=meta.storage_offset(), dtype=meta.dtype,
-                                                  device="cuda", requires_grad=meta.requires_grad)
-        out.meta = meta
-        out.base_address = StandIn._next_base
-        StandIn._next_base += 1 << 36
-        return out
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types_, args=(), kwargs=None):
-        raise RuntimeError(f"stand-in CUDA tensor reached the dispatcher with {func}: run it under StandInMode")
-
-
-_CUDA_ATTRIBUTES = {torch.Tensor.device.__get__: lambda t: torch.device("cuda", 0),
-                    torch.Tensor.is_cuda.__get__: lambda t: True,
-                    torch.Tensor.data_ptr: lambda t: t.base_address + t.meta.storage_offset() * t.meta.element_size(),
-                    torch.Tensor.get_device: lambda t: 0}
-
-
-def _to_meta(value):
-    if isinstance(value, StandIn):
-        return value.meta
-    if isinstance(value, torch.device) and value.type == "cuda":
-        return torch.device("meta")
-    if isinstance(value, str) and value.startswith("cuda"):
-        return "meta"
-    return value
-
-
-class StandInMode(TorchFunctionMode):
-    """Runs every torch call on meta tensors: cuda devices become meta, results become StandIns."""
-
-    def __torch_function__(self, func, types_, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _CUDA_ATTRIBUTES and args and isinstance(args[0], StandIn):
-            return _CUDA_ATTRIBUTES[func](args[0])
-        out = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
-        return tree_map(lambda v: StandIn(v) if isinstance(v, torch.Tensor) and v.is_meta else v, out)
-
-
-def stand_in(shape, dtype=torch.float32) -> StandIn:
-    """An uninitialised stand-in CUDA tensor of this shape (contiguous)."""
-    return StandIn(torch.empty(shape, dtype=dtype, device="meta"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Pointer:
-    """What the JIT sees of a tensor argument: its dtype and address (triton calls data_ptr())."""
-    dtype: torch.dtype
-    address: int
-
-    def data_ptr(self) -> int:
-        return self.address
-
-
-@dataclasses.dataclass
-class Launch:
-    """One recorded `kernel[grid](*args, **kwargs)`; tensors recorded as Pointers."""
-    kernel: object
-    grid: tuple
-    args: tuple
-    kwargs: dict
-
-    @property
-    def name(self) -> str:
-        return self.kernel.fn.__name__
-
-
-def _as_pointer(value):
-    return Pointer(value.dtype, value.data_ptr()) if isinstance(value, StandIn) else value
-
-
-@contextlib.contextmanager
-def capturing():
-    """Inside: the launchers see one CUDA H200 (torch.cuda patched, tensors are StandIns) and every
-    JITFunction launch is recorded into the yielded list instead of running."""
-    from triton.runtime.jit import JITFunction
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("capturing(): unset TRITON_INTERPRET (the launchers would take the interpreter's path)")
-    launches: list[Launch] = []
-
-    def record(self, *args, grid, warmup, **kwargs):
-        grid = grid(dict(zip(self.arg_names, args))) if callable(grid) else tuple(grid)
-        launches.append(Launch(self, tuple(grid), tuple(_as_pointer(a) for a in args),
-                               {k: _as_pointer(v) for k, v in kwargs.items()}))
-        return None
-
-    patches = {"is_available": lambda: True, "device_count": lambda: 1, "current_device": lambda: 0,
-               "get_device_properties": lambda device=None: DEVICE_PROPERTIES,
-               "get_device_capability": lambda device=None: (DEVICE_PROPERTIES.major, DEVICE_PROPERTIES.minor),
-               "get_device_name": lambda device=None: DEVICE_PROPERTIES.name,
-               "device": lambda device=None: contextlib.nullcontext(), "synchronize": lambda device=None: None}
-    saved = {name: getattr(torch.cuda, name) for name in patches}
-    saved_run = JITFunction.run
-    try:
-        for name, fn in patches.items():
-            setattr(torch.cuda, name, fn)
-        JITFunction.run = record
-        with StandInMode():
-            yield launches
-    finally:
-        JITFunction.run = saved_run
-        for name, fn in saved.items():
-            setattr(torch.cuda, name, fn)
 
 
 # ---- the cases: every family, precision and dtype at the study's shapes -----------------------------
@@ -178,116 +51,85 @@ class Case:
     direction: str = "forward"       # "forward" (drive saved, as in training), "backward", "simulate"
     nonlinearity: str = "leaky_relu"
     placement: str = "outside"
+    lengths: bool = False            # per-row lengths (HAS_LENGTHS) as the study's variable-length batches
+    contiguous_wt: bool = True       # False: the forward reads W through its strides (defect 1's control)
+    batch: int = 0                   # B; 0: the direction's shape's
 
     @property
     def label(self) -> str:
-        inside = "" if self.placement == "outside" else f"/{self.placement}"
-        return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{inside}"
+        extra = "" if self.nonlinearity == "leaky_relu" else f"/{self.nonlinearity}"
+        extra += "" if self.placement == "outside" else f"/{self.placement}"
+        extra += "/lengths" if self.lengths else ""
+        extra += "" if self.contiguous_wt else "/strided-W"
+        extra += f"/B={self.batch}" if self.batch else ""
+        return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{extra}"
 
     @property
     def shape(self):
-        return ANALYSIS_SHAPE if self.direction == "simulate" else STUDY_SHAPE
+        T, B, H = ANALYSIS_SHAPE if self.direction == "simulate" else STUDY_SHAPE
+        return T, self.batch or B, H
 
 
 def all_cases(quick: bool = False) -> list[Case]:
-    """Each family x precision (float32) x direction, plus float64 in fp32; quick: the default family's
-    fp32 forward and backward and the persistent fp32 forward."""
+    """Each family x direction x precision in float32; float64 (fp32, default family: the persistent
+    family never runs float64 on CUDA); per-row lengths (fp32 at B = 256 in each family, tf32x3 at
+    B = 10 in the persistent one); the other nonlinearities and the inside placement; and the
+    controls(). quick: the default family's fp32 forward and backward, the persistent fp32 forward
+    and the default family's control."""
     if quick:
-        return [Case(), Case(direction="backward"), Case("persistent")]
+        return [Case(), Case(direction="backward"), Case("persistent"), Case(contiguous_wt=False)]
     cases = []
     for family in FAMILIES:
         for direction in ("forward", "backward", "simulate"):
             cases += [Case(family, p, "float32", direction) for p in PRECISIONS]
-            cases.append(Case(family, "fp32", "float64", direction))
-    return cases
+    cases += [Case("default", "fp32", "float64", direction) for direction in ("forward", "backward", "simulate")]
+    for direction in ("forward", "backward"):
+        cases += [Case("default", direction=direction, lengths=True),
+                  Case("persistent", direction=direction, lengths=True),
+                  Case("persistent", "tf32x3", direction=direction, lengths=True, batch=10),
+                  Case("default", "fp32", direction=direction, nonlinearity="tanh", placement="inside"),
+                  Case("default", "tf32", direction=direction, nonlinearity="sigmoid", placement="inside"),
+                  Case("default", "fp32", "float64", direction, nonlinearity="relu", placement="inside")]
+    return cases + controls()
+
+
+def controls() -> list[Case]:
+    """The forward reading W through its strides (LaunchConfig(contiguous_wt=False)), each family:
+    the layout of defect 1, which the static check must flag (so that it cannot pass vacuously)."""
+    return [Case(family, contiguous_wt=False) for family in FAMILIES]
 
 
 def warm_cases() -> list[Case]:
-    """all_cases() and the GPU tests' other placement ("inside"), forward and backward: every kernel
-    that `make gpu-check` launches at the study's shapes."""
+    """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows) and
+    the GPU tests' other placement ("inside"), forward and backward: the kernels that
+    `make gpu-check` launches."""
+    no_drive = [Case(family, p, "float32", "simulate", batch=STUDY_SHAPE[1]) for family in FAMILIES for p in PRECISIONS]
     inside = [Case(family, p, "float32", direction, placement="inside")
               for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
-    return all_cases() + inside
+    return all_cases() + no_drive + inside
 
 
 def capture(case: Case) -> list[Launch]:
-    """The launches the launchers make for one case at its shape (usually one)."""
-    from gpu_results import call_with_family
+    """The launches the launchers make for one case at its shape (usually one), through
+    triton_recurrence.forward / backward with family= pinned and, for contiguous_wt=False, the
+    GPU config with the strided W read."""
     from timescale_kernels.ops import triton_recurrence as tr
     T, B, H = case.shape
     dtype = getattr(torch, case.dtype)
-    common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision)
+    config = dataclasses.replace(tr.GPU_CONFIG, contiguous_wt=case.contiguous_wt)
+    common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision,
+                  config=config, family=case.family)
     with capturing() as launches:
         u, h0 = stand_in((T, B, H), dtype), stand_in((B, H), dtype)
         w, alpha = stand_in((H, H), dtype), stand_in(H, dtype)
+        lengths = stand_in(B, torch.int64) if case.lengths else None
         if case.direction == "backward":
             h, drive, grad_h = (stand_in((T, B, H), dtype) for _ in range(3))
-            call_with_family(tr.backward, case.family, grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, **common)
+            tr.backward(grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, lengths=lengths, **common)
         else:
-            call_with_family(tr.forward, case.family, u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward",
-                  **common)
+            tr.forward(u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward", lengths=lengths,
+                       **common)
     return launches
-
-
-# ---- specialise and compile ---------------------------------------------------------------------------
-
-def target():
-    from triton.backends.compiler import GPUTarget
-    return GPUTarget("cuda", ARCH, 32)
-
-
-def specialise(launch: Launch):
-    """(signature, constexprs, attrs, options) as JITFunction.run derives them from these arguments."""
-    from triton.compiler.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
-    backend = make_backend(target())
-    kernel = launch.kernel
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    from triton import knobs
-    kwargs = dict(launch.kwargs)  # the options JITFunction.run adds before binding, so the cache key matches
-    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
-    for name in ("instrumentation_mode", "fpsan_homomorphic_casts"):
-        if hasattr(knobs.compilation, name):
-            kwargs[name] = getattr(knobs.compilation, name)
-    bound_args, specialization, options = binder(*launch.args, **kwargs)
-    return kernel._pack_args(backend, kwargs, bound_args, specialization, options)
-
-
-def compile_launch(launch: Launch):
-    """The kernel the JIT would compile for this launch on an sm_90 device (asm: ttgir, ptx, cubin)."""
-    import triton
-    options, signature, constexprs, attrs = specialise(launch)
-    source = triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs)
-    return triton.compile(source, target=target(), options=options.__dict__)
-
-
-def specialised_arguments(launch: Launch) -> dict:
-    """{argument name: JIT type, with ':16' for divisibility, or '=value' for a constant}: for reports."""
-    options, signature, constexprs, attrs = specialise(launch)
-    out = {}
-    for index, (name, kind) in enumerate(signature.items()):
-        if kind == "constexpr":
-            out[name] = f"={constexprs[(index,)]}"
-        else:
-            out[name] = kind + (":16" if attrs.get((index,)) else "")
-    return out
-
-
-def resources(compiled) -> dict:
-    """{'registers', 'spills' (bytes stored + loaded), 'smem' (bytes, ptxas static + triton's dynamic)}."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "kernel.ptx"
-        ptx.write_text(compiled.asm["ptx"])
-        run = subprocess.run([get_ptxas(ARCH).path, "-v", f"--gpu-name={sm_arch_from_capability(ARCH)}", str(ptx),
-                              "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True, check=True)
-    log = run.stderr + run.stdout
-    registers = int(re.search(r"Used (\d+) registers", log).group(1))
-    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    static_smem = re.search(r"(\d+) bytes smem", log)
-    return {"registers": registers, "spills": int(spill.group(1)) + int(spill.group(2)) if spill else 0,
-            "smem": (int(static_smem.group(1)) if static_smem else 0) + int(compiled.metadata.shared),
-            "num_warps": compiled.metadata.num_warps}
 
 
 # ---- the static check on the TTGIR -------------------------------------------------------------------
@@ -301,13 +143,19 @@ _WGMMA = re.compile(r"ttng\.warp_group_dot .*: !ttg\.memdesc<[\dx]+x(\w+), #(\w+
                     r"!ttg\.memdesc<[\dx]+x(\w+), #(\w+)")
 
 
-def unswizzled_reduction_operands(ttgir: str, element_types=("f32",)) -> list[str]:
-    """The TTGIR lines that stage a dot operand of one of element_types in an unswizzled shared layout
-    (vec = perPhase = maxPhase = 1) whose fastest axis (order[0]) is the reduction axis (axis 1 of
-    operand A, axis 0 of operand B), read by a warp whose lanes span the operand's other axis: those
-    lanes then read addresses one row of the tile apart, all in one bank. (A warp whose lanes all
-    share the other index, as operand A of the FMA dot with threadsPerWarp = [1, 32], reads one
-    address: a broadcast, not a conflict.)"""
+MMA_ROWS = 8      # an MMA fragment spreads a warp's lanes over 8 rows of either operand
+CONFLICT_LIMIT = 2  # the most ways of bank conflict the static check lets pass
+
+
+def unswizzled_reduction_operands(ttgir: str, element_types=("f32",)) -> list[tuple[int, str]]:
+    """[(ways, line)]: the TTGIR lines that stage a dot operand of one of element_types in an
+    unswizzled shared layout (vec = perPhase = maxPhase = 1) whose fastest axis (order[0]) is the
+    reduction axis (axis 1 of operand A, axis 0 of operand B), read by a warp whose lanes span the
+    operand's other axis; ways = the lanes on that axis (MMA_ROWS for an MMA parent, 32 for a
+    warp-group MMA reading shared memory): those lanes read addresses one row of the tile apart,
+    all in one bank for a tile row of 32 words or a multiple. (A warp whose lanes all share the
+    other index, as operand A of the FMA dot with threadsPerWarp = [1, 32], reads one address: a
+    broadcast, not a conflict, and is not listed.)"""
     unswizzled = {name: int(fastest) for name, vec, per_phase, max_phase, fastest in _SHARED.findall(ttgir)
                   if (vec, per_phase, max_phase) == ("1", "1", "1")}
     lanes = {name: (int(a), int(b)) for name, a, b in _BLOCKED.findall(ttgir)}
@@ -317,25 +165,44 @@ def unswizzled_reduction_operands(ttgir: str, element_types=("f32",)) -> list[st
         if m and m.group(1) in element_types:
             op_idx = int(m.group(3))
             reduction_axis, other_axis = (1, 0) if op_idx == 0 else (0, 1)
-            other_lanes = lanes.get(m.group(4), (2, 2))[other_axis]  # an MMA parent spreads lanes on both axes
-            if unswizzled.get(m.group(2)) == reduction_axis and other_lanes > 1:
-                found.append(line.strip())
+            ways = lanes[m.group(4)][other_axis] if m.group(4) in lanes else MMA_ROWS
+            if unswizzled.get(m.group(2)) == reduction_axis and ways > 1:
+                found.append((ways, line.strip()))
         m = _WGMMA.search(line)
         if m:
             for op_idx, (etype, layout) in enumerate(((m.group(1), m.group(2)), (m.group(3), m.group(4)))):
                 if etype in element_types and unswizzled.get(layout) == (1 if op_idx == 0 else 0):
-                    found.append(line.strip())
+                    found.append((32, line.strip()))
     return found
+
+
+def conflict_ways(row: dict) -> int:
+    """The worst bank conflict the static check found in a compiled row (0: none)."""
+    return max((ways for ways, _ in row.get("unswizzled_reduction_operands", [])), default=0)
 
 
 # ---- reports -------------------------------------------------------------------------------------------
 
+_PTX_FACTS = {"bar.sync": r"\bbar\.sync\b", "ld.global.nc": r"\bld\.global\.nc\b", "cp.async": r"\bcp\.async\b",
+              "mma": r"\b(mma\.sync|wgmma)\b", "gpu release": r"\b(red|atom)\.global\.gpu\.release",
+              "gpu acquire": r"\b(ld|atom)\.global\.gpu\.acquire"}
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "launch_cooperative_grid")
+
+
+def ptx_facts(ptx: str) -> list[str]:
+    """Which of the instruction patterns the tests check (_PTX_FACTS) the PTX contains."""
+    return [name for name, pattern in _PTX_FACTS.items() if re.search(pattern, ptx)]
+
+
 def compile_case(case: Case) -> list[dict]:
-    """One row per launch of the case: kernel, grid, specialisation, resources, static-check findings."""
+    """One row per launch of the case: kernel, grid, launch options, specialisation, resources,
+    PTX facts, static-check findings."""
     rows = []
     for launch in capture(case):
         compiled = compile_launch(launch)
         rows.append({"case": case.label, "kernel": launch.name, "grid": list(launch.grid),
+                     "options": {k: launch.kwargs[k] for k in LAUNCH_OPTIONS if k in launch.kwargs},
+                     "ptx": ptx_facts(compiled.asm["ptx"]), "dynamic_smem": int(compiled.metadata.shared),
                      "arguments": specialised_arguments(launch), **resources(compiled),
                      "unswizzled_reduction_operands": unswizzled_reduction_operands(
                          compiled.asm["ttgir"], ("f32",) if case.dtype == "float32" else ("f64",))})
@@ -348,7 +215,7 @@ def markdown_table(rows: list[dict], version: str) -> str:
              f"(simulate: {ANALYSIS_SHAPE}, forward without the drive); generated by "
              "`python benchmarks/triton_compile.py --table`.", "",
              "| family / direction / precision / dtype | kernel | grid | warps | registers | spills (B) | smem (KB) "
-             "| unswizzled reduction-axis operand |", "|---|---|---|---|---|---|---|---|"]
+             "| reduction-axis bank conflict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             error = r["error"].replace("`", "")[:100]
@@ -356,7 +223,7 @@ def markdown_table(rows: list[dict], version: str) -> str:
             continue
         lines.append(f"| {r['case']} | {r['kernel']} | {'x'.join(map(str, r['grid']))} | {r['num_warps']} | "
                      f"{r['registers']} | {r['spills']} | {r['smem'] / 1024:.1f} | "
-                     f"{'yes' if r['unswizzled_reduction_operands'] else 'no'} |")
+                     f"{f'{conflict_ways(r)}-way' if conflict_ways(r) else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -408,12 +275,23 @@ def main(argv=None) -> int:
     if args.table:
         print(markdown_table(rows, triton.__version__))
     failed = [r for r in rows if "error" in r]
-    flagged = [r for r in rows if r.get("unswizzled_reduction_operands")]
+    flagged = [r for r in rows if conflict_ways(r) > CONFLICT_LIMIT and not is_control(r)]
+    missed = [r for r in rows if is_control(r) and "error" not in r and conflict_ways(r) <= CONFLICT_LIMIT]
     for r in flagged:
-        print(f"static check: {r['case']} {r['kernel']}: {r['unswizzled_reduction_operands'][0]}", file=sys.stderr)
+        ways, line = max(r["unswizzled_reduction_operands"])
+        print(f"static check: {r['case']} {r['kernel']}: {ways}-way: {line}", file=sys.stderr)
+    for r in missed:
+        print(f"static check: the control {r['case']} was not flagged", file=sys.stderr)
     print(f"triton {triton.__version__}: {len(rows)} kernels, {len(failed)} failed to compile, "
-          f"{len(flagged)} with an unswizzled reduction-axis operand", file=sys.stderr)
-    return 1 if failed or (args.check and flagged) else 0
+          f"{len(flagged)} with a reduction-axis bank conflict over {CONFLICT_LIMIT}-way, "
+          f"{len(missed)} control(s) not flagged",
+          file=sys.stderr)
+    return 1 if failed or (args.check and (flagged or missed)) else 0
+
+
+def is_control(row: dict) -> bool:
+    """True for a row of one of the controls() (its case label ends in /strided-W)."""
+    return row["case"].endswith("/strided-W")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The opt-in persistent column-split kernels (triton_persistent.py) against the default triton kernels
-and the reference. Under TRITON_INTERPRET=1 they run with one column split (programs run one at a
-time, so a multi-program barrier would wait forever); the multi-split barrier runs only in the
-tests marked gpu, each in a subprocess with a timeout so that a deadlock fails instead of hanging.
+"""The persistent column-split kernels (triton_persistent.py) against the default triton kernels
+and the reference, their grid plan, the family rule, and the fallbacks. Under TRITON_INTERPRET=1
+they run with one column split per batch tile (programs run one at a time, so a multi-program
+barrier would wait forever); the multi-split barrier runs only in the tests marked gpu, each in a
+subprocess with a timeout so that a deadlock fails instead of hanging.
 """
 import os
 
@@ -12,30 +13,35 @@ if not torch.cuda.is_available():
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import types  # noqa: E402
 import warnings  # noqa: E402
 
 import pytest  # noqa: E402
 
-from timescale_kernels.ops import triton_recurrence as tr  # noqa: E402
+from timescale_kernels.ops import triton_common, triton_persistent as tp, triton_recurrence as tr  # noqa: E402
 
 from conftest import REPO, rel_err  # noqa: E402
-from test_triton_backend import make_core, reference_grads  # noqa: E402
+from test_triton_backend import (DEVICE, check_lengths, check_rows_alone, make_core,  # noqa: E402
+                                 make_lengths, reference_grads)
 
 pytestmark = pytest.mark.skipif(not tr.is_available(), reason=f"triton backend: {tr.unavailable_reason()}")
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+H200 = types.SimpleNamespace(major=9, minor=0, multi_processor_count=132, shared_memory_per_block_optin=227 * 1024)
 
 
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
     monkeypatch.setattr(tr, "poison_outputs", True)
+    monkeypatch.setattr(triton_common, "_warned", set())
 
 
-def run_core(c, nonlinearity, placement, precision, persistent, monkeypatch):
-    """(h, drive, d_drive, dh0, d_alpha) from the triton backend with the persistent path on or off."""
-    monkeypatch.setattr(tr, "persistent", persistent)
-    h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], nonlinearity, placement, True, precision)
-    grads = tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"], nonlinearity, placement, precision)
+def run_core(c, nonlinearity, placement, precision, family):
+    """(h, drive, d_drive, dh0, d_alpha) from the triton backend with a pinned kernel family."""
+    h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], nonlinearity, placement, True, precision,
+                          family=family)
+    grads = tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"], nonlinearity, placement, precision,
+                        family=family)
     return (h, drive, *grads)
 
 
@@ -50,12 +56,12 @@ NAMES = ("h", "drive", "d_drive", "dh0", "d_alpha")
     (4, 19, 20, "leaky_relu", "inside"),
     (3, 1, 20, "sigmoid", "inside"),
 ])
-def test_persistent_matches_default_and_reference(T, B, H, nonlinearity, placement, monkeypatch):
-    from timescale_kernels.ops import triton_persistent as tp
+def test_persistent_matches_default_and_reference(T, B, H, nonlinearity, placement):
     c = make_core(T, B, H, seed=T + B + H)
-    got = run_core(c, nonlinearity, placement, "fp32", True, monkeypatch)
-    assert tp.last_launch == "persistent"
-    default = run_core(c, nonlinearity, placement, "fp32", False, monkeypatch)
+    got = run_core(c, nonlinearity, placement, "fp32", "persistent")
+    assert tr.last_family == "persistent"
+    default = run_core(c, nonlinearity, placement, "fp32", "default")
+    assert tr.last_family == "default"
     h_ref, du, dh0, dalpha = reference_grads(c, nonlinearity, placement)
     drive_ref = c["u"].double() + torch.cat([c["h0"][None].double(), h_ref[:-1]]) @ c["w"].double().t()
     for name, a, b, want in zip(NAMES, got, default, (h_ref, drive_ref, du, dh0, dalpha)):
@@ -64,78 +70,146 @@ def test_persistent_matches_default_and_reference(T, B, H, nonlinearity, placeme
         assert rel_err(a, want) <= 1e-5, name
 
 
-@pytest.mark.parametrize("precision,tol", [("tf32x3", 1e-5), ("bf16", 1e-2)])
-def test_persistent_reduced_precision(precision, tol, monkeypatch):
+@pytest.mark.parametrize("precision,tol", [("tf32x3", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])
+def test_persistent_reduced_precision(precision, tol):
     c = make_core(4, 5, 50)
-    got = run_core(c, "tanh", "outside", precision, True, monkeypatch)
+    got = run_core(c, "tanh", "outside", precision, "persistent")
     h_ref, du, dh0, dalpha = reference_grads(c, "tanh", "outside")
     for name, a, want in zip(("h", "d_drive", "dh0", "d_alpha"), (got[0], *got[2:]), (h_ref, du, dh0, dalpha)):
         assert rel_err(a, want) <= tol, name
 
 
-def test_grid_too_large_falls_back_with_one_warning(monkeypatch):
-    from timescale_kernels.ops import triton_persistent as tp
-    monkeypatch.setattr(tp, "sm_count", lambda device: 1)  # 2 batch tiles x 1 split > 1 SM
-    monkeypatch.setattr(tp, "_warned", set())
+def test_persistent_float64():
+    c = make_core(4, 3, 20, dtype=torch.float64)
+    got = run_core(c, "relu", "inside", "fp32", "persistent")
+    h_ref, du, dh0, dalpha = reference_grads(c, "relu", "inside")
+    for name, a, want in zip(("h", "d_drive", "dh0", "d_alpha"), (got[0], *got[2:]), (h_ref, du, dh0, dalpha)):
+        assert rel_err(a, want) <= 1e-12, name
+
+
+def test_tf32_split_is_exact():
+    m = torch.randn(50, 30)
+    hi, lo = tp.split_tf32(m)
+    assert torch.equal(hi + lo, m)
+    assert torch.equal(hi.view(torch.int32) & 8191, torch.zeros_like(hi, dtype=torch.int32))  # a tf32 value
+    assert (lo.abs() <= m.abs() * 2.0 ** -10).all()
+
+
+@pytest.mark.parametrize("placement", ["outside", "inside"])
+def test_persistent_lengths(placement):
+    check_lengths(make_core(6, 19, 33, seed=5), make_lengths(6, 19, seed=2), "tanh", placement, "persistent")
+    check_rows_alone(make_core(5, 4, 20, seed=8), torch.tensor([5, 1, 3, 5], device=DEVICE), "leaky_relu",
+                     placement, "persistent")
+
+
+# ---- the grid plan and the family rule (pure functions of the device's properties and the shape) ----
+
+def test_plan_study_shape_fills_the_device_column_split_first():
+    planned = tr.persistent_plan(H200, 256, 500, "fp32")
+    assert planned.grid == (8, 16) and (planned.block_b, planned.block_n, planned.h_pad) == (16, 64, 512)
+    # tf32x3 keeps M twice on chip: 64-column slices would not fit, so 32 columns of 32-row tiles.
+    planned = tr.persistent_plan(H200, 256, 500, "tf32x3")
+    assert planned.grid == (16, 8) and (planned.block_b, planned.block_n) == (32, 32)
+
+
+def test_plan_small_batch_uses_many_splits():
+    """The analysis simulation (B = 10 trials) still spreads each step over at least 32 programs."""
+    for precision in ("fp32", "tf32x3", "tf32", "bf16"):
+        planned = tr.persistent_plan(H200, 10, 500, precision)
+        assert planned.programs >= 32 and planned.grid[1] == 1, precision
+
+
+def test_plan_refuses_what_cannot_be_resident():
+    assert tr.persistent_plan(H200, 4096, 500, "fp32") is None  # more programs than SMs
+    assert tr.persistent_plan(H200, 16, 8000, "fp32") is None  # W's column slice exceeds shared memory
+    small = types.SimpleNamespace(major=8, minor=0, multi_processor_count=16, shared_memory_per_block_optin=0)
+    assert tr.persistent_plan(small, 256, 500, "fp32") is None
+    for B in (1, 10, 100, 256, 1000):
+        planned = tr.persistent_plan(H200, B, 500, "tf32x3")
+        assert planned is None or (planned.programs <= 132 and planned.h_pad * planned.block_n * 8
+                                   + tp.SMEM_RESERVE <= 227 * 1024), B
+
+
+def test_choose_family_is_a_function_of_device_and_shape():
+    assert tr.choose_family(H200, 256, 500, "fp32") == "persistent"
+    assert tr.choose_family(H200, 10, 500, "tf32x3") == "persistent"
+    assert tr.choose_family(H200, 4096, 500, "fp32") == "default"
+    assert tr.choose_family(H200, 256, 8000, "fp32") == "default"
+    assert tr.choose_family(H200, 10, 500, "fp32", torch.float64) == "default"  # float64: the default kernels
+    assert [tr.choose_family(H200, 256, 500, "fp32") for _ in range(3)] == ["persistent"] * 3
+
+
+# ---- fallbacks: each warns once and gives the default kernels' results ----
+
+def test_no_plan_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(tr, "persistent_plan", lambda *args: None)
     c = make_core(3, 19, 20)
-    with pytest.warns(UserWarning, match="SMs"):
-        got = run_core(c, "tanh", "outside", "fp32", True, monkeypatch)
-    assert tp.last_launch == "fallback"
-    default = run_core(c, "tanh", "outside", "fp32", False, monkeypatch)
+    with pytest.warns(UserWarning, match="does not fit"):
+        got = run_core(c, "tanh", "outside", "fp32", "persistent")
+    assert tr.last_family == "default"
+    default = run_core(c, "tanh", "outside", "fp32", "default")
     for name, a, b in zip(NAMES, got, default):
         assert torch.equal(a, b), name
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once is enough
-        run_core(c, "tanh", "outside", "fp32", True, monkeypatch)
+        run_core(c, "tanh", "outside", "fp32", "persistent")
 
 
-def _subprocess(script: str, timeout: float, interpret: bool = False):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+class _RefusingKernel:
+    """Stands in for a persistent kernel whose launch the device refuses with the given error."""
+
+    def __init__(self, error):
+        self.error, self.launches = error, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(kwargs)
+            raise self.error
+        return launch
 
 
-def test_persistent_kernels_compile_for_h100():
-    """sm_90 compile without a GPU: the barrier lowers to a gpu-scope release (red/atom) and a
-    gpu-scope acquire (ld/atom), bracketed by bar.sync; nothing goes through the read-only path."""
-    script = (
-        "import re, torch\n"
-        "from timescale_kernels.ops import triton_persistent as tp\n"
-        "for p, d, nl, pl in (('fp32', torch.float32, 'tanh', 'outside'),"
-        " ('tf32x3', torch.float32, 'sigmoid', 'inside'),"
-        " ('tf32', torch.float32, 'leaky_relu', 'outside'), ('bf16', torch.float32, 'tanh', 'inside'),"
-        " ('fp32', torch.float64, 'relu', 'inside')):\n"
-        "    for k, c in tp.compile_for_target(90, p, d, nl, pl).items():\n"
-        "        ptx = c.asm['ptx']\n"
-        "        assert re.search(r'(red|atom)\\.global\\.gpu\\.release', ptx), (p, k)\n"
-        "        assert re.search(r'(ld|atom)\\.global\\.gpu\\.acquire', ptx), (p, k)\n"
-        "        assert 'bar.sync' in ptx and 'ld.global.nc' not in ptx, (p, k)\n"
-        "print('ok')\n")
-    run = _subprocess(script, timeout=300)
-    if run.returncode != 0 and "ptxas" in run.stderr and "not found" in run.stderr.lower():
-        pytest.skip("ptxas not available")
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+def test_refused_cooperative_launch_falls_back_with_one_warning(monkeypatch):
+    refusing = _RefusingKernel(RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch"))
+    monkeypatch.setattr(tp, "persistent_fwd_kernel", refusing)
+    c = make_core(3, 5, 20)
+    with pytest.warns(UserWarning, match="refused"):
+        h, _ = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", False, "fp32", family="persistent")
+    assert tr.last_family == "default" and len(refusing.launches) == 1
+    want, _ = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", False, "fp32", family="default")
+    assert torch.equal(h, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", False, "fp32", family="persistent")
 
 
-# ---- GPU only: the multi-program barrier (8 column splits at H = 500) ----
+def test_other_launch_errors_are_not_swallowed(monkeypatch):
+    monkeypatch.setattr(tp, "persistent_fwd_kernel", _RefusingKernel(RuntimeError("illegal memory access")))
+    c = make_core(3, 5, 20)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", False, "fp32", family="persistent")
+
+
+# ---- GPU only: the multi-program barrier ----
 
 GPU_SCRIPT = """
 import torch
-from timescale_kernels.ops import triton_recurrence as tr, triton_persistent as tp
+from timescale_kernels.ops import triton_recurrence as tr
 from test_triton_backend import make_core, reference_grads
 from conftest import rel_err
 tr.poison_outputs = True
-tr.persistent = True
-for placement in ("outside", "inside"):
-    c = make_core(100, 256, 500, device="cuda")
-    h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "leaky_relu", placement, True, "{precision}")
-    assert tp.last_launch == "persistent", tp.last_launch
-    grads = tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"], "leaky_relu", placement, "{precision}")
-    assert tp.last_launch == "persistent", tp.last_launch
-    torch.cuda.synchronize()
-    h_ref, *want = reference_grads(c, "leaky_relu", placement)
-    errs = [rel_err(h, h_ref)] + [rel_err(a, b) for a, b in zip(grads, want)]
-    assert max(errs) <= 1e-5, (placement, errs)
+for B in (256, 10):
+    for placement in ("outside", "inside"):
+        c = make_core(100, B, 500, device="cuda")
+        h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "leaky_relu", placement, True, "{precision}",
+                              family="persistent")
+        assert tr.last_family == "persistent", tr.last_family
+        grads = tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"], "leaky_relu", placement,
+                            "{precision}", family="persistent")
+        assert tr.last_family == "persistent", tr.last_family
+        torch.cuda.synchronize()
+        h_ref, *want = reference_grads(c, "leaky_relu", placement)
+        errs = [rel_err(h, h_ref)] + [rel_err(a, b) for a, b in zip(grads, want)]
+        assert max(errs) <= 1e-5, (B, placement, errs)
 print("ok")
 """
 
@@ -144,10 +218,14 @@ print("ok")
 @gpu
 @pytest.mark.parametrize("precision", ["fp32", "tf32x3"])
 def test_persistent_study_shape_on_gpu(precision):
-    if torch.cuda.get_device_properties(0).multi_processor_count < 16 * 8:
-        pytest.skip("needs 128 SMs for 16 batch tiles x 8 column splits")
+    props = torch.cuda.get_device_properties(0)
+    if tr.persistent_plan(props, 256, 500, precision) is None:
+        pytest.skip(f"{props.name}: the persistent grid for (256, 500) does not fit")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
     try:
-        run = _subprocess(GPU_SCRIPT.replace("{precision}", precision), timeout=60)
+        run = subprocess.run([sys.executable, "-c", GPU_SCRIPT.replace("{precision}", precision)], env=env,
+                             capture_output=True, text=True, timeout=90)
     except subprocess.TimeoutExpired:
-        pytest.fail("persistent kernels did not finish in 60 s: the grid barrier deadlocked")
+        pytest.fail("persistent kernels did not finish in 90 s: the grid barrier deadlocked")
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]

@@ -1,10 +1,17 @@
-"""Opt-in persistent column-split kernels for the triton backend (benchmarks/NOTES.md, design C).
+"""Persistent column-split kernels for the triton backend (benchmarks/NOTES.md, design C).
 
-Same contract and results as triton_kernels.py; enabled by TIMESCALE_KERNELS_TRITON_PERSISTENT=1
-(or triton_recurrence.persistent = True). The grid is (batch tiles, column splits): program (i, j)
-owns batch rows i*BLOCK_B.. and output columns j*BLOCK_N.. for the whole sequence. Each step it
-needs every column of the previous state, written by the other programs of its batch tile, so
-those programs meet at a barrier made of a per-tile int32 counter in global memory:
+Same contract and results as triton_kernels.py. The grid is (column splits, batch tiles), the
+column split being the fastest axis, so that the blocks the hardware dispatches together are the
+splits of one batch tile: program (j, i) owns output columns j*BLOCK_N.. and batch rows i*BLOCK_B..
+for the whole sequence. Before the time loop it loads its column slice of the step's operand
+M (H_PAD x BLOCK_N) as H_PAD / BLOCK_K chunks, which stay in shared memory for the whole sequence
+(the compiler keeps the loop-invariant dot operands there); each step reads the tile's previous
+state (BLOCK_B x H_PAD) once, chunk by chunk, each chunk feeding its dot (loading the whole tile
+into registers first spills in tf32x3). tf32x3 runs as three tf32 tensor-core dots per chunk
+against M's tf32 part and its remainder, both split once by the launcher and both kept on chip
+(Triton's own tf32x3 splits the loop-invariant operand into registers and spills). Every step needs every column of the
+previous state, written by the other programs of its batch tile, so those programs meet at a
+barrier made of a per-tile int32 counter in global memory:
 
     debug_barrier                      every warp of the program has issued its stores
     atomic_add(counter, 1, release)    publish them (cumulative over the block by the bar.sync)
@@ -13,30 +20,28 @@ those programs meet at a barrier made of a per-tile int32 counter in global memo
 
 The counter only grows, so a program that is already one step ahead cannot make a slow one
 miss its target (no reset, no ABA). The barrier deadlocks unless all programs of a tile are
-resident at once: the launcher runs this path only when the grid fits on the device's SMs
-(one program per SM always fits, since a launch fails outright if one does not), and falls
-back to the one-program-per-tile kernels otherwise, with one warning. Under TRITON_INTERPRET=1
-programs run one after another, so the launcher uses a single split (BLOCK_N >= H): the same
-code runs, counter and spin included, but the spin is satisfied at once. The multi-program
-barrier itself is exercised only on a GPU (tests marked gpu).
+resident at once, so the launcher asks for a cooperative launch (launch_cooperative_grid=True): a
+grid the device cannot hold resident is refused with an error instead of hanging, and the launcher
+then runs the default kernels with one warning. Under TRITON_INTERPRET=1 programs run one after
+another, so the launcher uses a single split (BLOCK_N >= H): the same code runs, counter and spin
+included, but the spin is satisfied at once. The multi-program barrier itself is exercised only on
+a GPU (tests marked gpu).
 
 Data written by other programs (h[t-1] in the forward, d_drive[t] in the backward) is loaded
-after the acquire, which the PTX memory model makes cover every warp through the bar.sync. The
-loads ask for cache_modifier=".cg" (L2 only), but the software pipeliner turns them into 4-byte
-cp.async.ca copies that drop the hint: correctness then rests on the gpu-scope acquire
-invalidating the SM's L1, as the memory model requires (checked only on a GPU). The program's
-own columns of the state stay in registers across steps.
+after the acquire, which the PTX memory model makes cover every warp through the bar.sync; the
+loads ask for L2 (".cg"), and the kernels are compiled with one stage, so that no load is
+software-pipelined across the barrier. The program's own columns of the state stay in registers.
 """
 from __future__ import annotations
 
-import os
-import warnings
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
-from .triton_kernels import _row_tile_matmul, _step_backward, _step_forward
+from .triton_common import _dot, _row_lengths, _step_backward, _step_forward, _step_pointers, interpreting, warn_once
 
 
 @triton.jit
@@ -50,40 +55,88 @@ def _grid_barrier(counter_ptr, target):
     tl.debug_barrier()
 
 
+@triton.jit
+def _tf32_split(x):
+    """(hi, lo) with hi = x with its 13 low mantissa bits cleared (a tf32 value) and lo = x - hi,
+    exact: x_hi @ m_hi is exact on the tensor cores and the two cross terms carry the rest."""
+    hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return hi, x - hi
+
+
+@triton.jit
+def _column_slice(w_ptr, cols, H, stride_wk, stride_wn, H_PAD: tl.constexpr, BLOCK_K: tl.constexpr):
+    """M[:, cols] as a tuple of H_PAD // BLOCK_K (BLOCK_K, BLOCK_N) chunks, zero beyond H: the
+    program's operand, loaded once and kept on chip (loop-invariant) for the whole sequence.
+    Separate chunks let each step's dots read one chunk at a time rather than the whole slice."""
+    rk = tl.arange(0, BLOCK_K)
+    chunks = ()
+    for kc in tl.static_range(H_PAD // BLOCK_K):
+        k = kc * BLOCK_K + rk
+        chunks = chunks + (tl.load(w_ptr + k[:, None] * stride_wk + cols[None, :] * stride_wn,
+                                   mask=(k[:, None] < H) & (cols[None, :] < H), other=0.0),)
+    return chunks
+
+
+@triton.jit
+def _tile_matmul(x_ptr, rows, B, H, m_chunks, m_lo_chunks, acc, DOT_PRECISION: tl.constexpr,
+                 DOT_BF16: tl.constexpr, H_PAD: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + x[rows, :] @ M[:, cols], x a (B, H) row-major buffer written by other programs, read
+    from L2 (".cg") one BLOCK_K chunk per on-chip chunk of M (the chunk loads do not depend on
+    the dots, so they can be issued ahead). tf32x3: m_chunks hold M's tf32 part and m_lo_chunks
+    the rest, and each chunk takes three tf32 dots, the small terms first."""
+    rk = tl.arange(0, BLOCK_K)
+    for kc in tl.static_range(H_PAD // BLOCK_K):
+        k = kc * BLOCK_K + rk
+        x = tl.load(x_ptr + rows[:, None] * H + k[None, :], mask=(rows[:, None] < B) & (k[None, :] < H), other=0.0,
+                    cache_modifier=".cg")
+        if DOT_PRECISION == "tf32x3":
+            x_hi, x_lo = _tf32_split(x)
+            acc = tl.dot(x_lo, m_chunks[kc], acc, input_precision="tf32")
+            acc = tl.dot(x_hi, m_lo_chunks[kc], acc, input_precision="tf32")
+            acc = tl.dot(x_hi, m_chunks[kc], acc, input_precision="tf32")
+        else:
+            acc = _dot(x, m_chunks[kc], acc, DOT_PRECISION, DOT_BF16)
+    return acc
+
+
 @triton.jit(do_not_specialize=["T"])
 def persistent_fwd_kernel(
-    u_ptr, h0_ptr, w_ptr, alpha_ptr, h_ptr, drive_ptr, counter_ptr,
+    u_ptr, h0_ptr, w_ptr, alpha_ptr, h_ptr, drive_ptr, len_ptr, w_lo_ptr, counter_ptr,
     T, B, H, stride_wk, stride_wn,
-    ACT: tl.constexpr, INSIDE: tl.constexpr, SAVE_DRIVE: tl.constexpr,
+    ACT: tl.constexpr, INSIDE: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
 ):
-    """u, h, drive: (T, B, H); h0: (B, H); alpha: (H,); M[k, n] = W[n, k]; counter: (tiles,) int32, zero.
+    """u, h, drive: (T, B, H); h0: (B, H); alpha: (H,); M[k, n] = W[n, k] (for tf32x3 its tf32 part,
+    the rest at w_lo; w_lo unused otherwise); len: (B,) int64 when HAS_LENGTHS; counter: (tiles,)
+    int32, zero. H_PAD: H rounded up to a power of two, a multiple of BLOCK_K.
 
     One grid barrier per step: step t+1 reads all columns of h[t] (RAW across programs); every
     step writes its own slice of h, so there is no write-after-read hazard to guard.
     """
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    splits = tl.num_programs(1)
-    counter = counter_ptr + tl.program_id(0)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    splits = tl.num_programs(0)
+    counter = counter_ptr + tl.program_id(1)
     mask = (rows[:, None] < B) & (cols[None, :] < H)
     offs = rows[:, None] * H + cols[None, :]
     state_dtype = h0_ptr.dtype.element_ty
+    steps = _row_lengths(len_ptr, rows, B, T, HAS_LENGTHS)
+    m = _column_slice(w_ptr, cols, H, stride_wk, stride_wn, H_PAD, BLOCK_K)
+    m_lo = m
+    if DOT_PRECISION == "tf32x3":
+        m_lo = _column_slice(w_lo_ptr, cols, H, stride_wk, stride_wn, H_PAD, BLOCK_K)
     alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]
     h_own = tl.load(h0_ptr + offs, mask=mask, other=0.0)
     for t in range(T):
-        cur = tl.cast(t, tl.int64) * B * H  # 64-bit: T * B * H may exceed 2**31
-        if t == 0:
-            prev_ptr = h0_ptr
-        else:
-            prev_ptr = h_ptr + (cur - B * H)
+        cur, prev_ptr = _step_pointers(t, h0_ptr, h_ptr, B, H)
         acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
-        # h[t-1] was written by the other programs of this tile: read it from L2 (".cg").
-        acc = _row_tile_matmul(prev_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
-                               DOT_PRECISION, DOT_BF16, BLOCK_K, ".cg")
+        acc = _tile_matmul(prev_ptr, rows, B, H, m, m_lo, acc, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K)
         drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
-        h_own = _step_forward(h_own, drive, alpha, ACT, INSIDE)
+        h_new = _step_forward(h_own, drive, alpha, ACT, INSIDE)
+        if HAS_LENGTHS:
+            h_new = tl.where(t < steps, h_new, h_own)
+        h_own = h_new
         tl.store(h_ptr + cur + offs, h_own, mask=mask)
         if SAVE_DRIVE:
             tl.store(drive_ptr + cur + offs, drive, mask=mask)
@@ -92,15 +145,16 @@ def persistent_fwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def persistent_bwd_kernel(
-    grad_h_ptr, h_ptr, h0_ptr, drive_ptr, w_ptr, alpha_ptr,
-    d_drive_ptr, dh_ptr, d_alpha_ptr, counter_ptr,
+    grad_h_ptr, h_ptr, h0_ptr, drive_ptr, w_ptr, alpha_ptr, len_ptr,
+    d_drive_ptr, dh_ptr, d_alpha_ptr, w_lo_ptr, counter_ptr,
     T, B, H, stride_wk, stride_wn,
-    ACT: tl.constexpr, INSIDE: tl.constexpr,
+    ACT: tl.constexpr, INSIDE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
 ):
     """grad_h, h, drive, d_drive: (T, B, H); h0, dh (= dh0 on exit), d_alpha: (B, H) (per-row partials,
-    summed by the launcher); alpha: (H,); M[k, n] = W[k, n]; counter: (tiles,) int32, zero.
+    summed by the launcher); alpha: (H,); M[k, n] = W[k, n] (w_lo as in the forward); len: (B,) int64 when HAS_LENGTHS;
+    counter: (tiles,) int32, zero.
 
     Per step t (reverse): phase 1, element-wise on own columns: dh = grad_h[t] + carry, d_drive[t],
     the d_alpha partial, carry = (1 - alpha) dz; phase 2: carry += d_drive[t][rows, :] @ W[:, cols].
@@ -109,145 +163,122 @@ def persistent_bwd_kernel(
     registers) and inputs, and each step writes its own slice of d_drive, so one barrier per step
     suffices (none at the step's end).
     """
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    splits = tl.num_programs(1)
-    counter = counter_ptr + tl.program_id(0)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    splits = tl.num_programs(0)
+    counter = counter_ptr + tl.program_id(1)
     mask = (rows[:, None] < B) & (cols[None, :] < H)
     offs = rows[:, None] * H + cols[None, :]
     state_dtype = h0_ptr.dtype.element_ty
+    steps = _row_lengths(len_ptr, rows, B, T, HAS_LENGTHS)
+    m = _column_slice(w_ptr, cols, H, stride_wk, stride_wn, H_PAD, BLOCK_K)
+    m_lo = m
+    if DOT_PRECISION == "tf32x3":
+        m_lo = _column_slice(w_lo_ptr, cols, H, stride_wk, stride_wn, H_PAD, BLOCK_K)
     alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]
     carry = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
     d_alpha_rows = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
     for i in range(T):
         t = T - 1 - i
-        cur = tl.cast(t, tl.int64) * B * H
-        if t == 0:
-            prev_ptr = h0_ptr
-        else:
-            prev_ptr = h_ptr + (cur - B * H)
+        cur, prev_ptr = _step_pointers(t, h0_ptr, h_ptr, B, H)
         dh = tl.load(grad_h_ptr + cur + offs, mask=mask, other=0.0) + carry
         drive = tl.load(drive_ptr + cur + offs, mask=mask, other=0.0)
         h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
-        d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, h_ptr + cur + offs, mask, alpha, ACT, INSIDE)
+        d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, alpha, t < steps, ACT, INSIDE)
         d_alpha_rows += d_alpha
         tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
         _grid_barrier(counter, (i + 1) * splits)
-        carry = _row_tile_matmul(d_drive_ptr + cur, w_ptr, rows, cols, B, H, stride_wk, stride_wn, carry,
-                                 DOT_PRECISION, DOT_BF16, BLOCK_K, ".cg")
+        carry = _tile_matmul(d_drive_ptr + cur, rows, B, H, m, m_lo, carry, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K)
     tl.store(dh_ptr + offs, carry, mask=mask)
     tl.store(d_alpha_ptr + offs, d_alpha_rows, mask=mask)
 
 
-# ---- launchers ----
+# ---- planning and launching ----
 
-BLOCK_N_GPU = 64  # H = 500 -> 8 column splits; 16 tiles x 8 = 128 programs at B = 256 (132 SMs on an H100)
-# 8 warps and 32-wide reduction blocks compile for sm_90 without register spills in every precision
-# and dtype (ptxas -v; 4 warps, or BLOCK_K = 64 in bf16, spill).
-BLOCK_K_GPU = 32
-NUM_WARPS_GPU = 8
-_warned: set = set()
-last_launch = ""  # "persistent" or "fallback": which path the latest call took (for benchmarks and tests)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+BLOCK_B_CHOICES = (16, 32, 64)  # rows per program; 16 is tl.dot's smallest M
+BLOCK_N_CHOICES = (16, 32, 64, 128)  # columns per program
+BLOCK_K = 32  # rows of each on-chip chunk of M
+NUM_WARPS = 8
+# Shared memory the compiler needs besides the operand slice (the dots' staging of one state chunk,
+# layout conversions): 4 KB in every sm_90 compile at (B, H) = (256, 500), with room to spare.
+SMEM_RESERVE = 16 * 1024
 
 
-def sm_count(device: torch.device) -> int | None:
-    """Streaming multiprocessors of a CUDA device; None (no limit) under the interpreter."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_device_properties(device).multi_processor_count
+@dataclass(frozen=True)
+class Plan:
+    """grid = (column splits, batch tiles); BLOCK_B rows and BLOCK_N columns per program;
+    H_PAD = the dot's K (H rounded up to a power of two, at least BLOCK_K)."""
+    grid: tuple
+    block_b: int
+    block_n: int
+    h_pad: int
+
+    @property
+    def programs(self) -> int:
+        return self.grid[0] * self.grid[1]
 
 
-def plan(batch: int, hidden: int, block_b: int, device: torch.device):
-    """(grid, BLOCK_N), or None when the grid cannot be co-resident (then warn once)."""
-    if _interpreting():
-        # Programs run sequentially: one split, so that the spin never waits for a later program.
-        block_n = max(16, triton.next_power_of_2(hidden))
-    else:
-        block_n = BLOCK_N_GPU
-    grid = (triton.cdiv(batch, block_b), triton.cdiv(hidden, block_n))
-    sms = sm_count(device)
-    if sms is not None and grid[0] * grid[1] > sms:
-        key = (grid, sms)
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"triton persistent kernels: grid {grid[0]}x{grid[1]} exceeds the device's {sms} SMs, "
-                          "so its programs cannot all be resident; using the one-program-per-tile kernels",
-                          stacklevel=3)
-        return None
-    return grid, block_n
+def plan(batch: int, hidden: int, w_bytes: int, sms: int | None, smem_per_block: int | None) -> Plan | None:
+    """The persistent grid for (B, H), or None when it cannot run on the device.
+
+    Every program holds its column slice of M (H_PAD x BLOCK_N, w_bytes per element, counting
+    every copy kept: tf32x3 keeps two) in shared memory, plus SMEM_RESERVE for staging the state
+    chunks, and all programs must be resident at once, one per SM. Among the tilings within
+    sms programs and smem_per_block bytes, the one with the most programs wins (the most column
+    splits: a small batch still spreads over many SMs), then the narrowest batch tile (the least
+    state read per step). sms None (the interpreter): a single split, since programs then run one
+    after another and a tile's splits could never meet at the barrier. Deterministic: a function
+    of its arguments only."""
+    h_pad = max(BLOCK_K, triton.next_power_of_2(hidden))
+    if sms is None:
+        return Plan((1, triton.cdiv(batch, BLOCK_B_CHOICES[0])), BLOCK_B_CHOICES[0], h_pad, h_pad)
+    best = None
+    for block_n in BLOCK_N_CHOICES:
+        for block_b in BLOCK_B_CHOICES:
+            grid = (triton.cdiv(hidden, block_n), triton.cdiv(batch, block_b))
+            smem = h_pad * block_n * w_bytes + SMEM_RESERVE
+            if block_n > h_pad or grid[0] * grid[1] > sms or smem > smem_per_block:
+                continue
+            candidate = Plan(grid, block_b, block_n, h_pad)
+            if best is None or (candidate.programs, -block_b) > (best.programs, -best.block_b):
+                best = candidate
+    return best
 
 
-def _launch(kernel, args, steps, batch, hidden, stride_wk, stride_wn, device, cfg, **constexprs) -> bool:
-    """Plans the grid and launches kernel on (*args, counter, T, B, H, strides); False (nothing
-    launched) when the grid cannot be co-resident and the caller must run the default kernel."""
-    global last_launch
-    planned = plan(batch, hidden, cfg.block_b, device)
-    last_launch = "persistent" if planned else "fallback"
-    if planned is None:
+def _refused(err: Exception) -> bool:
+    """True for the errors of a launch the device refuses (a cooperative grid it cannot hold
+    resident, or a program over its resources): the caller then runs the default kernels."""
+    if isinstance(err, OutOfResources):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("cooperative" in text or "too many" in text)
+
+
+def split_tf32(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) of a float32 tensor: hi rounded toward zero to tf32, lo = m - hi (exact)."""
+    hi = (m.view(torch.int32) & -8192).view(torch.float32)
+    return hi, m - hi
+
+
+def launch(kernel, planned: Plan, pointers: tuple, ints: tuple, constexprs: dict, w_index: int) -> bool:
+    """kernel[grid](*pointers, w_lo, counter, *ints, **constexprs) as a cooperative launch, with a
+    fresh zeroed barrier counter per batch tile; pointers[w_index] is the operand M (replaced by its
+    tf32 part, and w_lo by the rest, for tf32x3). False (nothing written) when the device refuses
+    the launch, after one warning."""
+    w_lo = pointers[w_index]
+    if constexprs["DOT_PRECISION"] == "tf32x3":
+        w_hi, w_lo = split_tf32(pointers[w_index])
+        pointers = pointers[:w_index] + (w_hi,) + pointers[w_index + 1:]
+    counter = torch.zeros(planned.grid[1], dtype=torch.int32, device=pointers[0].device)
+    try:
+        kernel[planned.grid](*pointers, w_lo, counter, *ints, **constexprs, BLOCK_B=planned.block_b,
+                             BLOCK_N=planned.block_n, BLOCK_K=BLOCK_K, H_PAD=planned.h_pad,
+                             num_warps=1 if interpreting() else NUM_WARPS, num_stages=1,
+                             launch_cooperative_grid=not interpreting())
+    except (RuntimeError, OutOfResources) as err:
+        if not _refused(err):
+            raise
+        warn_once(("refused", planned), f"triton persistent kernels: the device refused a grid of "
+                  f"{planned.grid[0]}x{planned.grid[1]} programs ({err}); using the default kernels", stacklevel=4)
         return False
-    grid, block_n = planned
-    counter = torch.zeros(grid[0], dtype=torch.int32, device=device)  # one barrier counter per batch tile
-    interpreting = _interpreting()
-    kernel[grid](
-        *args, counter, steps, batch, hidden, stride_wk, stride_wn, **constexprs,
-        BLOCK_B=cfg.block_b, BLOCK_N=block_n, BLOCK_K=cfg.block_k if interpreting else BLOCK_K_GPU,
-        num_warps=cfg.num_warps if interpreting else NUM_WARPS_GPU, num_stages=cfg.num_stages,
-    )
     return True
-
-
-def launch_forward(u, h0, m, alpha, h, drive, save_drive, stride_wk, stride_wn, act, inside,
-                   dot_precision, dot_bf16, cfg) -> bool:
-    """Runs the forward core in place (shapes as in persistent_fwd_kernel); False as _launch."""
-    steps, batch, hidden = u.shape
-    return _launch(persistent_fwd_kernel, (u, h0, m, alpha, h, drive if save_drive else h),
-                   steps, batch, hidden, stride_wk, stride_wn, u.device, cfg,
-                   ACT=act, INSIDE=inside, SAVE_DRIVE=bool(save_drive), DOT_PRECISION=dot_precision,
-                   DOT_BF16=dot_bf16)
-
-
-def launch_backward(grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows, stride_wk, stride_wn,
-                    act, inside, dot_precision, dot_bf16, cfg) -> bool:
-    """Runs the backward core in place (shapes as in persistent_bwd_kernel); False as _launch."""
-    steps, batch, hidden = h.shape
-    return _launch(persistent_bwd_kernel, (grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows),
-                   steps, batch, hidden, stride_wk, stride_wn, h.device, cfg,
-                   ACT=act, INSIDE=inside, DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16)
-
-
-def compile_for_target(arch: int = 90, precision: str = "fp32", dtype: torch.dtype = torch.float32,
-                       nonlinearity: str = "tanh", placement: str = "outside", block_b: int = 16,
-                       block_k: int = BLOCK_K_GPU, num_stages: int = 2, num_warps: int = NUM_WARPS_GPU):
-    """Compiles both persistent kernels for NVIDIA sm_<arch> without a GPU (TRITON_INTERPRET unset);
-    {"forward": compiled, "backward": compiled}, each with .asm["ptx"] and .metadata."""
-    from triton.backends.compiler import GPUTarget
-
-    from .triton_kernels import ACT_CODES
-    from .triton_recurrence import _DOT_PRECISION
-    if _interpreting():
-        raise RuntimeError("compile_for_target: unset TRITON_INTERPRET (the kernels are interpreted functions)")
-    state = {torch.float32: "*fp32", torch.float64: "*fp64"}[dtype]
-    operand = "*bf16" if precision == "bf16" else state
-    ints = {name: "i32" for name in ("T", "B", "H", "stride_wk", "stride_wn")}
-    common = dict(ACT=ACT_CODES[nonlinearity], INSIDE=placement == "inside",
-                  DOT_PRECISION=_DOT_PRECISION[precision], DOT_BF16=int(precision == "bf16"),
-                  BLOCK_B=block_b, BLOCK_N=BLOCK_N_GPU, BLOCK_K=block_k)
-    out = {}
-    for key, kernel, pointers, extra in (
-        ("forward", persistent_fwd_kernel, ("u", "h0", "w", "alpha", "h", "drive"), dict(SAVE_DRIVE=True)),
-        ("backward", persistent_bwd_kernel,
-         ("grad_h", "h", "h0", "drive", "w", "alpha", "d_drive", "dh", "d_alpha"), {}),
-    ):
-        constexprs = dict(common, **extra)
-        signature = {f"{p}_ptr": operand if p == "w" else state for p in pointers}
-        signature["counter_ptr"] = "*i32"
-        signature.update(ints)
-        signature.update({name: "constexpr" for name in constexprs})
-        source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        out[key] = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                  options=dict(num_warps=num_warps, num_stages=num_stages))
-    return out

@@ -1,14 +1,22 @@
 """The ``triton`` backend: launchers for the serial core's forward and backward kernels.
 
-Implements the interface in core.py:
+Implements the compiled-backend interface of core.py:
 
-    forward(u, h0, w, alpha, nonlinearity, placement, save_drive, precision) -> (h, drive)
-        u (T, B, H), h0 (B, H), w (H, H) already masked, alpha (H,);
-        h (T, B, H) = h_1..h_T; drive (T, B, H), or an empty tensor when save_drive is False.
-    backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision)
-        -> (d_drive (T, B, H), dh0 (B, H), d_alpha (H,))
+    forward(u, h0, w, alpha, nonlinearity, placement, save_drive, precision, lengths) -> (h, drive)
+        u (T, B, H), h0 (B, H), w (H, H) already masked, alpha (H,), lengths None or int64 (B,)
+        with values in 1..T; h (T, B, H) = h_1..h_T (a row holds its state from t = lengths[b] on);
+        drive (T, B, H), or an empty tensor when save_drive is False.
+    backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision, lengths)
+        -> (d_drive (T, B, H), dh0 (B, H), d_alpha (H,)); a held step passes its gradient to the
+        step before it, with d_drive = 0 there.
 
-Each call is one kernel launch covering all T steps (see triton_kernels.py for the design).
+Each call is one kernel launch covering all T steps, by one of two kernel families:
+"default" (triton_kernels.py, one program per 16-row batch tile, any shape) and "persistent"
+(triton_persistent.py, column splits meeting at a grid barrier once per step, W's column slice on
+chip; only where its grid can be co-resident). choose_family() picks one from the device's
+properties and the shape, never from timings; TIMESCALE_KERNELS_TRITON_FAMILY (auto, default,
+persistent) or the keyword family= pins one, and last_family says which family the latest call ran.
+
 precision: "fp32" exact (IEEE fp32 dots; float64 tensors run in float64), "tf32x3" (fp32 products
 from three tf32 tensor-core products: near-fp32 accuracy at tensor-core speed), "tf32" (tf32 dots),
 "bf16" (bf16 dot operands, W cast once per call, fp32 accumulation and state).
@@ -29,32 +37,31 @@ from dataclasses import dataclass
 
 import torch
 
+from .choices import nonlinearity_code
+
 try:
     import triton
 
+    from . import triton_common as _common
     from . import triton_kernels as _kernels
     from . import triton_persistent as _persistent
     _IMPORT_ERROR = None
 except Exception as err:  # triton missing, or broken at import: the backend reports itself unavailable
     triton = None
-    _kernels = None
-    _persistent = None
+    _common = _kernels = _persistent = None
     _IMPORT_ERROR = err
 
 # Fill every output with NaN before launching, so that an element a kernel fails to write
 # cannot pass a test. Off by default (it costs a memset); tests switch it on.
 poison_outputs = os.environ.get("TIMESCALE_KERNELS_POISON", "0") == "1"
 
-# Opt-in: the persistent column-split kernels of triton_persistent.py (one grid barrier per step,
-# the grid must fit on the SMs; otherwise these kernels run, with one warning). Off by default
-# until measured on a GPU.
-persistent = os.environ.get("TIMESCALE_KERNELS_TRITON_PERSISTENT", "0") == "1"
-
-_DOT_PRECISION = {"fp32": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "ieee"}
+FAMILIES = ("default", "persistent")
+FAMILY_ENV = "TIMESCALE_KERNELS_TRITON_FAMILY"
+last_family = ""  # the kernel family the latest forward or backward call ran ("default" or "persistent")
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _common is not None and _common.interpreting()
 
 
 def is_available() -> bool:
@@ -73,19 +80,20 @@ def unavailable_reason() -> str:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Tile sizes and launch options. BLOCK_B >= 16 and the other blocks >= 16: tl.dot's minimum."""
+    """Tile sizes and launch options of the default kernels. BLOCK_B >= 16 and the other blocks
+    >= 16: tl.dot's minimum. contiguous_wt: the forward reads a contiguous copy of W^T (n-major,
+    like the backward's W) rather than W through its strides (k-major)."""
     block_b: int = 16
     block_n: int = 64
     block_k: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    contiguous_wt: bool = True
 
 
 # The smallest batch tile gives the most programs (one per SM) for a given B, and each program's
-# step time is dominated by streaming W, which does not shrink with the tile. Not yet tuned on a
-# GPU: benchmarks/bench_gpu.py sweeps alternatives.
-# 8 warps: 64x64 tiles compile for sm_90 without register spills in every precision (4 warps
-# spill in tf32).
+# step time is dominated by streaming W, which does not shrink with the tile. 8 warps: 64x64 tiles
+# compile for sm_90 without register spills in every precision.
 GPU_CONFIG = LaunchConfig(block_b=16, block_n=64, block_k=64, num_warps=8, num_stages=2)
 # The interpreter runs one program at a time in numpy: smaller column blocks still exercise the
 # multi-block loops and masks at H = 20..50, and keep each numpy op cheap.
@@ -94,6 +102,56 @@ INTERPRETER_CONFIG = LaunchConfig(block_b=16, block_n=32, block_k=32, num_warps=
 
 def launch_config() -> LaunchConfig:
     return INTERPRETER_CONFIG if _interpreting() else GPU_CONFIG
+
+
+def device_properties(device: torch.device):
+    """torch.cuda.get_device_properties of a CUDA device; None for any other device."""
+    return torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+
+
+def _smem_per_block(props) -> int:
+    # torch exposes the opt-in limit (227 KB on sm_90) from 2.4 on; older: the sm_80/sm_90 values.
+    optin = getattr(props, "shared_memory_per_block_optin", 0)
+    return optin or (227 if props.major >= 9 else 163) * 1024
+
+
+def persistent_plan(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32):
+    """The persistent kernels' triton_persistent.Plan for (B, H) on a device, or None where the
+    family cannot run there. device_props None: the interpreter's single-split plan."""
+    w_bytes = 2 if precision == "bf16" else torch.empty((), dtype=dtype).element_size()
+    if precision == "tf32x3":
+        w_bytes *= 2  # M twice on chip: its tf32 part and the rest
+    if device_props is None:
+        return _persistent.plan(B, H, w_bytes, None, None)
+    if dtype == torch.float64:
+        return None  # the float64 backward spills registers (sm_90, triton 3.6: 16x16 and 32x32 tiles)
+    return _persistent.plan(B, H, w_bytes, device_props.multi_processor_count, _smem_per_block(device_props))
+
+
+def choose_family(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32) -> str:
+    """"persistent" when its grid of one program per SM fits co-resident on the device (at most
+    multi_processor_count programs, W's column slice within one program's shared memory; float32
+    only), else "default". A function of the device's properties and the shape only, never of
+    timings: a resumed run takes the same kernels as an uninterrupted one. The sequence length
+    does not enter: both families cover all steps in one launch. Not yet set from GPU measurements
+    (benchmarks/NOTES.md)."""
+    return "persistent" if persistent_plan(device_props, B, H, precision, dtype) is not None else "default"
+
+
+def resolve_family(u_like: torch.Tensor, precision: str, family: str | None = None) -> str:
+    """The family a call on tensors like u_like (T, B, H) asks for: family, else the environment
+    variable TIMESCALE_KERNELS_TRITON_FAMILY, else "auto" = choose_family (the default family off
+    CUDA). Whether it runs is decided at launch (a refused persistent launch runs the default)."""
+    name = family if family is not None else os.environ.get(FAMILY_ENV, "auto")
+    if name not in FAMILIES + ("auto",):
+        where = "family" if family is not None else FAMILY_ENV
+        raise ValueError(f"{where}: expected one of {FAMILIES + ('auto',)}; got {name!r}")
+    if name != "auto":
+        return name
+    props = device_properties(u_like.device)
+    if props is None:
+        return "default"
+    return choose_family(props, u_like.shape[1], u_like.shape[2], precision, u_like.dtype)
 
 
 def _check(name: str, t: torch.Tensor, shape, dtype, device) -> None:
@@ -105,25 +163,28 @@ def _check(name: str, t: torch.Tensor, shape, dtype, device) -> None:
         raise ValueError(f"{name}: expected device {device}; got {t.device}")
 
 
-def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement: str):
-    """Validates the shared arguments; returns (act code, inside, dot precision, dot bf16)."""
+def check_device(u_like: torch.Tensor) -> None:
+    """Raises unless the kernels can run on u_like's device (CUDA, or any under the interpreter)."""
     if not is_available():
         raise RuntimeError(f"triton backend unavailable: {unavailable_reason()}")
+    if not _interpreting() and u_like.device.type != "cuda":
+        raise ValueError(f"triton backend: expected CUDA tensors; got device {u_like.device}")
+
+
+def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement: str, lengths):
+    """Checks the tensors' dtype and device (names arrive validated); returns the kernels'
+    constexprs ACT, INSIDE, HAS_LENGTHS, DOT_PRECISION, DOT_BF16."""
+    check_device(u_like)
     if u_like.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"triton backend: expected float32 or float64 tensors; got {u_like.dtype} "
                         "(leaky_rnn upcasts float16/bfloat16 to float32 before calling it)")
     if u_like.dtype == torch.float64 and precision != "fp32":
         raise ValueError(f"precision: {precision!r} needs float32 tensors; got float64 (use 'fp32')")
-    if not _interpreting() and u_like.device.type != "cuda":
-        raise ValueError(f"triton backend: expected CUDA tensors; got device {u_like.device}")
-    if nonlinearity not in _kernels.ACT_CODES:
-        raise ValueError(f"nonlinearity: expected one of {tuple(_kernels.ACT_CODES)}; got {nonlinearity!r}")
-    if placement not in ("outside", "inside"):
-        raise ValueError(f"placement: expected 'outside' or 'inside'; got {placement!r}")
-    if precision not in _DOT_PRECISION:
-        raise ValueError(f"precision: expected one of {tuple(_DOT_PRECISION)}; got {precision!r}")
-    dot_bf16 = 0 if precision != "bf16" else (2 if _interpreting() else 1)
-    return _kernels.ACT_CODES[nonlinearity], placement == "inside", _DOT_PRECISION[precision], dot_bf16
+    if lengths is not None:
+        _check("lengths", lengths, (u_like.shape[1],), torch.int64, u_like.device)
+    dot_precision, dot_bf16 = _common.dot_modes(precision)
+    return dict(ACT=nonlinearity_code(nonlinearity), INSIDE=placement == "inside", HAS_LENGTHS=lengths is not None,
+                DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16)
 
 
 def _new(shape, like: torch.Tensor) -> torch.Tensor:
@@ -136,53 +197,77 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _operand(w: torch.Tensor, dot_bf16: int) -> torch.Tensor:
-    # bf16 mode: cast W once per call, halving the bytes every step streams.
-    return w.to(torch.bfloat16) if dot_bf16 else w
+def _operand(w: torch.Tensor, transpose: bool, dot_bf16: int) -> torch.Tensor:
+    """The step's matmul operand M, row-major: W^T (forward) or W (backward); bf16 mode casts it
+    once per call, halving the bytes each step reads."""
+    m = w.t().contiguous() if transpose else w
+    return m.to(torch.bfloat16) if dot_bf16 else m
+
+
+def _run_persistent(kernel, family: str, u_like, precision: str, pointers: tuple, ints: tuple, constexprs: dict,
+                    w_index: int) -> bool:
+    """Launches a persistent kernel when family asks for it and its plan fits; False when the
+    default kernel must run instead (one warning when the persistent family was pinned but cannot run)."""
+    global last_family
+    last_family = "default"
+    if family != "persistent":
+        return False
+    _, batch, hidden = u_like.shape
+    planned = persistent_plan(None if _interpreting() else device_properties(u_like.device), batch, hidden,
+                              precision, u_like.dtype)
+    if planned is None:
+        _common.warn_once(("no plan", batch, hidden, precision, u_like.dtype),
+                          f"triton persistent kernels: (B, H) = ({batch}, {hidden}) in {precision} does not fit "
+                          "co-resident on this device; using the default kernels", stacklevel=4)
+        return False
+    if _persistent.launch(kernel, planned, pointers, ints, constexprs, w_index):
+        last_family = "persistent"
+    return last_family == "persistent"
 
 
 def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str = "fp32",
-            config: LaunchConfig | None = None):
-    """h (T, B, H) = h_1..h_T and drive (T, B, H) (empty unless save_drive); see the module docstring."""
-    act, inside, dot_precision, dot_bf16 = _prepare(u, precision, nonlinearity, placement)
+            lengths=None, *, config: LaunchConfig | None = None, family: str | None = None):
+    """h (T, B, H) and drive (T, B, H) (empty unless save_drive); see the module docstring.
+    config: the default kernels' tiles (launch_config() when None); family: pins a kernel family."""
+    consts = _prepare(u, precision, nonlinearity, placement, lengths)
     steps, batch, hidden = u.shape
     for name, t, shape in (("h0", h0, (batch, hidden)), ("w", w, (hidden, hidden)), ("alpha", alpha, (hidden,))):
         _check(name, t, shape, u.dtype, u.device)
+    chosen = resolve_family(u, precision, family)
     u, h0, w, alpha = (t.contiguous() for t in (u, h0, w, alpha))
     h = _new(u.shape, u)
     drive = _new(u.shape, u) if save_drive else u.new_empty((0,))
     if steps == 0:
         return h, drive
     cfg = config or launch_config()
-    m = _operand(w, dot_bf16)
-    grid = (triton.cdiv(batch, cfg.block_b),)
+    m = _operand(w, cfg.contiguous_wt, consts["DOT_BF16"])
+    # M = W^T: M[k, n] = m[k, n] for the contiguous copy, W[n, k] read through W's strides otherwise.
+    stride_wk, stride_wn = (m.stride(0), m.stride(1)) if cfg.contiguous_wt else (m.stride(1), m.stride(0))
+    pointers = (u, h0, m, alpha, h, drive if save_drive else h, lengths if lengths is not None else alpha)
+    ints = (steps, batch, hidden, stride_wk, stride_wn)
+    consts["SAVE_DRIVE"] = bool(save_drive)
     with _on_device(u):
-        if persistent and _persistent.launch_forward(
-                u, h0, m, alpha, h, drive, save_drive, m.stride(1), m.stride(0), act, inside,
-                dot_precision, dot_bf16, cfg):
+        if _run_persistent(_persistent.persistent_fwd_kernel, chosen, u, precision, pointers, ints, consts, 2):
             return h, drive
-        _kernels.recurrence_fwd_kernel[grid](
-            u, h0, m, alpha, h, drive if save_drive else h,
-            steps, batch, hidden, m.stride(1), m.stride(0),  # M = W^T: M[k, n] = W[n, k]
-            ACT=act, INSIDE=inside, SAVE_DRIVE=bool(save_drive),
-            DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16,
-            BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        _kernels.recurrence_fwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
+            *pointers, *ints, **consts, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return h, drive
 
 
 def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str = "fp32",
-             config: LaunchConfig | None = None):
+             lengths=None, *, config: LaunchConfig | None = None, family: str | None = None):
     """d_drive (T, B, H), dh0 (B, H), d_alpha (H,); see the module docstring. Needs the drive
-    saved by forward(..., save_drive=True)."""
-    act, inside, dot_precision, dot_bf16 = _prepare(h, precision, nonlinearity, placement)
+    saved by forward(..., save_drive=True). config and family as in forward."""
+    consts = _prepare(h, precision, nonlinearity, placement, lengths)
     steps, batch, hidden = h.shape
     if drive.numel() == 0:
         raise ValueError("drive: empty; the backward pass needs forward(..., save_drive=True)")
     for name, t, shape in (("grad_h", grad_h, h.shape), ("drive", drive, h.shape), ("h0", h0, (batch, hidden)),
                            ("w", w, (hidden, hidden)), ("alpha", alpha, (hidden,))):
         _check(name, t, shape, h.dtype, h.device)
+    chosen = resolve_family(h, precision, family)
     grad_h, h, h0, drive, w, alpha = (t.contiguous() for t in (grad_h, h, h0, drive, w, alpha))
     cfg = config or launch_config()
     d_drive = _new(h.shape, h)
@@ -190,52 +275,14 @@ def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, 
     d_alpha_rows = _new((batch, hidden), h)
     if steps == 0:
         return d_drive, dh0.zero_(), d_alpha_rows.zero_().sum(0)
-    m = _operand(w, dot_bf16)
+    m = _operand(w, False, consts["DOT_BF16"])  # M = W, row-major
+    pointers = (grad_h, h, h0, drive, m, alpha, lengths if lengths is not None else alpha, d_drive, dh0, d_alpha_rows)
+    ints = (steps, batch, hidden, m.stride(0), m.stride(1))
     with _on_device(h):
-        if persistent and _persistent.launch_backward(
-                grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows, m.stride(0), m.stride(1),
-                act, inside, dot_precision, dot_bf16, cfg):
-            return d_drive, dh0, d_alpha_rows.sum(0)
-        _kernels.recurrence_bwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
-            grad_h, h, h0, drive, m, alpha, d_drive, dh0, d_alpha_rows,
-            steps, batch, hidden, m.stride(0), m.stride(1),  # M = W
-            ACT=act, INSIDE=inside, DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16,
-            BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        if not _run_persistent(_persistent.persistent_bwd_kernel, chosen, h, precision, pointers, ints, consts, 4):
+            _kernels.recurrence_bwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
+                *pointers, *ints, **consts, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
     # Per-row partial sums reduced here: deterministic, no atomics.
     return d_drive, dh0, d_alpha_rows.sum(0)
-
-
-def compile_for_target(arch: int = 90, precision: str = "fp32", dtype: torch.dtype = torch.float32,
-                       nonlinearity: str = "tanh", placement: str = "outside", config: LaunchConfig | None = None):
-    """Compiles both kernels for NVIDIA sm_<arch> on any machine (triton ships ptxas), returning
-    {"forward": compiled, "backward": compiled}; each has .asm["ptx"] and .metadata. Catches
-    GPU-only compile failures that the interpreter cannot see. Needs TRITON_INTERPRET unset."""
-    if _kernels is None:
-        raise RuntimeError(unavailable_reason())
-    if _interpreting():
-        raise RuntimeError("compile_for_target: unset TRITON_INTERPRET (the kernels are interpreted functions)")
-    from triton.backends.compiler import GPUTarget
-    cfg = config or GPU_CONFIG
-    state = {torch.float32: "*fp32", torch.float64: "*fp64"}[dtype]
-    operand = "*bf16" if precision == "bf16" else state
-    ints = {name: "i32" for name in ("T", "B", "H", "stride_wk", "stride_wn")}
-    common = dict(ACT=_kernels.ACT_CODES[nonlinearity], INSIDE=placement == "inside",
-                  DOT_PRECISION=_DOT_PRECISION[precision], DOT_BF16=int(precision == "bf16"),
-                  BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    target = GPUTarget("cuda", arch, 32)
-    out = {}
-    for key, kernel, pointers, extra in (
-        ("forward", _kernels.recurrence_fwd_kernel, ("u", "h0", "w", "alpha", "h", "drive"), dict(SAVE_DRIVE=True)),
-        ("backward", _kernels.recurrence_bwd_kernel,
-         ("grad_h", "h", "h0", "drive", "w", "alpha", "d_drive", "dh", "d_alpha"), {}),
-    ):
-        constexprs = dict(common, **extra)
-        signature = {f"{p}_ptr": operand if p == "w" else state for p in pointers}
-        signature.update(ints)
-        signature.update({name: "constexpr" for name in constexprs})
-        source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        out[key] = triton.compile(source, target=target, options=options)
-    return out
