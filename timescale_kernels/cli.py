@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     retrain.add_argument("--backend", choices=BACKENDS, default="auto")
     retrain.add_argument("--quiet", action="store_true")
+    from .experiments import sweep_cli
+    sweep_cli.add_parser(sub)
     return parser
 
 
@@ -299,6 +301,11 @@ def _retrain(args) -> int:
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
+def _sweep(args) -> int:
+    from .experiments import sweep_cli
+    return sweep_cli.run(args)
+
+
 def main(argv=None) -> int:
     """Runs one command; returns 0 (130 after Ctrl-C in training); bad input raises SystemExit(2)."""
     from .experiments.config import ConfigError
@@ -308,7 +315,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = ["timescale-kernels", *argv]
     handlers = {"train": _train, "demo": _demo, "score": _score, "analyze": _analyze, "report": _report,
-                "retrain": _retrain}
+                "retrain": _retrain, "sweep": _sweep}
     try:
         return handlers[args.command](args)
     except (ConfigError, RunDirError, CheckpointError) as err:
