@@ -155,13 +155,10 @@ def _configs(spec, record, todo) -> dict:
 
 def _finish(record, rid, result, bar, log) -> None:
     run = record.runs[rid]
-    keep = {k: v for k, v in result.items() if k != "traceback"}
+    keep = dict(result)
     if result["status"] == "done":
-        keep["error"] = None
+        keep.update(error=None, traceback=None)
     record.update(rid, **keep, attempts=run["attempts"] + 1, finished=time.time())
-    if result["status"] == "failed" and result.get("traceback"):
-        from ..files import atomic_write_text
-        atomic_write_text(record.path.parent / run["dir"] / "sweep_error.txt", result["traceback"])
     bar.update(1)
     counts = {s: sum(r["status"] == s for r in record.runs.values()) for s in ("running", "failed")}
     bar.set_postfix(running=counts["running"], failed=counts["failed"])
@@ -192,7 +189,7 @@ def _run_on_ray(spec, out, record, todo, configs, bar, log, address, num_cpus, n
         record.save()
         bar.set_postfix(running=min(capacity, len(todo)), failed=0)
         while waiting:
-            finished, waiting = session.wait(waiting, timeout=30.0)
+            finished, waiting = session.wait(waiting, timeout=2.0)
             session.note_processes()  # workers started since, in case this driver is killed
             for ref in finished:
                 _finish(record, refs[ref], session.result(ref), bar, log)

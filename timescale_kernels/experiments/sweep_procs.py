@@ -140,8 +140,12 @@ class LocalRayProcesses:
             return []
         if blob.get("host") != socket.gethostname():
             return []  # another host's processes: not ours to end from here
-        targets = [int(p) for p, t in blob.get("processes", {}).items()
-                   if int(p) != os.getpid() and _start_time(int(p)) == t]
+        targets = {int(p) for p, t in blob.get("processes", {}).items()
+                   if int(p) != os.getpid() and _start_time(int(p)) == t}
+        for pid in list(targets):  # workers started after the last note are children of the raylet
+            targets.update(descendants(pid))
+        targets.update(_with_argument(blob.get("temp_dir")))
+        targets.discard(os.getpid())
         for pid in targets:
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -152,7 +156,22 @@ class LocalRayProcesses:
                 _signal(pid, signal.SIGKILL)
         self.path.unlink(missing_ok=True)
         self.known.clear()
-        return targets
+        return sorted(targets)
+
+
+def _with_argument(text) -> set[int]:
+    """Processes whose command line contains text (the sweep's own Ray temp dir), or none."""
+    if not text or not Path("/proc").is_dir():
+        return set()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def _signal(pid: int, sig) -> None:

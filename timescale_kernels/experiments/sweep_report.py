@@ -52,7 +52,7 @@ def failures(runs: dict) -> list[str]:
     if not bad:
         return []
     return ["", "## Failed runs", ""] + [f"- {r['condition']} seed {r['seed']}: {r.get('error')} "
-                                          f"(traceback in {r['dir']}/sweep_error.txt)" for r in bad]
+                                          "(its traceback is in sweep.json)" for r in bad]
 
 
 # plots ----------------------------------------------------------------------------------------------

@@ -59,6 +59,16 @@ class _View:
                 for s in seeds]
         return sorted(set.intersection(*sets)) if sets else []
 
+    def has(self, key) -> bool:
+        return any(row.get(key) is not None for rows in self.rows.values() for row in rows)
+
+    def variants(self, key, ours, study):
+        """[(column, label)]: ours, and the study's where any run's analysis holds it."""
+        return [(key, ours)] + ([(key + "_study", study)] if self.has(key + "_study") else [])
+
+    def missing(self, key, what) -> str:
+        return "" if self.has(key + "_study") else f" (the study's {what}: not in these runs' analysis.json)"
+
     def capped(self, cond) -> bool:
         return any(r.get("stop_reason") == "max_epochs" for r in self.done.get(cond, []))
 
@@ -79,7 +89,7 @@ def _span(v, cond, key, lo, hi, label, what):
     """'label: what at N = a: x -> N = b: y' at the study's N's lo, hi, or the nearest common N's we have."""
     Ns = v.common_Ns(cond, key)
     if not Ns:
-        return f"{label}: {NOT_RUN if cond not in v.done else 'no value'}"
+        return f"{label} {what}: {NOT_RUN if cond not in v.done else 'no N with a value for every seed'}"
     a = lo if lo in Ns else min(Ns, key=lambda n: abs(n - lo))
     b = hi if hi in Ns else max(Ns)
     note = "" if (a, b) == (lo, hi) else f" (the study's N = {lo}, {hi} not both reached by every seed)"
@@ -119,20 +129,21 @@ def _ours(v: _View, target: str) -> str:
                                 + "; " + _span(v, _leaky("parity", c), "tau_std", lo, hi, c, "std")
                                 for c, lo, hi in (("single", 15, 32), ("multi", 15, 100))),
         "T5": lambda: "; ".join(_span(v, _leaky("parity", c), k, 5, 30, f"{c}", name)
-                                for c in ("single", "multi") for k, name in
-                                (("tau_net", "tau_net (our estimator)"), ("tau_net_study", "tau_net (the study's estimator)"))),
+                                for c in ("single", "multi") for k, name in v.variants(
+                                    "tau_net", "tau_net (our estimator, grid-started fit)",
+                                    "tau_net (the study's estimator, curve_fit)")) + v.missing("tau_net", "estimator"),
         "T6": lambda: "; ".join(_forgetting(v, _leaky("parity", c), c) for c in ("single", "multi")),
         "T7": lambda: "; ".join([f"multi: epoch of N = 11: {fmt(v.at(_leaky('parity', 'multi'), 11, 'epoch_passed'), 0)}",
                                  f"single: epoch of N = 20: {fmt(v.at(_leaky('parity', 'single'), 20, 'epoch_passed'), 0)}",
                                  f"N = 28: {fmt(v.at(_leaky('parity', 'single'), 28, 'epoch_passed'), 0)}"]),
         "T8": lambda: "; ".join(_near(v, _leaky("parity", c), k, 30, f"{c} {end} ({d})") for c in ("single", "multi")
-                                for end in ("short", "long") for k, d in
-                                ((f"ablation_{end}", "ours: acc / baseline"),
-                                 (f"ablation_{end}_study", "the study's: (acc - 0.5) / (baseline - 0.5)"))),
+                                for end in ("short", "long") for k, d in v.variants(
+                                    f"ablation_{end}", "ours: acc / baseline",
+                                    "the study's: (acc - 0.5) / (baseline - 0.5)")) + v.missing("ablation_short", "definition"),
         "T9": lambda: "; ".join(_near(v, _leaky("parity", c), k, 30, f"{c} {name} ({d})") for c in ("multi", "single")
                                 for name, base in (("W at eps 0.215", "perturb_W"), ("tau at eps 0.0464", "perturb_tau"))
-                                for k, d in ((base, "ours: acc / baseline"),
-                                             (base + "_study", "the study's: chance-corrected"))),
+                                for k, d in v.variants(base, "ours: acc / baseline", "the study's: chance-corrected"))
+                      + v.missing("perturb_W", "definition"),
         "T10": lambda: "not part of a sweep: `timescale-kernels retrain` compares retraining",
         "T11": lambda: "; ".join(_reach(v, f"parity-{c}-{m}", f"{m.upper()} {c}") for m in ("gru", "lstm")
                                  for c in ("multi", "single")),
