@@ -22,7 +22,7 @@ MAX_RETRIES = 3
 
 
 class RayMissingError(RuntimeError):
-    """Ray is not installed."""
+    """Ray is not installed, or the cluster asked for cannot be joined."""
 
 
 def import_ray():
@@ -74,7 +74,11 @@ class RaySession:
                      runtime_env=env)
             self.processes.note(self.temp_dir)
         else:
-            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            try:
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+                raise RayMissingError(f"address: cannot join the Ray cluster at {self.address!r} ({first})") from None
         self._task = ray.remote(run_one_safely).options(**self.options)
         return self
 
