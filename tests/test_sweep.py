@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO
 from timescale_kernels.cli import main
 from timescale_kernels.experiments.rundir import RunDir
-from timescale_kernels.experiments.sweep_procs import LOCK_NAME, _start_time
+from timescale_kernels.experiments.sweep_procs import LOCK_NAME, LocalRayProcesses, _start_time, _with_argument
+from timescale_kernels.experiments.sweep_ray import local_temp_dir
 from timescale_kernels.experiments.sweep_run import read_events
 from timescale_kernels.experiments.sweep_spec import SweepSpec, SweepSpecError
 
@@ -26,9 +27,8 @@ TINY_ANALYSIS = ["--analyze-set", "only=last", "--analyze-set", "steps=300", "--
 TIMING = ("epoch_time", "wall_time", "steps_per_s")
 
 
-def sweep(argv, capsys=None):
-    code = main(["sweep", *argv])
-    return code
+def sweep(argv):
+    return main(["sweep", *argv])
 
 
 def fails(argv, capsys, match):
@@ -164,7 +164,7 @@ def test_a_stale_lock_is_taken_over_and_a_different_spec_refused(local_sweep, ca
 
 
 # on Ray: the driver killed, then a worker --------------------------------------------------------------
-RAY_TINY = [*TINY, "--set", "max_epochs=16", "--skip-analysis", "--no-report", "--num-cpus", "2"]
+RAY_TINY = [*TINY, "--set", "max_epochs=12", "--skip-analysis", "--no-report", "--num-cpus", "2"]
 
 
 def _driver(out):
@@ -173,7 +173,7 @@ def _driver(out):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _wait_for(check, proc, timeout=240.0):
+def _wait_for(check, proc, timeout=600.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()
@@ -198,16 +198,29 @@ def _epochs_done(run):
 def test_sigkill_then_rerun_on_ray_finishes_every_run_once(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "killed"
-    proc = _driver(out)
+    drivers = []
+    try:
+        _kill_and_rerun(out, drivers, tmp_path)
+    finally:  # whatever failed, leave no driver and no Ray of this test behind
+        for proc in drivers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        LocalRayProcesses(out).end_recorded(grace=1.0)
+
+
+def _kill_and_rerun(out, drivers, tmp_path):
+    drivers.append(_driver(out))
     # Kill the driver once one run has finished and another is part-way through.
     _wait_for(lambda: any("trained" in [e["event"] for e in read_events(r)] for r in _run_dirs(out))
-              and any(_epochs_done(r) >= 2 and not (r / "summary.json").exists() for r in _run_dirs(out)), proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+              and any(_epochs_done(r) >= 2 and not (r / "summary.json").exists() for r in _run_dirs(out)), drivers[0])
+    os.kill(drivers[0].pid, signal.SIGKILL)
+    drivers[0].wait()
     left = json.loads((out / "ray_local.json").read_text())["processes"]
 
     # The rerun: first kill the worker training one of the remaining runs; Ray retries its task.
     rerun = _driver(out)
+    drivers.append(rerun)
     t_rerun = time.time()
 
     def resumed_run():
@@ -219,7 +232,7 @@ def test_sigkill_then_rerun_on_ray_finishes_every_run_once(tmp_path):
 
     lost_run, worker = _wait_for(resumed_run, rerun)
     os.kill(worker, signal.SIGKILL)
-    assert rerun.wait(timeout=300) == 0, rerun.stdout.read().decode()[-3000:]
+    assert rerun.wait(timeout=600) == 0, rerun.stdout.read().decode()[-3000:]
 
     runs = json.loads((out / "sweep.json").read_text())["runs"]
     assert {r["status"] for r in runs.values()} == {"done"} and len(runs) == 4
@@ -230,6 +243,7 @@ def test_sigkill_then_rerun_on_ray_finishes_every_run_once(tmp_path):
     # Nothing of the sweep's own Ray is left: not what the killed driver left, nor the rerun's.
     assert not [p for p, t in left.items() if _start_time(int(p)) == t]
     assert not (out / "ray_local.json").exists()
+    assert not _with_argument(local_temp_dir(out))
 
     # The results equal an uninterrupted sweep's (run here in one process).
     ref = tmp_path / "uninterrupted"
@@ -238,3 +252,8 @@ def test_sigkill_then_rerun_on_ray_finishes_every_run_once(tmp_path):
         twin = ref / r.relative_to(out)
         assert metrics_without_timing(r) == metrics_without_timing(twin)
         assert sorted(p.name for p in RunDir(r).checkpoints()) == sorted(p.name for p in RunDir(twin).checkpoints())
+
+def test_benchmark_script_parses():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_sweep.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]

@@ -240,10 +240,11 @@ SWEEP_PRESETS = {
     # analyses at analyze_run's defaults, the study's): a job for a GPU cluster, four runs per GPU.
     "paper": {"train_preset": "paper", "seeds": [0, 1, 2, 3], "grid": _STUDY_GRIDS, "settings": {},
               "analyze": {}, "cpus_per_run": 1, "gpus_per_run": 0.25},
-    # About an hour on 2 CPU cores (see benchmarks/NOTES.md): 64 neurons, every run the same epoch
-    # budget; 50 test batches of 64 (3,200 sequences per head, so a 97% network passes the 98% rule
-    # by luck about once in 2,500 epochs, where the quick preset's 256 let it pass about one epoch in five).
-    "cpu-small": {"train_preset": "quick", "seeds": [0, 1, 2],
+    # About 55 minutes on 2 CPU cores (estimated from measured epoch costs, see benchmarks/NOTES.md):
+    # 64 neurons, every run the same epoch budget; 50 test batches of 64 (3,200 sequences per head, so a
+    # 97% network passes the 98% rule by luck about once in 2,000 epochs, where the quick preset's 256
+    # let it pass about one epoch in six; normal approximation).
+    "cpu-small": {"train_preset": "quick", "seeds": [0, 1, 2, 3],
                   "grid": [{"task": ["parity", "dms"], "curriculum": ["single", "multi"], "model": ["leaky"],
                             "tau": ["trained", 1]},
                            {"task": ["parity"], "curriculum": ["single", "multi"], "model": ["gru", "lstm"]}],
