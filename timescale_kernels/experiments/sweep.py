@@ -83,7 +83,7 @@ class Record:
             rid = run_id(cond, seed)
             entry = {"condition": cond.name, **cond.to_dict(), "seed": seed, "dir": f"runs/{cond.name}/seed{seed}",
                      "status": "pending", "attempts": 0}
-            self.runs[rid] = {**entry, **{k: v for k, v in old.get(rid, {}).items() if k not in entry or k == "status"}}
+            self.runs[rid] = {**entry, **{k: v for k, v in old.get(rid, {}).items() if k not in entry or k in ("status", "attempts")}}
         self.started = time.time()
 
     def save(self) -> None:

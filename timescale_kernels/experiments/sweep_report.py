@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_text
-from .sweep_results import collect, fmt, mean_std, rows_csv
+from .sweep_results import collect, fmt, rows_csv
 from .sweep_study import study_table
 
 STUDY_SCALE = {"hidden_size": 500, "max_epochs": 1000, "test sequences per head": 12800, "seeds": 4,
@@ -129,6 +129,3 @@ def write_report(sweep_dir, out_dir=None) -> Path:
         lines += ["", "## Figures", ""] + [f"![{cap}]({name})" + "\n" for cap, name in figs]
     atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return out_dir / "report.md"
-
-
-__all__ = ["write_report", "mean_std"]

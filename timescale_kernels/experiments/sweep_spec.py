@@ -17,8 +17,8 @@ condition and the seed. File format (TOML shown; JSON holds the same keys):
     curriculum = ["single", "multi"]
     model = ["leaky"]
     tau = ["trained", 1]
-    [analyze]                              # analyze_run's settings; only: "all", "last" or N's
-    steps = 5000
+    [analyze]                              # analyze_run's settings, and
+    steps = 5000                           # only: "all", "last" or N's (and the last), skip: true
 """
 from __future__ import annotations
 
