@@ -65,6 +65,10 @@ def test_spec_grid_expands_conditions_and_fixed_tau():
     ({"seeds": [0], "grid": [{}], "settings": {"seed": 3}}, "settings: ['seed']"),
     ({"seeds": [0], "grid": [{}], "analyze": {"stepz": 3}}, "analyze: unknown settings"),
     ({"seeds": [0], "grid": [{}], "gpus_per_run": -1}, "gpus_per_run"),
+    ({"seeds": 3, "grid": [{}]}, "seeds: expected a list"),
+    ({"seeds": [0], "grid": [{}], "settings": [1]}, "settings: expected a table"),
+    ({"seeds": [0], "grid": "parity"}, "grid: expected a list"),
+    ({"seeds": [0], "grid": [{}], "analyze": {"only": "some"}}, "analyze.only"),
 ])
 def test_bad_spec_values(values, match):
     with pytest.raises(SweepSpecError, match=match.replace("[", r"\[").replace("]", r"\]")):

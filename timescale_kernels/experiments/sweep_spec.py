@@ -92,6 +92,10 @@ class SweepSpec:
             raise SweepSpecError(f"spec: unknown keys {unknown}; expected some of {list(SPEC_KEYS)}")
         grids = values.get("grid", [])
         grids = [grids] if isinstance(grids, dict) else grids
+        for key, kind in (("grid", list), ("seeds", list), ("settings", dict), ("analyze", dict)):
+            found = grids if key == "grid" else values.get(key, kind())
+            if not isinstance(found, kind):
+                raise SweepSpecError(f"{key}: expected a {'list' if kind is list else 'table'}; got {found!r}")
         return cls(grids=list(grids), seeds=list(values.get("seeds", [])), train_preset=values.get("train_preset"),
                    settings=dict(values.get("settings", {})), analyze=dict(values.get("analyze", {})),
                    cpus_per_run=values.get("cpus_per_run", 1.0), gpus_per_run=values.get("gpus_per_run", 0.0),
