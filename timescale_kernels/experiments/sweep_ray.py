@@ -65,13 +65,20 @@ class RaySession:
 
     def __enter__(self) -> "RaySession":
         ray = self.ray
-        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                                        os.environ.get("PYTHONPATH")]))}}
         if self.local:
             self.processes.end_recorded()  # what a killed driver of this sweep left behind
-            ray.init(address="local", _temp_dir=self.temp_dir, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env=env)
+            # The local workers inherit the environment of the Ray processes started here: make sure
+            # they import this copy of the package (e.g. one run from a source tree, uninstalled).
+            saved = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), saved]))
+            try:
+                ray.init(address="local", _temp_dir=self.temp_dir, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False)
+            finally:
+                if saved is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = saved
             self.processes.note(self.temp_dir)
         else:
             try:
@@ -86,8 +93,8 @@ class RaySession:
         if self.local:
             self.processes.note(self.temp_dir)
         self.ray.shutdown()
-        if self.local:
-            self.processes.end_recorded()
+        if self.local:  # the agents ignore SIGTERM: a short grace, then SIGKILL
+            self.processes.end_recorded(grace=1.0)
 
     def capacity(self) -> int:
         """How many runs fit at once in the cluster's resources."""
