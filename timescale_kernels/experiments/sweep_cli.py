@@ -6,7 +6,9 @@
         --train-preset quick --set hidden_size=64 --set max_epochs=50 --out sweeps/small
     timescale-kernels sweep --out sweeps/cpu-small                               # continue it
 
-Bad input ends with one line on stderr and exit status 2, with nothing written.
+Exit status: 0 when every run is done; 1 when some failed (each with its error in DIR/sweep.json);
+2 for bad input or a directory another sweep is using (one line on stderr, nothing written); 130
+after Ctrl-C (rerun the same command to continue).
 """
 from __future__ import annotations
 
