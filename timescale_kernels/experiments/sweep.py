@@ -101,7 +101,8 @@ def _finished_line(run: dict, result: dict) -> str:
     if result["status"] == "failed":
         return f"failed   {name}: {result['error']}"
     analysis = f" + {result['analysis_seconds']:.0f} s analysis" if result.get("analysis_seconds") else ""
-    return (f"finished {name}: N reached {result['N_reached']}, {result['epochs']} epochs "
+    reached = result["N_reached"] if result["N_reached"] is not None else "none"
+    return (f"finished {name}: N reached {reached}, {result['epochs']} epochs "
             f"({result['stop_reason']}), {result['wall_time']:.0f} s training{analysis}")
 
 

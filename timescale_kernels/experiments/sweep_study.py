@@ -82,7 +82,8 @@ def _reach(v, cond, label):
     if vals is None:
         return f"{label}: {NOT_RUN}"
     cap = " (epoch budget reached)" if v.capped(cond) else ""
-    return f"{label}: {', '.join(map(str, vals))}; {fmt(vals, 1)}{cap}"
+    none = " (0: no N passed)" if 0 in vals else ""
+    return f"{label}: {', '.join(map(str, vals))}; {fmt(vals, 1)}{cap}{none}"
 
 
 def _span(v, cond, key, lo, hi, label, what):
