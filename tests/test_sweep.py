@@ -167,7 +167,7 @@ def test_a_stale_lock_is_taken_over_and_a_different_spec_refused(local_sweep, ca
 
 
 # on Ray: the driver killed, then a worker --------------------------------------------------------------
-RAY_TINY = [*TINY, "--set", "max_epochs=12", "--skip-analysis", "--no-report", "--num-cpus", "2"]
+RAY_TINY = [*TINY, "--set", "max_epochs=20", "--skip-analysis", "--no-report", "--num-cpus", "2"]
 
 
 def _driver(out):
