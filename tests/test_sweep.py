@@ -246,7 +246,7 @@ def _kill_and_rerun(out, drivers, tmp_path):
     # Nothing of the sweep's own Ray is left: not what the killed driver left, nor the rerun's.
     assert not [p for p, t in left.items() if _start_time(int(p)) == t]
     assert not (out / "ray_local.json").exists()
-    assert not _with_argument(local_temp_dir(out))
+    assert not _with_argument(local_temp_dir(out)) and not os.path.exists(local_temp_dir(out))
 
     # The results equal an uninterrupted sweep's (run here in one process).
     ref = tmp_path / "uninterrupted"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class RaySession:
         self.ray.shutdown()
         if self.local:  # the agents ignore SIGTERM: a short grace, then SIGKILL
             self.processes.end_recorded(grace=1.0)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)  # its sessions' logs and sockets
 
     def capacity(self) -> int:
         """How many runs fit at once in the cluster's resources."""
