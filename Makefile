@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create .venv if absent, install torch (keeping one that is already importable, e.g. a
-# CUDA build), this package with its C++ extension, and the test/bench extras.
+# CUDA build), this package with its C++ extension, and the test and sweep (Ray) extras.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +19,7 @@ $(VPY):
 $(STAMP): $(VPY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install "$(TORCH_SPEC)"
 	$(VPY) -m pip install -q setuptools wheel ninja
-	TIMESCALE_KERNELS_REQUIRE_EXT=1 $(VPY) -m pip install -q --no-build-isolation -e ".[test]"
+	TIMESCALE_KERNELS_REQUIRE_EXT=1 $(VPY) -m pip install -q --no-build-isolation -e ".[test,sweep]"
 	$(VPY) -c "import timescale_kernels as tk; print('backends:', tk.available_backends())"
 	touch $(STAMP)
 

@@ -346,7 +346,18 @@ def _commands() -> tuple[Command, ...]:
             Command("score", _add_score, _score),
             Command("analyze", _add_analyze, _analyze),
             Command("report", _add_report, _report),
-            Command("retrain", _add_retrain, _retrain))
+            Command("retrain", _add_retrain, _retrain),
+            Command("sweep", _add_sweep, _sweep))
+
+
+def _add_sweep(sub) -> None:
+    from .experiments import sweep_cli
+    sweep_cli.add_parser(sub)
+
+
+def _sweep(args) -> int:
+    from .experiments import sweep_cli
+    return sweep_cli.run(args)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,127 @@
+"""Runs of a sweep as Ray tasks: a local Ray owned by the sweep, or an existing cluster.
+
+Local: ray.init(address="local") with a temp dir of this sweep's own (so it never joins or ends
+another Ray on the machine); its processes are recorded in the sweep directory (sweep_procs) and
+ended at the end, or by the next driver if this one was killed. Cluster: ray.init(address=...),
+nothing is started or ended; the sweep directory must be on storage every node shares.
+
+A task that loses its worker (the process or its node dies) is retried by Ray (max_retries) and
+resumes from the run's saved state; an exception inside a run is returned as its result, not retried.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .sweep_procs import LocalRayProcesses
+from .sweep_run import run_one_safely
+
+MAX_RETRIES = 3
+
+
+class RayMissingError(RuntimeError):
+    """Ray is not installed, or the cluster asked for cannot be joined."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayMissingError("sweep: Ray is not installed; pip install 'timescale_kernels[sweep]' "
+                              "(or run the runs one after another with --no-ray)") from None
+    return ray
+
+
+def local_temp_dir(sweep_dir) -> str:
+    """A short temp dir (Ray's socket paths must stay under 107 characters) unique to the sweep dir."""
+    digest = hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:10]
+    return os.path.join(tempfile.gettempdir(), f"tk-sweep-ray-{digest}")
+
+
+class RaySession:
+    """A connection to Ray for one sweep; use as a context manager.
+
+    Args:
+        sweep_dir: the sweep directory (records the local Ray's processes there).
+        address: None for a local Ray of the sweep's own, or a cluster address ("auto", "ray://...",
+            "HOST:6379").
+        num_cpus, num_gpus: the local Ray's resources (default: the machine's); ignored for a cluster.
+        cpus_per_run, gpus_per_run: what one run's task reserves (a GPU fraction lets runs share a GPU).
+    """
+
+    def __init__(self, sweep_dir, address=None, *, num_cpus=None, num_gpus=None, cpus_per_run=1.0,
+                 gpus_per_run=0.0):
+        self.ray = import_ray()
+        self.sweep_dir, self.address = Path(sweep_dir), address
+        self.local = address is None
+        self.processes = LocalRayProcesses(sweep_dir)
+        self.temp_dir = local_temp_dir(sweep_dir)
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.options = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": MAX_RETRIES,
+                        "retry_exceptions": False}
+        self._task = None
+
+    def __enter__(self) -> "RaySession":
+        ray = self.ray
+        if self.local:
+            self.processes.end_recorded()  # what a killed driver of this sweep left behind
+            # The local workers inherit the environment of the Ray processes started here: make sure
+            # they import this copy of the package (e.g. one run from a source tree, uninstalled).
+            saved = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), saved]))
+            try:
+                ray.init(address="local", _temp_dir=self.temp_dir, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False)
+            finally:
+                if saved is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = saved
+            self.processes.note(self.temp_dir)
+        else:
+            try:
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+                raise RayMissingError(f"address: cannot join the Ray cluster at {self.address!r} ({first})") from None
+        self._task = ray.remote(run_one_safely).options(**self.options)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.local:
+            self.processes.note(self.temp_dir)
+        self.ray.shutdown()
+        if self.local:  # the agents ignore SIGTERM: a short grace, then SIGKILL
+            self.processes.end_recorded(grace=1.0)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)  # its sessions' logs and sockets
+
+    def capacity(self) -> int:
+        """How many runs fit at once in the cluster's resources."""
+        total = self.ray.cluster_resources()
+        fits = []
+        for key, per in (("CPU", self.options["num_cpus"]), ("GPU", self.options["num_gpus"])):
+            if per:
+                fits.append(int(total.get(key, 0) / per + 1e-9))
+        return max(1, min(fits)) if fits else 1
+
+    def submit(self, path, config_dict: dict, analyze: dict):
+        return self._task.remote(str(path), config_dict, analyze)
+
+    def wait(self, refs: list, timeout: float):
+        """(finished refs, refs still running) after at most timeout seconds."""
+        return self.ray.wait(refs, num_returns=1, timeout=timeout)
+
+    def result(self, ref) -> dict:
+        """The run's result; a task that failed in Ray itself (retries used up) as a failed run."""
+        try:
+            return self.ray.get(ref)
+        except Exception as err:  # e.g. WorkerCrashedError after MAX_RETRIES lost workers
+            first = str(err).splitlines()[0][:300] if str(err) else ""
+            return {"status": "failed", "error": f"{type(err).__name__}: {first}"}
+
+    def note_processes(self) -> None:
+        if self.local:
+            self.processes.note(self.temp_dir)
