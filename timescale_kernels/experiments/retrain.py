@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..checkpoints import save_checkpoint
-
+from ..curricula import curriculum_of
 from ..files import atomic_write_json, atomic_write_text
 from ..models import MemoryNet
 from .config import ConfigError, RunConfig, make_config
@@ -60,8 +60,9 @@ def pretraining(model: MemoryNet, meta: dict) -> str:
     """A short description of how the network was trained, e.g. "multi N=2..11" (from its metadata)."""
     Ns = sorted(int(n) for n in meta.get("Ns", []))
     kind = (meta.get("curriculum") or {}).get("kind") if isinstance(meta.get("curriculum"), dict) else None
-    if kind is None:  # the study's files name no curriculum: one head per N means multi-head
-        kind = "multi" if model.num_heads > 1 and len(Ns) > 1 else "single"
+    if kind is None and Ns:  # the study's files name no curriculum: the one whose run ends at these N's
+        kind = curriculum_of([(Ns[0], Ns[-1])])
+    kind = kind or "single"
     span = "" if not Ns else f" N={Ns[0]}" if len(Ns) == 1 else f" N={Ns[0]}..{Ns[-1]}"
     return f"{model.core} {kind}{span}"
 
@@ -113,43 +114,8 @@ def retrain(model: MemoryNet, N: int, epochs: int, *, task: str = "parity", reus
     config = retrain_config(model, N, epochs, task, preset, **settings)
     if reuse_head is not None and not 0 <= reuse_head < model.num_heads:
         raise ConfigError(f"reuse_head: expected a head index in 0..{model.num_heads - 1}; got {reuse_head!r}")
-    # A Trainer for the "none" curriculum at N, training a copy of the network whose new N is read
-    # by head 0, as "none" expects.
-    net = copy.deepcopy(model).to(config.device)
-    if net.core == "leaky" and config.backend != "auto":
-        net.rnn.backend = config.backend
-    kept = None
-    if reuse_head is not None:  # copied out: clear() empties the table the views point into
-        source = net.readout.heads[reuse_head]
-        kept = [source.weight.detach().clone(), source.bias.detach().clone()]
-    net.readout.clear()
-    trainer = Trainer(config, num_heads=0, model=net)
-    trainer.ensure_heads()  # head 0, seeded like the Trainer's own
-    if kept is not None:
-        with torch.no_grad():
-            net.readout.heads[0].weight.copy_(kept[0])
-            net.readout.heads[0].bias.copy_(kept[1])
-
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    total = config.test_batches * config.batch_size
-    accuracy, rows, interrupted = [], [], False
-    try:
-        accuracy.append(float(trainer.evaluate()[0].item()) / total)
-        for _ in range(epochs):
-            row = trainer.run_epoch()
-            rows.append(row)
-            accuracy.append(row["newest_acc"])
-            if log:
-                log(f"retrain {label}: epoch {row['epoch']} N={N} accuracy {row['newest_acc']:.3f} "
-                    f"loss {row['loss']:.3f}")
-            if trainer.stop_reason == "diverged":
-                break
-    except KeyboardInterrupt:  # keep the epochs completed so far
-        interrupted = True
-    finally:
-        torch.set_num_threads(threads)
+    net, trainer = _single_head_trainer(model, config, reuse_head)
+    accuracy, rows, interrupted = _train_epochs(trainer, config, epochs, N, label, log)
     above = [i for i, a in enumerate(accuracy) if a > config.threshold]
     return {"label": label, "N": N, "task": task, "threshold": config.threshold,
             "head": "fresh" if reuse_head is None else f"copy of head {reuse_head}",
@@ -254,3 +220,48 @@ def compare_retraining(paths, N: int, epochs: int, out, *, task: str | None = No
     atomic_write_json(out / "retrain.json", summary)
     atomic_write_text(out / "retrain.md", _markdown(results, summary))
     return summary
+
+
+def _single_head_trainer(model: MemoryNet, config: RunConfig, reuse_head: int | None):
+    """A Trainer for the "none" curriculum at N, training a copy of the network whose new N is read
+    by head 0, as "none" expects; head 0 is fresh (seeded like the Trainer's own) or a copy of reuse_head."""
+    net = copy.deepcopy(model).to(config.device)
+    if net.core == "leaky" and config.backend != "auto":
+        net.rnn.backend = config.backend
+    kept = None
+    if reuse_head is not None:  # copied out: clear() empties the table the views point into
+        source = net.readout.heads[reuse_head]
+        kept = [source.weight.detach().clone(), source.bias.detach().clone()]
+    net.readout.clear()
+    trainer = Trainer(config, num_heads=0, model=net)
+    trainer.ensure_heads()
+    if kept is not None:
+        with torch.no_grad():
+            net.readout.heads[0].weight.copy_(kept[0])
+            net.readout.heads[0].bias.copy_(kept[1])
+    return net, trainer
+
+
+def _train_epochs(trainer, config: RunConfig, epochs: int, N: int, label: str, log):
+    """Test accuracy before training and after each epoch, the metrics rows, and whether Ctrl-C ended it."""
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    total = config.test_batches * config.batch_size
+    accuracy, rows, interrupted = [], [], False
+    try:
+        accuracy.append(float(trainer.evaluate()[0].item()) / total)
+        for _ in range(epochs):
+            row = trainer.run_epoch()
+            rows.append(row)
+            accuracy.append(row["newest_acc"])
+            if log:
+                log(f"retrain {label}: epoch {row['epoch']} N={N} accuracy {row['newest_acc']:.3f} "
+                    f"loss {row['loss']:.3f}")
+            if trainer.stop_reason == "diverged":
+                break
+    except KeyboardInterrupt:  # keep the epochs completed so far
+        interrupted = True
+    finally:
+        torch.set_num_threads(threads)
+    return accuracy, rows, interrupted
