@@ -4,6 +4,8 @@ import json
 import pytest
 import torch
 
+import timescale_kernels as tk
+
 from timescale_kernels.cli import main
 
 from conftest import cli_fails as _fails
@@ -28,6 +30,7 @@ def test_train_then_resume_matches_a_straight_run(tmp_path, capsys):
         assert torch.equal(value, b["model"][key]), key
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     assert saved["max_epochs"] == 4 and saved["task"] == "parity" and saved["versions"]["torch"] == torch.__version__
+    assert saved["kernels"] == {"backend": tk.ops.resolve_backend("auto", torch.device("cpu"))}
     for name in ("metrics.csv", "summary.json", "plots/accuracy.png", "plots/n_reached.png"):
         assert (tmp_path / "b" / name).is_file(), name
     assert capsys.readouterr().err == ""  # --quiet

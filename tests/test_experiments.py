@@ -226,3 +226,22 @@ def test_plots_are_png_files(tmp_path):
     assert {p.name for p in written} == {"accuracy.png", "n_reached.png", "tau_hist.png", "tau_vs_N.png"}
     for path in written:
         assert path.read_bytes()[:8] == PNG
+
+
+def test_kernel_choice_names_backend_and_triton_family(monkeypatch):
+    from timescale_kernels.experiments.config import make_config
+    from timescale_kernels.experiments.rundir import kernel_choice
+    from timescale_kernels.ops import triton_recurrence
+    assert kernel_choice(make_config("quick", model="gru")) == {"backend": "torch"}
+    assert kernel_choice(make_config("quick", backend="reference")) == {"backend": "reference"}
+    seen = []
+
+    def fake_resolve(u_like, precision):
+        seen.append((tuple(u_like.shape), precision))
+        return "persistent"
+
+    monkeypatch.setattr(triton_recurrence, "resolve_family", fake_resolve)
+    monkeypatch.setattr("timescale_kernels.experiments.rundir.resolve_backend", lambda backend, device: "triton")
+    config = make_config("quick", hidden_size=48, batch_size=12)
+    assert kernel_choice(config) == {"backend": "triton", "triton_family": "persistent"}
+    assert seen == [((1, 12, 48), "fp32")]

@@ -25,13 +25,14 @@ import torch
 
 from .. import __version__
 from ..files import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..ops import resolve_backend
 from .config import ConfigError, RunConfig
 
 STATE_FORMAT = "timescale_kernels/run-state"
 STATE_VERSION = 1
 METRIC_COLUMNS = ("epoch", "N_low", "N_high", "N_reached", "passed", "loss", "mean_acc", "newest_acc", "acc",
                   "tau_mean", "tau_std", "epoch_time", "wall_time", "steps_per_s")
-_CONFIG_EXTRAS = ("versions", "written", "argv")
+_CONFIG_EXTRAS = ("versions", "written", "argv", "kernels")
 _CKPT_NAME = re.compile(r"N(\d+)-N(\d+)\.pt")
 
 
@@ -42,6 +43,21 @@ class RunDirError(ValueError):
 def versions() -> dict:
     return {"timescale_kernels": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def kernel_choice(config: RunConfig) -> dict:
+    """Which kernels the run computes with: {"backend": "cpu" | "triton" | "reference" | "torch" (GRU,
+    LSTM)} plus, on the triton backend, "triton_family" ("default" or "persistent"), chosen by a fixed
+    rule from the device and the shape (never by timing), so a resumed run computes what it computed."""
+    if config.model != "leaky":
+        return {"backend": "torch"}
+    device = torch.device(config.device)
+    backend = resolve_backend(config.backend, device)
+    if backend != "triton":
+        return {"backend": backend}
+    from ..ops import triton_recurrence
+    u_like = torch.empty((1, config.batch_size, config.hidden_size), device=device)
+    return {"backend": backend, "triton_family": triton_recurrence.resolve_family(u_like, "fp32")}
 
 
 class RunDir:
@@ -83,6 +99,7 @@ class RunDir:
         """config.json: every setting at the top level (so other tools read e.g. "task" directly),
         plus "versions", "written" and "argv" (the command line, when known)."""
         atomic_write_json(self.config_path, {**config.to_dict(), "versions": versions(),
+                                             "kernels": kernel_choice(config),
                                              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                              "argv": list(argv) if argv is not None else None})
 
