@@ -39,3 +39,19 @@ def atomic_torch_save(path, obj) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def writable_dir(out, error=ValueError) -> Path:
+    """out as a Path, created if absent and probed for writing; raises error("out: ...") if it is not a
+    writable directory, before anything else is written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise error(f"out: {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise error(f"out: cannot write to {out} ({err.strerror or err})") from None
+    return out

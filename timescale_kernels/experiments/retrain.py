@@ -15,9 +15,7 @@ The source checkpoints are only read.
 from __future__ import annotations
 
 import copy
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..checkpoints import save_checkpoint
 from ..curricula import curriculum_of
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text, writable_dir
 from ..models import MemoryNet
 from .config import ConfigError, RunConfig, make_config
 from .plots import _save
@@ -38,17 +36,7 @@ from .trainer import Trainer
 
 def check_out_dir(out) -> Path:
     """out as a Path, created and probed for writing before any training (RunDirError if it is not)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"out: {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise RunDirError(f"out: cannot write to {out} ({err.strerror or err})") from None
-    return out
+    return writable_dir(out, RunDirError)
 
 
 def _check_int(name, value, low=1):

@@ -14,15 +14,13 @@ saved state, failed ones are tried again.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..files import atomic_write_json
+from ..files import atomic_write_json, writable_dir
 from .sweep_procs import SweepLock
 from .sweep_run import run_one_safely
 from .sweep_spec import SweepSpec, SweepSpecError
@@ -41,16 +39,7 @@ def run_id(condition, seed: int) -> str:
 def prepare_dir(out, spec: SweepSpec) -> Path:
     """Creates out (checking it is writable) and writes spec.json, or checks that the spec already
     there is this one. Nothing is written before the checks pass."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SweepError(f"out: {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise SweepError(f"out: cannot write to {out} ({err.strerror or err})") from None
+    out = writable_dir(out, SweepError)
     spec_path = out / "spec.json"
     if spec_path.is_file():
         saved = json.loads(spec_path.read_text())
