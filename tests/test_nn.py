@@ -6,7 +6,7 @@ from torch import nn
 import timescale_kernels as tk
 from timescale_kernels.models import MemoryNet, MultiHeadReadout
 
-from conftest import rel_err
+from helpers import rel_err
 
 BACKENDS = [b for b in tk.available_backends() if b != "triton"]
 

@@ -7,7 +7,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import timescale_kernels as tk
 from timescale_kernels.ops.step import leaky_rnn_step
 
-from conftest import rel_err
+from helpers import rel_err
 
 SMALL_BACKENDS = tk.available_backends()  # triton runs under the interpreter on the CPU
 

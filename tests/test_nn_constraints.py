@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import timescale_kernels as tk
 
-from conftest import rel_err
+from helpers import rel_err
 
 H = 6
 

@@ -6,7 +6,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import timescale_kernels as tk
 
-from conftest import rel_err
+from helpers import rel_err
 
 BACKENDS = [b for b in tk.available_backends() if b != "triton"]
 T, B, I, H = 6, 4, 3, 7

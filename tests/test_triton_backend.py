@@ -16,7 +16,7 @@ from timescale_kernels.ops import core, triton_recurrence as tr  # noqa: E402
 from timescale_kernels.ops.choices import NONLINEARITIES  # noqa: E402
 from timescale_kernels.ops.reference import leaky_rnn_reference, recurrence_reference  # noqa: E402
 
-from conftest import rel_err  # noqa: E402
+from helpers import core_inputs, random_lengths, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tr.is_available(), reason=f"triton backend: {tr.unavailable_reason()}")
 CUDA = torch.cuda.is_available()
@@ -30,17 +30,11 @@ def poison(monkeypatch):
 
 
 def make_core(T, B, H, dtype=torch.float32, seed=0, device=DEVICE):
-    """u (T, B, H), h0 (B, H), w (H, H) with a zero diagonal (torch.nn.RNN's init range), alpha (H,)
-    from tau in [1, 10], and an upstream gradient grad_h (T, B, H)."""
-    g = torch.Generator().manual_seed(seed)
-    bound = H ** -0.5
-    w = (torch.rand(H, H, generator=g, dtype=torch.float64) * 2 - 1) * bound
-    w.fill_diagonal_(0.0)
-    tensors = dict(u=torch.randn(T, B, H, generator=g, dtype=torch.float64) * 0.5,
-                   h0=torch.randn(B, H, generator=g, dtype=torch.float64) * 0.5, w=w,
-                   alpha=1.0 / (1.0 + 9.0 * torch.rand(H, generator=g, dtype=torch.float64)),
-                   grad_h=torch.randn(T, B, H, generator=g, dtype=torch.float64))
-    return {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
+    """The shared core inputs (helpers.core_inputs) at a scale the tf32 and bf16 tolerances are set for:
+    u and h0 halved, W in torch.nn.RNN's init range."""
+    c = core_inputs(T, B, H, dtype=torch.float64, seed=seed, weight_scale=0.5)
+    c["u"], c["h0"] = 0.5 * c["u"], 0.5 * c["h0"]
+    return {k: v.to(device=device, dtype=dtype) for k, v in c.items()}
 
 
 def reference_grads(c, nonlinearity, placement, dtype=torch.float64):
@@ -100,10 +94,7 @@ def test_core_reduced_precision(precision, tol):
 
 def make_lengths(T, B, seed):
     """(B,) int64 lengths in 1..T, in no particular order, with 1 and T both present."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[0], lengths[-1] = T, 1
-    return lengths.to(DEVICE)
+    return random_lengths(T, B, seed).to(DEVICE)
 
 
 def reference_with_lengths(c, lengths, nonlinearity, placement, g_out, g_n):
