@@ -14,7 +14,16 @@ if not torch.cuda.is_available():
 warnings.filterwarnings("ignore", message="timescale_kernels: the C\\+\\+ CPU kernel is not built")
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY_CHECKPOINTS = REPO.parent / "shared" / "reference_checkpoints"
+STUDY_CHECKPOINTS = Path(os.environ.get("STUDY_CHECKPOINTS", REPO.parent / "shared" / "reference_checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small shapes run faster on one thread when cores are shared; use with pytest.mark.usefixtures."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -2,15 +2,14 @@
 networks, and analyze_run / write_report end to end on the study's checkpoints (tiny settings)."""
 import json
 import math
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.signal import lfilter
 
+from conftest import STUDY_CHECKPOINTS as STUDY
 from timescale_kernels.analysis import (StreamMoments, ablate, ablation_study, accuracy, analyze_run,
                                         autocorrelation, dimensionality, fit_timescales,
                                         forgetting_matrix, head_for, perturb, perturbation_study, simulate,
@@ -18,17 +17,8 @@ from timescale_kernels.analysis import (StreamMoments, ablate, ablation_study, a
 from timescale_kernels.analysis.accuracy import stream_labels
 from timescale_kernels.models import MemoryNet
 
-STUDY = Path(os.environ.get("STUDY_CHECKPOINTS",
-                            Path(__file__).resolve().parents[1].parent / "shared" / "reference_checkpoints"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests run small shapes: one thread avoids synchronisation costs when cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ar1(a, trials=4, steps=20_000, seed=0):

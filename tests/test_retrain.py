@@ -20,12 +20,7 @@ FAST_FLAGS = ["--steps-per-epoch", "2", "--batch-size", "8", "--test-batches", "
               "--device", "cpu", "--threads", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_checkpoint(path, core="leaky"):

@@ -1,9 +1,7 @@
 """The study's own estimator of tau_net and its measures of ablation and perturbation, offered beside ours:
 checked against their definitions (scipy's curve_fit from the middle of the bounds; chance-corrected
 relative accuracy; the in-time stream probe; head 0 ablated) on synthetic data and on the study's networks."""
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,22 +9,15 @@ import torch
 from scipy.optimize import curve_fit
 from scipy.signal import lfilter
 
+from conftest import STUDY_CHECKPOINTS as STUDY
 from timescale_kernels.analysis import (ablate, ablation_study, autocorrelation, fit_autocorrelation, fit_timescales,
                                         perturbation_study, simulate, stream_accuracy)
 from timescale_kernels.analysis.accuracy import chance_corrected, stream_trials
 from timescale_kernels.analysis.timescales import double_exp, single_exp, study_normalisation
 from timescale_kernels.tasks import make_generator
 
-STUDY = Path(os.environ.get("STUDY_CHECKPOINTS",
-                            Path(__file__).resolve().parents[1].parent / "shared" / "reference_checkpoints"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def study_network(name):

@@ -24,12 +24,7 @@ def tiny(**overrides):
     return make_config("quick", **{**values, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # The per-head formulation: one Linear per head, one parameter group per head ----------------------------

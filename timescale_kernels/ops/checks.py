@@ -96,11 +96,17 @@ def check_lengths(lengths, steps: int, batch: int, device: torch.device) -> torc
         raise ValueError(f"lengths: expected shape ({batch},) (one length per batch row); got {tuple(lengths.shape)}")
     if lengths.device != device and lengths.device.type != "cpu":
         raise ValueError(f"lengths: expected device {device} (the input's) or cpu; got {lengths.device}")
-    if not torch.compiler.is_compiling():
+    lengths = lengths.to(device=device, dtype=torch.int64)
+    if torch.compiler.is_compiling():
+        return lengths
+    if device.type == "cpu":
         low, high = int(lengths.min()), int(lengths.max())
         if low < 1 or high > steps:
             raise ValueError(f"lengths: expected values in 1..{steps} (T); got values from {low} to {high}")
-    return lengths.to(device=device, dtype=torch.int64)
+    else:  # as for tau: an asynchronous assert, so that no call waits for the device
+        torch._assert_async(((lengths >= 1) & (lengths <= steps)).all(),
+                            f"lengths: expected values in 1..{steps} (T)")
+    return lengths
 
 
 def check_drive_noise(drive_noise, input: torch.Tensor, hidden: int) -> None:
