@@ -126,6 +126,28 @@ def test_simulate_other_cores(core):
     np.testing.assert_allclose(sim.ac, autocorrelation(sim.activity, 5), rtol=1e-4, atol=1e-9)
 
 
+def test_analyses_see_the_tensors_a_constrained_network_runs_with():
+    """A network with a connectivity mask, Dale's signs and softplus tau: the op path of simulate
+    equals the module's own forward, and tau_stats and the ablation report its time constants."""
+    torch.manual_seed(0)
+    hidden = 12
+    mask = (torch.rand(hidden, hidden) < 0.5).float()
+    signs = torch.where(torch.arange(hidden) < 9, 1.0, -1.0)
+    model = MemoryNet("leaky", hidden, num_heads=1, backend="reference", connectivity_mask=mask,
+                      dale_signs=signs, tau_parameterisation="softplus")
+    with torch.no_grad():
+        model.rnn.tau.copy_(torch.linspace(-2.0, 3.0, hidden))
+    own = simulate(model, trials=2, steps=80, burn_in=5, chunk=40, max_lag=4, record=True)
+    op = simulate(model, trials=2, steps=80, burn_in=5, chunk=40, max_lag=4, record=True, backend="reference")
+    np.testing.assert_allclose(op.activity, own.activity, rtol=1e-5, atol=1e-6)
+    tau = model.rnn.time_constants().detach().numpy()
+    assert not np.allclose(tau, np.maximum(model.rnn.tau.detach().numpy(), 1.0))  # softplus, not clamp
+    assert tau_stats(model)["mean"] == pytest.approx(float(tau.mean()), rel=1e-6)
+    res = ablation_study(model, "parity", 2, 0, k=2, batches=1, batch_size=8)
+    assert res["short"]["neurons"] == [0, 1] and res["long"]["neurons"] == [11, 10]
+    np.testing.assert_allclose(res["long"]["tau"], tau[[11, 10]], rtol=1e-6)
+
+
 def test_tau_stats_use_the_clamped_tau():
     tau = torch.tensor([0.5, 1.0, 2.0, 3.0])
     s = tau_stats(tau)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..tasks import make_generator
 from .accuracy import MEASURES, chance_corrected, evaluate, stream_trials
+from .timescales import effective_tau
 
 
 def _leaky(model):
@@ -50,10 +51,13 @@ def ablate(model, neurons, heads=None):
 
 
 def _order(model, k):
-    tau = model.rnn.tau.detach().cpu().numpy()
-    order = np.argsort(tau, kind="stable")
-    k = min(k, tau.size)
-    return tau, k, {"short": order[:k], "long": order[::-1][:k]}
+    """(time constants (H,), k, {"short": k neurons of the smallest raw tau, "long": of the largest}).
+    Ordered by the raw parameter, as the study orders them (every tau parameterisation is monotone,
+    so this is also the order of the time constants, ties below 1 under "clamp" kept apart)."""
+    raw = model.rnn.tau.detach().cpu().numpy()
+    order = np.argsort(raw, kind="stable")
+    k = min(k, raw.size)
+    return effective_tau(model), k, {"short": order[:k], "long": order[::-1][:k]}
 
 
 def ablation_study(model, task: str, N: int, head: int, k: int = 10, *, metric: str = "task",
@@ -100,7 +104,7 @@ def ablation_study(model, task: str, N: int, head: int, k: int = 10, *, metric: 
             acc.append(evaluate(ablate(model, int(i), head), task, N, head, metric, **eval_kwargs))
             bar.update()
         rel = [a / baseline if baseline > 0 else float("nan") for a in acc]
-        out[name] = {"neurons": ids.tolist(), "tau": np.maximum(tau[ids], 1.0).tolist(), "accuracy": acc,
+        out[name] = {"neurons": ids.tolist(), "tau": tau[ids].tolist(), "accuracy": acc,
                      "relative": rel, "mean_relative": float(np.mean(rel)) if rel else None}
     bar.close()
     return out
@@ -122,7 +126,7 @@ def _study_ablation(model, task, N, head, k, trials, progress, seed) -> dict:
             acc[row] = stream_trials(ablate(model, int(i), 0), task, N, head, trials, generator=gen)
             bar.update()
         rel = chance_corrected(acc, baseline)
-        out[name] = {"neurons": ids.tolist(), "tau": np.maximum(tau[ids], 1.0).tolist(),
+        out[name] = {"neurons": ids.tolist(), "tau": tau[ids].tolist(),
                      "accuracy": acc.mean(1).tolist(), "relative": rel.mean(1).tolist(),
                      "accuracy_trials": acc.tolist(), "relative_trials": rel.tolist(),
                      "mean_relative": float(rel.mean()) if rel.size else None}

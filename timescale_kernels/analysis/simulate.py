@@ -136,7 +136,8 @@ def _core_runner(model, backend: str | None):
         return out, h_n[0]
 
     def run_op(x, h):
-        return leaky_rnn(x, h, rnn.weight_ih, rnn.weight_hh, rnn.bias_ih, rnn.bias_hh, rnn.tau,
+        # the tensors the module itself runs with: mask and Dale's signs applied, tau parameterised
+        return leaky_rnn(x, h, *rnn.layer_tensors(),
                          nonlinearity=rnn.nonlinearity, placement=rnn.placement,
                          self_connections=rnn.self_connections, backend=backend)
 

@@ -35,11 +35,14 @@ def _as_numpy(x) -> np.ndarray:
 # -- trained tau ------------------------------------------------------------------------------------
 
 def effective_tau(model_or_tau) -> np.ndarray:
-    """clamp(tau, 1) as float64 (H,), from a MemoryNet (its rnn.tau), a LeakyRNN, or a tensor/array."""
+    """clamp(tau, 1) as float64 (H,), from a MemoryNet, a LeakyRNN (the time constants its first layer
+    runs with, through its tau parameterisation), or a tensor/array of raw tau."""
     tau = model_or_tau
     if hasattr(tau, "rnn"):
         tau = tau.rnn
-    if hasattr(tau, "tau"):
+    if callable(getattr(tau, "time_constants", None)):
+        tau = tau.time_constants().detach()
+    elif hasattr(tau, "tau"):
         tau = tau.tau
     tau = _as_numpy(tau).astype(np.float64).reshape(-1)
     return np.maximum(tau, 1.0)
