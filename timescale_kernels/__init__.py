@@ -21,7 +21,7 @@ def _warn_if_cpu_kernel_missing() -> None:
     if not _compiled_available("cpu"):
         warnings.warn(
             "timescale_kernels: the C++ CPU kernel is not built, CPU runs use the slow reference loop "
-            f"({_unavailable_reason('cpu')}). Build it with: pip install --no-build-isolation -e .",
+            f"({_unavailable_reason('cpu')})",
             RuntimeWarning, stacklevel=2)
 
 
