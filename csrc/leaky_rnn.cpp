@@ -107,8 +107,8 @@ at::Tensor sum_partials(const at::Tensor& d_alpha_partial, const at::Tensor& alp
 
 // grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
 //   -> d_drive (T, B, H), dh0 (B, H), d_alpha (H,).
-// With lengths, d_drive[t, b] = 0 from step lengths[b] on, and the adjoint passes through those
-// steps unchanged.
+// With lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 from step lengths[b] on, and the
+// adjoint passes through those steps unchanged.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0, const at::Tensor& drive,
     const at::Tensor& w, const at::Tensor& alpha, int64_t nonlinearity, int64_t placement,
@@ -126,6 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   // (A copy: the kernel updates it in place.)
   at::Tensor dh = by_length ? grad_h[steps - 1].index_select(0, order.index)
                             : grad_h[steps - 1].clone(at::MemoryFormat::Contiguous);
+  if (by_length) dh.narrow(0, order.running[steps - 1], batch - order.running[steps - 1]).zero_();
   const at::Tensor keep = 1 - alpha;
   // d_alpha accumulates in double (T * B terms per element), in partial sums over row blocks
   // that are added up in a fixed order at the end.

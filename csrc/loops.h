@@ -260,7 +260,9 @@ struct BackwardLoop {
 // The reverse time loop over rows of different lengths: the adjoint dh (B, H) lives in row order,
 // as the forward state did, so that step t's GEMM covers only the first running[t] rows. A running
 // row's d_drive goes to a row-ordered buffer (the GEMM's operand) and is copied to d_drive[t, b];
-// a finished row passes its adjoint through and gets d_drive[t, b] = 0. dh leaves in row order.
+// a finished row passes its adjoint through and gets d_drive[t, b] = 0. The incoming gradient
+// grad_h[t - 1, b] is added only where row b still runs at step t - 1 (elsewhere h is the op's
+// constant zero, so no mask pass over grad_h is needed). dh leaves in row order.
 template <typename T, int64_t NL, int64_t PL>
 struct BackwardByLengthLoop {
   static void run(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
@@ -278,6 +280,7 @@ struct BackwardByLengthLoop {
     double* partial = d_alpha_partial.mutable_data_ptr<double>();
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t running = order.running[t];
+      const int64_t running_prev = t > 0 ? order.running[t - 1] : 0;  // rows whose grad_h[t - 1] counts
       const T* grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
       const T* h_prev = t == 0 ? h0.const_data_ptr<T>() : h.const_data_ptr<T>() + (t - 1) * plane;
       const T* h_t = h.const_data_ptr<T>() + t * plane;
@@ -296,7 +299,7 @@ struct BackwardByLengthLoop {
                                               hidden);
               std::memcpy(d_drive_t + row, dd + pos, hidden * sizeof(T));
             } else {
-              held_row_backward<T>(gp, g + pos, d_drive_t + row, hidden);
+              held_row_backward<T>(i < running_prev ? gp : nullptr, g + pos, d_drive_t + row, hidden);
             }
           }
         }

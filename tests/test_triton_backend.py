@@ -112,13 +112,14 @@ def reference_with_lengths(c, lengths, nonlinearity, placement, g_out, g_n):
 
 def check_lengths(c, lengths, nonlinearity, placement, family="default", tol=1e-5):
     """The core with lengths against the reference loop: h where running, the held state after,
-    and the gradients with the output's gradient masked (the op zeroes held outputs) plus h_n's
-    gradient arriving at the last step."""
+    and the gradients of <output, g_out> + <h_n, g_n>. The core gets g_out whole, h_n's gradient
+    added at each row's last step: it must ignore what reaches the held steps (the op's output is
+    zero there)."""
     steps = c["u"].shape[0]
     live = (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :])[..., None]
     g_out, g_n = c["grad_h"], c["grad_h"][0].flip(0)
-    grad_h = torch.where(live, g_out, 0.0)
-    grad_h[-1] += g_n
+    grad_h = g_out.clone()
+    grad_h[lengths - 1, torch.arange(len(lengths), device=lengths.device)] += g_n
     output, h_n, du, dh0, dalpha = reference_with_lengths(c, lengths, nonlinearity, placement, g_out, g_n)
     h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], nonlinearity, placement, True, "fp32", lengths,
                           family=family)
@@ -145,16 +146,14 @@ def test_lengths_match_reference(T, B, H, nonlinearity, placement):
 
 def check_rows_alone(c, lengths, nonlinearity, placement, family="default"):
     """A batch with lengths equals each row run alone for its own length (forward and backward;
-    a held step's gradient reaches the row's last step)."""
+    the gradient reaching a held step is ignored)."""
     h, d_drive, dh0, dalpha = check_lengths(c, lengths, nonlinearity, placement, family)
     steps = c["u"].shape[0]
-    live = (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :])[..., None]
-    grad_h = torch.where(live, c["grad_h"], 0.0)
-    grad_h[-1] += c["grad_h"][0].flip(0)
+    grad_h = c["grad_h"].clone()
+    grad_h[lengths - 1, torch.arange(len(lengths), device=lengths.device)] += c["grad_h"][0].flip(0)
     dalpha_rows = torch.zeros_like(dalpha)
     for b, n in enumerate(lengths.tolist()):
         u, h0, g = c["u"][:n, b:b + 1], c["h0"][b:b + 1], grad_h[:n, b:b + 1].clone()
-        g[-1] += grad_h[n:, b:b + 1].sum(0)
         alone, drive = tr.forward(u, h0, c["w"], c["alpha"], nonlinearity, placement, True, "fp32", family=family)
         assert rel_err(h[:n, b], alone[:, 0]) <= 1e-6, b
         assert torch.equal(h[n:, b], alone[-1:, 0].expand(steps - n, -1)), b  # held bitwise

@@ -12,8 +12,9 @@ the serial core:
         valid state; drive there is unspecified.
     backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision, lengths)
         grad_h (T, B, H), any strides: the gradient reaching each h_t from outside the recurrence.
-        Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,). With lengths, d_drive[t, b] = 0 for
-        t >= lengths[b] and the gradient passes through those steps to h_{t-1} unchanged.
+        Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,). With lengths, for t >= lengths[b]
+        grad_h[t, b] is ignored (the op's h is a constant zero there), d_drive[t, b] = 0, and the
+        carried gradient passes through those steps to h_{t-1} unchanged.
 
 nonlinearity and placement arrive as names already validated at the public boundary; their
 integer codes are their positions in choices.py. The parallel parts stay here, as GEMMs over all
@@ -24,7 +25,8 @@ With lengths, the op's h is the output the caller returns: zero where t >= lengt
 torch.nn.RNN's padded packed output). The backend's held states are zeroed in place after its
 forward (no second (T, B, H) tensor), which its backward never reads: they lie past each row's
 length, where it only passes the gradient through. The gradient reaching those zeros from outside
-is dropped before the backend's backward. Each row's last valid state is h[lengths[b] - 1, b].
+is dropped by the backend's backward itself (no mask pass over grad_h). Each row's last valid
+state is h[lengths[b] - 1, b].
 """
 from __future__ import annotations
 
@@ -124,8 +126,6 @@ def _backward(ctx, grad_h, grad_drive):
         raise RuntimeError("leaky_rnn: backward through a forward that did not save its drive")
     if grad_h is None:
         grad_h = torch.zeros_like(h)
-    elif lengths is not None:  # h is a constant zero past each row's length
-        grad_h = torch.where(running_mask(h.shape[0], lengths), grad_h, 0.0)
     d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths)
     dw = _weight_gradient(d_drive, h, h0, lengths)
     return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None

@@ -84,7 +84,7 @@ def recurrence_bwd_kernel(
     between steps and ends holding dh0.
 
     Per step, two phases separated by block barriers:
-      1. element-wise, per column block: dh = grad_h[t] + carry; d_drive[t] and the d_alpha
+      1. element-wise, per column block: dh = grad_h[t] (0 where the row holds) + carry; d_drive[t] and the d_alpha
          partial; carry <- (1 - alpha) * dz (outside) or (1 - alpha) * dh (inside), or dh itself
          where the row holds its state.
       2. carry <- carry + d_drive[t] @ W, which needs every column of d_drive[t].
@@ -112,7 +112,8 @@ def recurrence_bwd_kernel(
             cols = n0 + rn
             mask = row_ok & (cols[None, :] < H)
             offs = rows[:, None] * H + cols[None, :]
-            dh = tl.load(grad_h_ptr + cur + offs, mask=mask, other=0.0) + tl.load(dh_ptr + offs, mask=mask, other=0.0)
+            # A held step's grad_h is ignored: the op's h is a constant zero there.
+            dh = tl.load(grad_h_ptr + cur + offs, mask=mask & live, other=0.0) + tl.load(dh_ptr + offs, mask=mask, other=0.0)
             drive = tl.load(drive_ptr + cur + offs, mask=mask, other=0.0)
             h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
             alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]

@@ -156,7 +156,7 @@ def persistent_bwd_kernel(
     summed by the launcher); alpha: (H,); M[k, n] = W[k, n] (w_lo as in the forward); len: (B,) int64 when HAS_LENGTHS;
     counter: (tiles,) int32, zero.
 
-    Per step t (reverse): phase 1, element-wise on own columns: dh = grad_h[t] + carry, d_drive[t],
+    Per step t (reverse): phase 1, element-wise on own columns: dh = grad_h[t] (0 where held) + carry, d_drive[t],
     the d_alpha partial, carry = (1 - alpha) dz; phase 2: carry += d_drive[t][rows, :] @ W[:, cols].
     Phase 2 reads every column of d_drive[t] (RAW across programs): one grid barrier between the
     phases. Nothing else crosses programs: the next phase 1 uses only this program's carry (in
@@ -181,10 +181,11 @@ def persistent_bwd_kernel(
     for i in range(T):
         t = T - 1 - i
         cur, prev_ptr = _step_pointers(t, h0_ptr, h_ptr, B, H)
-        dh = tl.load(grad_h_ptr + cur + offs, mask=mask, other=0.0) + carry
+        live = t < steps  # a held step's grad_h is ignored: the op's h is a constant zero there
+        dh = tl.load(grad_h_ptr + cur + offs, mask=mask & live, other=0.0) + carry
         drive = tl.load(drive_ptr + cur + offs, mask=mask, other=0.0)
         h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
-        d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, alpha, t < steps, ACT, INSIDE)
+        d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, alpha, live, ACT, INSIDE)
         d_alpha_rows += d_alpha
         tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
         _grid_barrier(counter, (i + 1) * splits)

@@ -7,8 +7,8 @@ Implements the compiled-backend interface of core.py:
         with values in 1..T; h (T, B, H) = h_1..h_T (a row holds its state from t = lengths[b] on);
         drive (T, B, H), or an empty tensor when save_drive is False.
     backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision, lengths)
-        -> (d_drive (T, B, H), dh0 (B, H), d_alpha (H,)); a held step passes its gradient to the
-        step before it, with d_drive = 0 there.
+        -> (d_drive (T, B, H), dh0 (B, H), d_alpha (H,)); at a held step (t >= lengths[b]) grad_h is
+        ignored, d_drive = 0 and the carried gradient passes to the step before it.
 
 Each call is one kernel launch covering all T steps, by one of two kernel families:
 "default" (triton_kernels.py, one program per 16-row batch tile, any shape) and "persistent"
