@@ -112,11 +112,20 @@ void forward_pointwise(const T* u, const T* product, T* drive, const T* h_prev, 
   });
 }
 
+// The rows of grad_h[t - 1] (see incoming_gradient): row b starts at data + b * row_stride and is
+// contiguous; data is nullptr at t = 0 (no gradient reaches h_0 from outside).
+template <typename T>
+struct GradRows {
+  const T* data;
+  int64_t row_stride;
+  const T* row(int64_t b) const { return data == nullptr ? nullptr : data + b * row_stride; }
+};
+
 // One reverse step's element-wise pass over all B rows, in batch order; dh (B, H) as in
 // backward_row. Each block of kRowsPerPartial rows accumulates its own d_alpha partial (AccT) row,
 // so that no two threads ever add to the same element.
 template <typename T, typename AccT, int64_t NL, int64_t PL>
-void backward_pointwise(const T* drive, const T* h_prev, const T* h, const T* grad_prev, T* dh,
+void backward_pointwise(const T* drive, const T* h_prev, const T* h, GradRows<T> grad_prev, T* dh,
                         T* d_drive, AccT* d_alpha_partial, const T* alpha, const T* keep,
                         int64_t batch, int64_t hidden) {
   const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
@@ -126,7 +135,7 @@ void backward_pointwise(const T* drive, const T* h_prev, const T* h, const T* gr
       for (int64_t b = block * kRowsPerPartial; b < b1; ++b) {
         const int64_t row = b * hidden;
         backward_row<T, AccT, NL, PL>(drive + row, h_prev + row, h + row,
-                                      grad_prev == nullptr ? nullptr : grad_prev + row, dh + row,
+                                      grad_prev.row(b), dh + row,
                                       d_drive + row, d_alpha_partial + block * hidden, alpha, keep,
                                       hidden);
       }
@@ -220,14 +229,28 @@ struct ForwardByLengthLoop {
   }
 };
 
-// grad_h[t - 1] as a contiguous (B, H) block (copied into scratch when grad_h has other strides),
-// or nullptr at t = 0.
+// True when every row grad_h[t, b, :] is contiguous, so that the loops read grad_h in place: any
+// strides over t and b, e.g. one direction's slice of a concatenated output's gradient.
+inline bool rows_readable_in_place(const at::Tensor& grad_h) {
+  return grad_h.size(2) <= 1 || grad_h.stride(2) == 1;
+}
+
+// A (B, H) scratch block for incoming_gradient when grad_h's rows cannot be read in place (e.g.
+// the stride-0 expansion autograd gives for output.sum()), else an undefined tensor.
+inline at::Tensor gradient_scratch(const at::Tensor& grad_h, const at::Tensor& like) {
+  return rows_readable_in_place(grad_h) ? at::Tensor() : at::empty_like(like);
+}
+
+// The rows of grad_h[t - 1]: in place, or copied into scratch (when defined) as a contiguous
+// (B, H) block; no rows at t = 0.
 template <typename T>
-const T* incoming_gradient(const at::Tensor& grad_h, int64_t t, at::Tensor& scratch) {
-  if (t == 0) return nullptr;
-  if (!scratch.defined()) return grad_h.const_data_ptr<T>() + (t - 1) * grad_h.stride(0);
+GradRows<T> incoming_gradient(const at::Tensor& grad_h, int64_t t, at::Tensor& scratch) {
+  if (t == 0) return {nullptr, 0};
+  if (!scratch.defined()) {
+    return {grad_h.const_data_ptr<T>() + (t - 1) * grad_h.stride(0), grad_h.stride(1)};
+  }
   scratch.copy_(grad_h[t - 1]);
-  return scratch.const_data_ptr<T>();
+  return {scratch.const_data_ptr<T>(), scratch.size(1)};
 }
 
 // The reverse time loop; dh (B, H) enters as grad_h[T-1] and leaves as dh0. grad_h may have any
@@ -244,9 +267,9 @@ struct BackwardLoop {
     const T* drive_p = drive.const_data_ptr<T>();
     const T* h_p = h.const_data_ptr<T>();
     T* d_drive_p = d_drive.mutable_data_ptr<T>();
-    at::Tensor grad_slice = grad_h.is_contiguous() ? at::Tensor() : at::empty_like(dh);
+    at::Tensor grad_slice = gradient_scratch(grad_h, dh);
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const T* grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
+      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
       backward_pointwise<T, double, NL, PL>(
           drive_p + t * plane, t == 0 ? h0.const_data_ptr<T>() : h_p + (t - 1) * plane,
           h_p + t * plane, grad_prev, dh.mutable_data_ptr<T>(), d_drive_p + t * plane,
@@ -274,14 +297,14 @@ struct BackwardByLengthLoop {
     const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
     const int64_t* index = order.index.const_data_ptr<int64_t>();
     at::Tensor d_drive_rows = at::empty({batch, hidden}, h.options());
-    at::Tensor grad_slice = grad_h.is_contiguous() ? at::Tensor() : at::empty_like(dh);
+    at::Tensor grad_slice = gradient_scratch(grad_h, dh);
     T* g = dh.mutable_data_ptr<T>();
     T* dd = d_drive_rows.mutable_data_ptr<T>();
     double* partial = d_alpha_partial.mutable_data_ptr<double>();
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t running = order.running[t];
       const int64_t running_prev = t > 0 ? order.running[t - 1] : 0;  // rows whose grad_h[t - 1] counts
-      const T* grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
+      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
       const T* h_prev = t == 0 ? h0.const_data_ptr<T>() : h.const_data_ptr<T>() + (t - 1) * plane;
       const T* h_t = h.const_data_ptr<T>() + t * plane;
       const T* drive_t = drive.const_data_ptr<T>() + t * plane;
@@ -291,7 +314,7 @@ struct BackwardByLengthLoop {
           const int64_t i1 = std::min(batch, (block + 1) * kRowsPerPartial);
           for (int64_t i = block * kRowsPerPartial; i < i1; ++i) {
             const int64_t row = index[i] * hidden, pos = i * hidden;
-            const T* gp = grad_prev == nullptr ? nullptr : grad_prev + row;
+            const T* gp = grad_prev.row(index[i]);
             if (i < running) {
               backward_row<T, double, NL, PL>(drive_t + row, h_prev + row, h_t + row, gp, g + pos,
                                               dd + pos, partial + block * hidden,

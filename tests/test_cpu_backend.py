@@ -107,17 +107,29 @@ def test_full_op_matches_torch_rnn_at_tau_one():
     assert_close_rel("h", h, want.detach(), 1e-5)
 
 
-@pytest.mark.parametrize("layout", ["expanded", "transposed"])
-def test_backward_accepts_strided_grad_h(layout):
+def strided_grad(layout: str, shape) -> torch.Tensor:
+    """A non-contiguous (T, B, H) gradient of one of the layouts autograd hands the backward."""
+    steps, batch, hidden = shape
+    if layout == "expanded":  # output.sum(): stride 0 everywhere, copied per step
+        return torch.randn(1, 1, 1).expand(shape)
+    if layout == "expanded-rows":  # stride 0 over t and b, rows contiguous: read in place
+        return torch.randn(1, 1, hidden).expand(shape)
+    if layout == "transposed":  # batch_first: rows contiguous, read in place
+        return torch.randn(batch, steps, hidden).transpose(0, 1)
+    if layout == "concatenated":  # one direction's slice of a bidirectional output: read in place
+        return torch.randn(steps, batch, 2 * hidden)[..., hidden:]
+    return torch.randn(steps, batch, hidden, 2)[..., 0]  # columns strided: copied per step
+
+
+@pytest.mark.parametrize("lengths", [None, torch.tensor([3, 5, 1, 2, 5, 4])])
+@pytest.mark.parametrize("layout", ["expanded", "expanded-rows", "transposed", "concatenated", "strided-columns"])
+def test_backward_accepts_strided_grad_h(layout, lengths):
     u, h0, w, alpha = make_inputs(5, 6, 37, seed=9)
-    h, drive = cpu.forward(u, h0, w, alpha, "tanh", "inside", True, "fp32")
-    if layout == "expanded":  # what autograd passes for output.sum()
-        grad_h = torch.randn(1, 1, 37).expand(u.shape)
-    else:
-        grad_h = torch.randn(6, 5, 37).transpose(0, 1)
+    h, drive = cpu.forward(u, h0, w, alpha, "tanh", "inside", True, "fp32", lengths)
+    grad_h = strided_grad(layout, u.shape)
     assert not grad_h.is_contiguous()
-    got = cpu.backward(grad_h, h, h0, drive, w, alpha, "tanh", "inside", "fp32")
-    want = cpu.backward(grad_h.contiguous(), h, h0, drive, w, alpha, "tanh", "inside", "fp32")
+    got = cpu.backward(grad_h, h, h0, drive, w, alpha, "tanh", "inside", "fp32", lengths)
+    want = cpu.backward(grad_h.contiguous(), h, h0, drive, w, alpha, "tanh", "inside", "fp32", lengths)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
 
