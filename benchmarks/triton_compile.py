@@ -32,6 +32,7 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from ptx_checks import ptx_facts  # noqa: E402
 from triton_capture import (ARCH, DEVICE_PROPERTIES, Launch, capturing, compile_launch,  # noqa: E402,F401
                             resources, specialised_arguments, stand_in)
 
@@ -183,15 +184,7 @@ def conflict_ways(row: dict) -> int:
 
 # ---- reports -------------------------------------------------------------------------------------------
 
-_PTX_FACTS = {"bar.sync": r"\bbar\.sync\b", "ld.global.nc": r"\bld\.global\.nc\b", "cp.async": r"\bcp\.async\b",
-              "mma": r"\b(mma\.sync|wgmma)\b", "gpu release": r"\b(red|atom)\.global\.gpu\.release",
-              "gpu acquire": r"\b(ld|atom)\.global\.gpu\.acquire"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "launch_cooperative_grid")
-
-
-def ptx_facts(ptx: str) -> list[str]:
-    """Which of the instruction patterns the tests check (_PTX_FACTS) the PTX contains."""
-    return [name for name, pattern in _PTX_FACTS.items() if re.search(pattern, ptx)]
 
 
 def compile_case(case: Case) -> list[dict]:
@@ -202,7 +195,8 @@ def compile_case(case: Case) -> list[dict]:
         compiled = compile_launch(launch)
         rows.append({"case": case.label, "kernel": launch.name, "grid": list(launch.grid),
                      "options": {k: launch.kwargs[k] for k in LAUNCH_OPTIONS if k in launch.kwargs},
-                     "ptx": ptx_facts(compiled.asm["ptx"]), "dynamic_smem": int(compiled.metadata.shared),
+                     "ptx": ptx_facts(compiled.asm["ptx"], 32 * compiled.metadata.num_warps),
+                     "dynamic_smem": int(compiled.metadata.shared),
                      "arguments": specialised_arguments(launch), **resources(compiled),
                      "unswizzled_reduction_operands": unswizzled_reduction_operands(
                          compiled.asm["ttgir"], ("f32",) if case.dtype == "float32" else ("f64",))})

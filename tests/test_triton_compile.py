@@ -21,6 +21,7 @@ from timescale_kernels.ops import triton_persistent as tp
 from timescale_kernels.ops import triton_recurrence as tr
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import ptx_checks  # noqa: E402
 import triton_compile as tc  # noqa: E402
 
 SIDE = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
@@ -81,6 +82,8 @@ def test_newest_triton_compiles_the_quick_cases(rows_newest):
     check_compiled(rows_newest, tc.all_cases(quick=True))
     assert {r["kernel"] for r in rows_newest} == {"recurrence_fwd_kernel", "recurrence_bwd_kernel",
                                                   "persistent_fwd_kernel"}
+    for r in rows_newest:  # one arrival per program at the grid barrier under this compiler too
+        assert ("barrier by thread 0" in r["ptx"]) == r["kernel"].startswith("persistent"), r
 
 
 @pytest.mark.slow
@@ -133,7 +136,7 @@ def test_default_kernels_launch(rows36):
 @pytest.mark.slow
 def test_persistent_kernels_launch(rows36):
     """A cooperative launch of the plan's grid, the column split first; the barrier as a gpu-scope
-    release and acquire bracketed by bar.sync; nothing through the read-only path and no asynchronous
+    release and acquire bracketed by bar.sync, each done by thread 0 alone; nothing through the read-only path and no asynchronous
     copy (nothing prefetched across the barrier); tf32x3, tf32 and bf16 on the tensor cores; shared
     memory within the plan's estimate."""
     rows = [r for r in rows36 if r["kernel"].startswith("persistent")]
@@ -143,7 +146,7 @@ def test_persistent_kernels_launch(rows36):
         planned = tr.persistent_plan(tc.DEVICE_PROPERTIES, batch_of(r), tc.STUDY_SHAPE[2], precision)
         assert r["grid"] == list(planned.grid) and planned.grid[0] >= 2, r
         assert r["options"] == {"num_warps": tp.NUM_WARPS, "num_stages": 1, "launch_cooperative_grid": True}, r
-        assert {"gpu release", "gpu acquire", "bar.sync"} <= set(r["ptx"]), r
+        assert {"gpu release", "gpu acquire", "bar.sync", "barrier by thread 0"} <= set(r["ptx"]), r
         assert not {"ld.global.nc", "cp.async"} & set(r["ptx"]), r
         assert precision == "fp32" or "mma" in r["ptx"], r
         w_bytes = {"tf32x3": 8, "bf16": 2}.get(precision, 4)
@@ -180,3 +183,40 @@ def load(layout, op_idx, parent="blocked2", etype="f32"):
 def test_static_check_on_hand_written_ttgir(line, caught):
     found = tc.unswizzled_reduction_operands(LAYOUTS + line + "\n")
     assert found == ([(caught, line)] if caught else [])
+
+
+# ---- the one-arrival check on hand-written PTX ----
+
+PTX_HEAD = """\tmov.u32 \t%r1, %tid.x;
+\tmov.u32 \t%r40, %ctaid.x;
+\tand.b32 \t%r15, %r1, 255;
+\tand.b32 \t%r16, %r1, 15;
+\tand.b32 \t%r2, %r1, 31;
+\tbfe.u32 \t%r51, %r1, 5, 3;
+\tor.b32 \t%r33, %r51, %r2;
+\tsetp.eq.b32 \t%p7, %r15, 0;
+\tsetp.eq.b32 \t%p8, %r1, 0;
+\tsetp.lt.s32 \t%p9, %r15, 16;
+\tsetp.eq.b32 \t%p10, %r16, 0;
+\tsetp.eq.b32 \t%p11, %r33, 0;
+\tsetp.eq.b32 \t%p12, %r40, 0;
+\tsetp.ne.b32 \t%p13, %r1, 0;
+"""
+RELEASE = "\t@{} atom.global.gpu.release.add.u32 %r5, [ %rd3 + 0 ], %r6;\n"
+ACQUIRE = "\t@{} ld.global.gpu.acquire.b32 %r9, [ %rd3 + 0 ];\n"
+
+
+@pytest.mark.parametrize("body,threads,one_arrival", [
+    (RELEASE.format("%p7") + ACQUIRE.format("%p7"), 256, True),    # tid & 255 == 0
+    (RELEASE.format("%p8") + ACQUIRE.format("%p8"), 128, True),    # tid == 0
+    (RELEASE.format("%p11") + ACQUIRE.format("%p11"), 256, True),  # lane | warp == 0, as triton 3.6 writes it
+    (RELEASE.format("!%p13") + ACQUIRE.format("%p8"), 256, True),  # not (tid != 0)
+    (RELEASE.format("%p10") + ACQUIRE.format("%p7"), 256, False),  # tid & 15 == 0: 16 threads arrive
+    (RELEASE.format("%p7") + ACQUIRE.format("%p9"), 256, False),   # 16 threads acquire
+    (RELEASE.format("%p11") + ACQUIRE.format("%p11"), 512, False),  # lane | warp covers 8 warps of 16
+    (RELEASE.format("%p12") + ACQUIRE.format("%p12"), 256, False),  # depends on the program id: unknown
+    ("\tatom.global.gpu.release.add.u32 %r5, [ %rd3 + 0 ], %r6;\n" + ACQUIRE.format("%p7"), 256, False),
+    ("", 256, False),                                                # no barrier at all
+])
+def test_barrier_check_on_hand_written_ptx(body, threads, one_arrival):
+    assert ptx_checks.barrier_by_thread_zero(PTX_HEAD + body, threads) is one_arrival
