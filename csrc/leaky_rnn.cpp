@@ -7,12 +7,14 @@
 //
 // With per-row lengths the loops keep the state (and, in reverse, the adjoint) in a row order,
 // longest first, so that each step's GEMM and element-wise pass cover only the rows still
-// running, as torch.nn.RNN's packed path does; outputs stay in batch order.
+// running, as torch.nn.RNN's packed path does; outputs stay in batch order. Without lengths the
+// loops can also run the sequence in reverse time order (reverse=True), reading and writing the
+// tensors in place, for the reverse direction of a bidirectional layer.
 //
-//   timescale_kernels_cpu::forward(u, h0, w, alpha, nonlinearity, placement, save_drive, lengths)
-//       -> (h, drive)
+//   timescale_kernels_cpu::forward(u, h0, w, alpha, nonlinearity, placement, save_drive, lengths,
+//                                  reverse) -> (h, drive)
 //   timescale_kernels_cpu::backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement,
-//                                   lengths) -> (d_drive, dh0, d_alpha)
+//                                   lengths, reverse) -> (d_drive, dh0, d_alpha)
 //   timescale_kernels_cpu::nonlinearities() -> the names, in code order
 //   timescale_kernels_cpu::empty_cache()
 
@@ -62,14 +64,19 @@ void check_args(const at::Tensor& h0, const at::Tensor& w, const at::Tensor& alp
 
 // u (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
 //   -> h (T, B, H) = h_1..h_T and drive (T, B, H) (empty unless save_drive).
+// reverse (without lengths): the steps run from time index T-1 down to 0, h[t] the state after
+// reading u[t] (h[T-1] the first step's), so that h[0] is the last state.
 // With lengths, row b holds its state from step lengths[b] on: h[t, b] = h[t - 1, b]; drive[t, b]
 // is left unwritten there.
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u, const at::Tensor& h0,
                                            const at::Tensor& w, const at::Tensor& alpha,
                                            int64_t nonlinearity, int64_t placement,
                                            bool save_drive,
-                                           const std::optional<at::Tensor>& lengths) {
+                                           const std::optional<at::Tensor>& lengths,
+                                           bool reverse) {
   check_args(h0, w, alpha, {{"u", &u}});
+  TORCH_CHECK(!(reverse && lengths.has_value()),
+              "reverse: not with lengths (reverse each row within its length instead)");
   const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
   at::Tensor h = OutputPool::instance().empty(u.sizes(), u.options());
   at::Tensor drive =
@@ -87,7 +94,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u, const at::Tensor
                                                          keep, h, drive_buffer, save_drive, order);
     } else {
       dispatch_activation<ForwardLoop, scalar_t>(nonlinearity, placement, u, h0, w, alpha, keep,
-                                                 h, drive_buffer, save_drive);
+                                                 h, drive_buffer, save_drive,
+                                                 TimeOrder{steps, reverse});
     }
   });
   return {h, drive};
@@ -108,12 +116,14 @@ at::Tensor sum_partials(const at::Tensor& d_alpha_partial, const at::Tensor& alp
 // grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
 //   -> d_drive (T, B, H), dh0 (B, H), d_alpha (H,).
 // With lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 from step lengths[b] on, and the
-// adjoint passes through those steps unchanged.
+// adjoint passes through those steps unchanged. reverse: as in forward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0, const at::Tensor& drive,
     const at::Tensor& w, const at::Tensor& alpha, int64_t nonlinearity, int64_t placement,
-    const std::optional<at::Tensor>& lengths) {
+    const std::optional<at::Tensor>& lengths, bool reverse) {
   check_args(h0, w, alpha, {{"grad_h", &grad_h}, {"h", &h}, {"drive", &drive}}, "grad_h");
+  TORCH_CHECK(!(reverse && lengths.has_value()),
+              "reverse: not with lengths (reverse each row within its length instead)");
   const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
   TORCH_CHECK(grad_h.size(0) == steps && drive.size(0) == steps,
               "grad_h, h, drive: expected the same T; got ", grad_h.size(0), ", ", steps, ", ",
@@ -125,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   // The adjoint of h_t, carried back; in row order when by length.
   // (A copy: the kernel updates it in place.)
   at::Tensor dh = by_length ? grad_h[steps - 1].index_select(0, order.index)
-                            : grad_h[steps - 1].clone(at::MemoryFormat::Contiguous);
+                            : grad_h[reverse ? 0 : steps - 1].clone(at::MemoryFormat::Contiguous);
   if (by_length) dh.narrow(0, order.running[steps - 1], batch - order.running[steps - 1]).zero_();
   const at::Tensor keep = 1 - alpha;
   // d_alpha accumulates in double (T * B terms per element), in partial sums over row blocks
@@ -141,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
                                                             d_alpha_partial, order);
       } else {
         dispatch_activation<BackwardLoop, scalar_t>(nonlinearity, placement, grad_h, h, h0, drive,
-                                                    w, alpha, keep, d_drive, dh, d_alpha_partial);
+                                                    w, alpha, keep, d_drive, dh, d_alpha_partial,
+                                                    TimeOrder{steps, reverse});
       }
     });
   }
@@ -160,10 +171,11 @@ std::vector<std::string> nonlinearities() {
 TORCH_LIBRARY(timescale_kernels_cpu, m) {
   m.def(
       "forward(Tensor u, Tensor h0, Tensor w, Tensor alpha, int nonlinearity, int placement, "
-      "bool save_drive, Tensor? lengths=None) -> (Tensor, Tensor)");
+      "bool save_drive, Tensor? lengths=None, bool reverse=False) -> (Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_h, Tensor h, Tensor h0, Tensor drive, Tensor w, Tensor alpha, "
-      "int nonlinearity, int placement, Tensor? lengths=None) -> (Tensor, Tensor, Tensor)");
+      "int nonlinearity, int placement, Tensor? lengths=None, bool reverse=False) -> "
+      "(Tensor, Tensor, Tensor)");
   // The nonlinearity names in code order (checked against timescale_kernels/ops/choices.py).
   m.def("nonlinearities() -> str[]", &timescale_kernels::nonlinearities);
   // Frees the output blocks kept for reuse (see output_pool.h).

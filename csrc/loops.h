@@ -163,20 +163,29 @@ void dispatch_activation(int64_t nonlinearity, int64_t placement, Args&&... args
 }
 
 // The forward time loop. Without save_drive, drive is one (B, H) buffer reused every step.
+// Step s of the recurrence reads and writes time index s, or T - 1 - s when it runs the sequence in
+// reverse time order (the reverse direction of a bidirectional layer, without flipping any tensor).
+struct TimeOrder {
+  int64_t steps;
+  bool reverse;
+  int64_t operator()(int64_t s) const { return reverse ? steps - 1 - s : s; }
+};
+
 template <typename T, int64_t NL, int64_t PL>
 struct ForwardLoop {
   static void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
                   const at::Tensor& alpha, const at::Tensor& keep, at::Tensor& h,
-                  at::Tensor& drive, bool save_drive) {
+                  at::Tensor& drive, bool save_drive, TimeOrder time) {
     const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
     const int64_t plane = batch * hidden;
     const at::Tensor w_t = w.t();
     at::Tensor product = at::empty({batch, hidden}, u.options());
     const T* u_p = u.const_data_ptr<T>();
     T* h_p = h.mutable_data_ptr<T>();
-    for (int64_t t = 0; t < steps; ++t) {
-      const at::Tensor h_prev = t == 0 ? h0 : h[t - 1];
-      at::mm_out(product, h_prev, w_t);  // product = h_{t-1} W^T
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = time(s);
+      const at::Tensor h_prev = s == 0 ? h0 : h[time(s - 1)];
+      at::mm_out(product, h_prev, w_t);  // product = h_prev W^T
       T* drive_t = drive.mutable_data_ptr<T>() + (save_drive ? t * plane : 0);
       forward_pointwise<T, NL, PL>(u_p + t * plane, product.const_data_ptr<T>(), drive_t,
                                    h_prev.const_data_ptr<T>(), h_p + t * plane,
@@ -241,41 +250,42 @@ inline at::Tensor gradient_scratch(const at::Tensor& grad_h, const at::Tensor& l
   return rows_readable_in_place(grad_h) ? at::Tensor() : at::empty_like(like);
 }
 
-// The rows of grad_h[t - 1]: in place, or copied into scratch (when defined) as a contiguous
-// (B, H) block; no rows at t = 0.
+// The rows of grad_h[t]: in place, or copied into scratch (when defined) as a contiguous (B, H)
+// block; no rows for t < 0 (the step before the first: no gradient reaches h0 from outside).
 template <typename T>
 GradRows<T> incoming_gradient(const at::Tensor& grad_h, int64_t t, at::Tensor& scratch) {
-  if (t == 0) return {nullptr, 0};
+  if (t < 0) return {nullptr, 0};
   if (!scratch.defined()) {
-    return {grad_h.const_data_ptr<T>() + (t - 1) * grad_h.stride(0), grad_h.stride(1)};
+    return {grad_h.const_data_ptr<T>() + t * grad_h.stride(0), grad_h.stride(1)};
   }
-  scratch.copy_(grad_h[t - 1]);
+  scratch.copy_(grad_h[t]);
   return {scratch.const_data_ptr<T>(), scratch.size(1)};
 }
 
-// The reverse time loop; dh (B, H) enters as grad_h[T-1] and leaves as dh0. grad_h may have any
-// strides: autograd hands out a stride-0 expansion for a loss like output.sum(), and copying one
-// (B, H) slice per step is far cheaper than materialising all T of them.
+// The backward time loop (the forward's steps, last first); dh (B, H) enters as the gradient of the
+// last step's state (grad_h[T-1], or grad_h[0] in reverse time order) and leaves as dh0. grad_h may
+// have any strides (see incoming_gradient).
 template <typename T, int64_t NL, int64_t PL>
 struct BackwardLoop {
   static void run(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
                   const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
                   const at::Tensor& keep, at::Tensor& d_drive, at::Tensor& dh,
-                  at::Tensor& d_alpha_partial) {
+                  at::Tensor& d_alpha_partial, TimeOrder time) {
     const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
     const int64_t plane = batch * hidden;
     const T* drive_p = drive.const_data_ptr<T>();
     const T* h_p = h.const_data_ptr<T>();
     T* d_drive_p = d_drive.mutable_data_ptr<T>();
     at::Tensor grad_slice = gradient_scratch(grad_h, dh);
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
+    for (int64_t s = steps - 1; s >= 0; --s) {  // the forward's steps, last first
+      const int64_t t = time(s), t_prev = s == 0 ? -1 : time(s - 1);
+      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t_prev, grad_slice);
       backward_pointwise<T, double, NL, PL>(
-          drive_p + t * plane, t == 0 ? h0.const_data_ptr<T>() : h_p + (t - 1) * plane,
+          drive_p + t * plane, s == 0 ? h0.const_data_ptr<T>() : h_p + t_prev * plane,
           h_p + t * plane, grad_prev, dh.mutable_data_ptr<T>(), d_drive_p + t * plane,
           d_alpha_partial.mutable_data_ptr<double>(), alpha.const_data_ptr<T>(),
           keep.const_data_ptr<T>(), batch, hidden);
-      dh.addmm_(d_drive[t], w);  // dh_{t-1} += d_drive_t W, in place (beta = 1)
+      dh.addmm_(d_drive[t], w);  // dh_prev += d_drive_t W, in place (beta = 1)
     }
   }
 };
@@ -304,7 +314,7 @@ struct BackwardByLengthLoop {
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t running = order.running[t];
       const int64_t running_prev = t > 0 ? order.running[t - 1] : 0;  // rows whose grad_h[t - 1] counts
-      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t, grad_slice);
+      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t - 1, grad_slice);
       const T* h_prev = t == 0 ? h0.const_data_ptr<T>() : h.const_data_ptr<T>() + (t - 1) * plane;
       const T* h_t = h.const_data_ptr<T>() + t * plane;
       const T* drive_t = drive.const_data_ptr<T>() + t * plane;

@@ -10,7 +10,7 @@ from .cell import LeakyRNNCell
 from .leaky_base import ROLES, LeakyBase, check_size
 from .ops import BACKENDS, leaky_rnn
 from .ops.checks import check_choice, check_lengths
-from .sequences import pack_like, reverse_in_time, unpack
+from .sequences import pack_like, unpack
 from .torch_rnn import from_torch_rnn, to_torch_rnn
 
 
@@ -263,13 +263,10 @@ class LeakyRNN(LeakyBase):
 
     def _run_direction(self, x, h0, names, reverse, lengths, generator):
         w_ih, w_hh, b_ih, b_hh, tau = self.group_tensors(names)
-        if reverse:
-            x = reverse_in_time(x, lengths)
         noise = self.noise_for(tau, (x.shape[0], x.shape[1], self.hidden_size), generator, x)
-        out, last = leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity=self.nonlinearity,
-                              placement=self.placement, self_connections=self.self_connections,
-                              backend=self.backend, lengths=lengths, drive_noise=noise)
-        return (reverse_in_time(out, lengths) if reverse else out), last
+        return leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity=self.nonlinearity,
+                         placement=self.placement, self_connections=self.self_connections,
+                         backend=self.backend, lengths=lengths, drive_noise=noise, reverse=reverse)
 
     @classmethod
     def from_torch_rnn(cls, rnn: nn.RNN, **kwargs) -> "LeakyRNN":

@@ -16,6 +16,11 @@ the serial core:
         grad_h[t, b] is ignored (the op's h is a constant zero there), d_drive[t, b] = 0, and the
         carried gradient passes through those steps to h_{t-1} unchanged.
 
+reverse=True runs the steps from time index T-1 down to 0 (never with lengths): h[t] is the state
+after reading u[t] and h[0] the last; a backend whose module sets NATIVE_REVERSE takes a `reverse`
+keyword and runs that order in place, for the others the op flips u before and h, drive after the
+forward (grad_h, h, drive before and d_drive after the backward).
+
 nonlinearity and placement arrive as names already validated at the public boundary; their
 integer codes are their positions in choices.py. The parallel parts stay here, as GEMMs over all
 T*B rows: dW = d_drive^T h_prev after the reverse loop, and (through autograd of the caller)
@@ -49,13 +54,21 @@ def recurrence(
     precision: str,
     save_drive: bool,
     lengths: Optional[torch.Tensor] = None,
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h (T, B, H), zero past each row's length, and the saved drive (T, B, H) (empty when save_drive
     is False)."""
-    h, drive = COMPILED[backend].forward(
-        u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(),
-        nonlinearity, placement, save_drive, precision, lengths=lengths,
-    )
+    if reverse and lengths is not None:
+        raise ValueError("recurrence: reverse=True with lengths (reverse each row within its length instead)")
+    module = COMPILED[backend]
+    args = (h0.contiguous(), w.contiguous(), alpha.contiguous(), nonlinearity, placement, save_drive, precision)
+    if not reverse:
+        h, drive = module.forward(u.contiguous(), *args, lengths=lengths)
+    elif getattr(module, "NATIVE_REVERSE", False):
+        h, drive = module.forward(u.contiguous(), *args, reverse=True)
+    else:
+        h, drive = module.forward(u.flip(0), *args)
+        h, drive = h.flip(0), (drive.flip(0) if drive.numel() else drive)
     if lengths is not None:
         _zero_past_lengths_(h, lengths)
     return h, drive
@@ -76,7 +89,8 @@ def _zero_past_lengths_(h: torch.Tensor, lengths: torch.Tensor) -> None:
 
 
 @recurrence.register_fake
-def _recurrence_fake(u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths=None):
+def _recurrence_fake(u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths=None,
+                     reverse=False):
     h = u.new_empty(u.shape)
     drive = u.new_empty(u.shape) if save_drive else u.new_empty((0,))
     return h, drive
@@ -95,27 +109,34 @@ def recurrence_backward(
     backend: str,
     precision: str,
     lengths: Optional[torch.Tensor] = None,
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """d_drive (T, B, H), dh0 (B, H), d_alpha (H,)."""
     # grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies
     # what it needs.
-    return COMPILED[backend].backward(
-        grad_h, h, h0.contiguous(), drive, w.contiguous(), alpha.contiguous(),
-        nonlinearity, placement, precision, lengths=lengths,
-    )
+    module = COMPILED[backend]
+    h0, w, alpha = h0.contiguous(), w.contiguous(), alpha.contiguous()
+    rest = (nonlinearity, placement, precision)
+    if not reverse:
+        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, lengths=lengths)
+    if getattr(module, "NATIVE_REVERSE", False):
+        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, reverse=True)
+    d_drive, dh0, d_alpha = module.backward(grad_h.flip(0), h.flip(0), h0, drive.flip(0), w, alpha, *rest)
+    return d_drive.flip(0), dh0, d_alpha
 
 
 @recurrence_backward.register_fake
 def _recurrence_backward_fake(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision,
-                              lengths=None):
+                              lengths=None, reverse=False):
     return grad_h.new_empty(grad_h.shape), h0.new_empty(h0.shape), alpha.new_empty(alpha.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths = inputs
+    u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths, reverse = inputs
     h, drive = output
     ctx.save_for_backward(h, h0, drive, w, alpha, lengths)
     ctx.args = (nonlinearity, placement, backend, precision)
+    ctx.reverse = reverse
     # The saved drive is an output only for autograd's bookkeeping: never build a zero gradient for it.
     ctx.set_materialize_grads(False)
 
@@ -126,18 +147,21 @@ def _backward(ctx, grad_h, grad_drive):
         raise RuntimeError("leaky_rnn: backward through a forward that did not save its drive")
     if grad_h is None:
         grad_h = torch.zeros_like(h)
-    d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths)
-    dw = _weight_gradient(d_drive, h, h0, lengths)
-    return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None
+    d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse)
+    dw = _weight_gradient(d_drive, h, h0, lengths, ctx.reverse)
+    return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None, None
 
 
-def _weight_gradient(d_drive, h, h0, lengths):
-    """dW (H, H) = sum over t and b of d_drive[t, b]^T h_{t-1}[b], as GEMMs over the rows of all steps,
-    without materialising h_prev = [h0, h_1..h_{T-1}]."""
+def _weight_gradient(d_drive, h, h0, lengths, reverse=False):
+    """dW (H, H) = sum over the steps of d_drive[t]^T h_prev(t), h_prev(t) being h0 at the first step
+    and otherwise the state before it (h[t - 1], or h[t + 1] in reverse time order), as GEMMs over the
+    rows of all steps, without materialising the previous states."""
     hidden = h.shape[-1]
-    dw = d_drive[0].t() @ h0
+    dw = d_drive[-1 if reverse else 0].t() @ h0
     if h.shape[0] == 1:
         return dw
+    if reverse:
+        return dw.addmm(d_drive[:-1].reshape(-1, hidden).t(), h[1:].reshape(-1, hidden))
     d_rows, h_rows = d_drive[1:].reshape(-1, hidden), h[:-1].reshape(-1, hidden)
     if lengths is not None and h.device.type == "cpu" and not torch.compiler.is_compiling():
         # Past its length a row's d_drive is zero: gathering the (t, b) still running first costs less

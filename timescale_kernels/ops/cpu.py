@@ -15,6 +15,7 @@ import torch
 from .choices import nonlinearity_code, placement_code
 
 _BUILD_HINT = "build it with: pip install --no-build-isolation -e ."
+NATIVE_REVERSE = True  # the loops run reverse time order in place (core.py flips for backends without)
 
 try:
     importlib.import_module("timescale_kernels._C")  # registers torch.ops.timescale_kernels_cpu
@@ -55,29 +56,31 @@ def _check_precision(precision: str) -> None:
 
 
 def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str,
-            lengths: torch.Tensor | None = None):
+            lengths: torch.Tensor | None = None, reverse: bool = False):
     """u (T, B, H), h0 (B, H), w (H, H) masked, alpha (H,), all float32 or all float64, on the CPU;
     lengths None or int64 (B,) with values in 1..T, in any order.
 
     Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (an empty tensor unless save_drive). With
-    lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified.
+    lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified. reverse
+    (not with lengths): the steps read u[T-1] first and u[0] last, h[t] the state after u[t].
     """
     _check_precision(precision)
     return torch.ops.timescale_kernels_cpu.forward(
         u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(), nonlinearity_code(nonlinearity),
-        placement_code(placement), bool(save_drive), lengths)
+        placement_code(placement), bool(save_drive), lengths, bool(reverse))
 
 
 def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str,
-             lengths: torch.Tensor | None = None):
-    """grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,); lengths as in forward.
+             lengths: torch.Tensor | None = None, reverse: bool = False):
+    """grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,); lengths and reverse as in forward.
 
     grad_h may have any strides (e.g. the stride-0 expansion autograd gives for output.sum()): the
     kernel copies one (B, H) slice per step instead of materialising all of it.
     Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,); dW is left to the caller (one GEMM). With
-    lengths, d_drive[t, b] = 0 for t >= lengths[b] and the gradient passes through those steps.
+    lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 for t >= lengths[b], and the gradient
+    passes through those steps.
     """
     _check_precision(precision)
     return torch.ops.timescale_kernels_cpu.backward(
         grad_h, h.contiguous(), h0.contiguous(), drive.contiguous(), w.contiguous(), alpha.contiguous(),
-        nonlinearity_code(nonlinearity), placement_code(placement), lengths)
+        nonlinearity_code(nonlinearity), placement_code(placement), lengths, bool(reverse))

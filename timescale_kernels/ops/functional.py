@@ -31,6 +31,7 @@ def leaky_rnn(
     precision: str = "fp32",
     lengths: torch.Tensor | None = None,
     drive_noise: torch.Tensor | None = None,
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A leaky RNN with per-neuron time constants, over a whole sequence.
 
@@ -53,7 +54,14 @@ def leaky_rnn(
             after lengths[b] steps: later states are held (h_t = h_{t-1}), later outputs are zero
             (as in torch.nn.RNN's padded packed output) and h_n is its last valid state. The
             compiled backends compute only the rows still running at each step.
-        drive_noise: (T, B, H) or None: added to each step's drive (e.g. recurrent noise).
+        drive_noise: (T, B, H) or None: added to the drive of the step that reads input[t] (e.g.
+            recurrent noise).
+        reverse: run the sequence backwards in time (the reverse direction of a bidirectional
+            layer): the first step reads input[T-1] (with lengths, each row's input[lengths[b]-1]),
+            the last reads input[0]; output[t] is the state after reading input[t] and h_n the state
+            after input[0]. The same as reversing input (and drive_noise) in time within each row's
+            length, running forwards and reversing the output back; the cpu backend runs it in place
+            without lengths, the others reverse the tensors.
 
     Returns:
         output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
@@ -70,15 +78,20 @@ def leaky_rnn(
     if precision != "fp32" and name != "triton":
         raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r} "
                          f"(the {name!r} backend computes exactly in the input dtype: use 'fp32')")
+    if name == "reference" and reverse:
+        output, h_n = leaky_rnn_reference(
+            reverse_in_time(input, lengths), hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity,
+            placement, self_connections, lengths, None if drive_noise is None else reverse_in_time(drive_noise, lengths))
+        return reverse_in_time(output, lengths), h_n
     if name == "reference":
         return leaky_rnn_reference(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
                                    nonlinearity, placement, self_connections, lengths, drive_noise)
     return _run_compiled(name, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
-                         self_connections, precision, lengths, drive_noise)
+                         self_connections, precision, lengths, drive_noise, reverse)
 
 
 def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
-                  self_connections, precision, lengths, drive_noise):
+                  self_connections, precision, lengths, drive_noise, reverse=False):
     """leaky_rnn on a compiled backend: input projection, the serial core, the output mask."""
     out_dtype = input.dtype
     if out_dtype in _LOW_PRECISION:
@@ -92,9 +105,16 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad,
-                                lengths)
-    if lengths is None:
+    if reverse and lengths is not None:  # each row reversed within its length, around a forward run
+        output, _ = core.recurrence(reverse_in_time(u, lengths), hx, w, alpha, nonlinearity, placement, backend,
+                                    precision, needs_grad, lengths)
+        output = reverse_in_time(output, lengths)
+    else:
+        output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad,
+                                    lengths, reverse)
+    if reverse:  # the last step read input[0]
+        h_n = output[0]
+    elif lengths is None:
         h_n = output[-1]
     else:  # each row's last valid state (the output is zero past it)
         h_n = output[lengths - 1, torch.arange(output.shape[1], device=output.device)]
@@ -117,3 +137,14 @@ def _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise):
     u = u.view(steps, batch, hidden)
     return u if drive_noise is None else u + drive_noise
 
+
+def reverse_in_time(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """x (T, B, F) with each row's first lengths[b] steps in reverse order (steps past a row's length
+    stay where they are); the whole time axis reversed when lengths is None. Its own inverse."""
+    if lengths is None:
+        return x.flip(0)
+    steps = x.shape[0]
+    t = torch.arange(steps, device=x.device).unsqueeze(1)
+    lengths = lengths.to(x.device).unsqueeze(0)
+    index = torch.where(t < lengths, lengths - 1 - t, t)
+    return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))

@@ -51,6 +51,9 @@ except Exception as err:  # triton missing, or broken at import: the backend rep
     _common = _kernels = _persistent = None
     _IMPORT_ERROR = err
 
+# Reverse time order is run by core.py flipping the tensors around the kernels (see cpu.py's loops).
+NATIVE_REVERSE = False
+
 # Fill every output with NaN before launching, so that an element a kernel fails to write
 # cannot pass a test. Off by default (it costs a memset); tests switch it on.
 poison_outputs = os.environ.get("TIMESCALE_KERNELS_POISON", "0") == "1"

@@ -1,0 +1,95 @@
+"""leaky_rnn(..., reverse=True): the sequence run backwards in time equals reversing the input in time
+(within each row's length), running forwards and reversing the output back, on every backend; the
+C++ loops run that order in place, bitwise equal to the loop over flipped tensors."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton backend on CPU tensors, through its interpreter
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import timescale_kernels as tk  # noqa: E402
+from timescale_kernels.ops import PLACEMENTS, cpu  # noqa: E402
+from timescale_kernels.ops.functional import reverse_in_time  # noqa: E402
+
+from helpers import GRAD_NAMES, core_inputs, op_args, random_lengths, rel_err  # noqa: E402
+
+BACKENDS = [b for b in ("reference", "cpu", "triton") if b in tk.available_backends()]
+needs_cpu = pytest.mark.skipif(not cpu.is_available(), reason="the C++ extension is not built")
+
+
+def run(args, backend, placement, lengths, reverse, noise=None):
+    return tk.leaky_rnn(*args.values(), nonlinearity="tanh", placement=placement, backend=backend,
+                        lengths=lengths, drive_noise=noise, reverse=reverse)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_reverse_equals_the_flipped_run(backend, placement, with_lengths):
+    steps, batch = 7, 5
+    args = op_args(T=steps, B=batch, I=3, H=11, seed=3)
+    lengths = random_lengths(steps, batch, seed=4) if with_lengths else None
+    noise = 0.1 * torch.randn(steps, batch, 11, generator=torch.Generator().manual_seed(5))
+    out, h_n = run(args, backend, placement, lengths, True, noise)
+    flipped = dict(args, input=reverse_in_time(args["input"], lengths))
+    want_out, want_h_n = run(flipped, backend, placement, lengths, False, reverse_in_time(noise, lengths))
+    want_out = reverse_in_time(want_out, lengths)
+    assert rel_err(out, want_out) <= 1e-6 and rel_err(h_n, want_h_n) <= 1e-6
+    assert torch.equal(h_n, out[0])  # the last step read input[0]
+    gen = torch.Generator().manual_seed(6)
+    g_out, g_n = torch.randn(out.shape, generator=gen), torch.randn(h_n.shape, generator=gen)
+    got = torch.autograd.grad((out * g_out).sum() + (h_n * g_n).sum(), list(args.values()))
+    want = torch.autograd.grad((want_out * g_out).sum() + (want_h_n * g_n).sum(), list(args.values()))
+    for name, a, b in zip(GRAD_NAMES, got, want):
+        assert rel_err(a, b) <= 1e-5, name
+
+
+@needs_cpu
+@pytest.mark.parametrize("shape", [(1, 3, 8), (9, 70, 300)])  # one step; several threads
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_cpu_core_reverse_is_the_loop_over_flipped_tensors(shape, placement):
+    c = core_inputs(*shape, seed=5)
+    h, drive = cpu.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", placement, True, "fp32", reverse=True)
+    h_f, drive_f = cpu.forward(c["u"].flip(0), c["h0"], c["w"], c["alpha"], "tanh", placement, True, "fp32")
+    assert torch.equal(h, h_f.flip(0)) and torch.equal(drive, drive_f.flip(0))
+    got = cpu.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"], "tanh", placement, "fp32", reverse=True)
+    want = cpu.backward(c["grad_h"].flip(0), h_f, c["h0"], drive_f, c["w"], c["alpha"], "tanh", placement, "fp32")
+    assert torch.equal(got[0], want[0].flip(0)) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+@needs_cpu
+def test_cpu_core_reverse_reads_strided_gradients_in_place():
+    c = core_inputs(6, 4, 20, seed=6)
+    h, drive = cpu.forward(c["u"], c["h0"], c["w"], c["alpha"], "relu", "outside", True, "fp32", reverse=True)
+    for grad_h in (torch.randn(6, 4, 40)[..., 20:], torch.randn(1, 1, 1).expand(6, 4, 20)):
+        got = cpu.backward(grad_h, h, c["h0"], drive, c["w"], c["alpha"], "relu", "outside", "fp32", reverse=True)
+        want = cpu.backward(grad_h.contiguous(), h, c["h0"], drive, c["w"], c["alpha"], "relu", "outside", "fp32",
+                            reverse=True)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+@needs_cpu
+def test_gradcheck_float64_reverse_on_cpu():
+    args = op_args(T=4, B=2, I=2, H=5, dtype=torch.float64, tau_range=(1.2, 3.0), seed=7)
+    torch.autograd.gradcheck(
+        lambda *a: tk.leaky_rnn(*a, nonlinearity="tanh", backend="cpu", reverse=True),
+        tuple(args.values()), eps=1e-6, atol=1e-7)
+
+
+@needs_cpu
+def test_cpu_kernel_refuses_reverse_with_lengths():
+    c = core_inputs(3, 2, 4)
+    with pytest.raises(RuntimeError, match="reverse: not with lengths"):
+        torch.ops.timescale_kernels_cpu.forward(c["u"], c["h0"], c["w"], c["alpha"], 0, 0, True,
+                                                torch.tensor([1, 3]), True)
+
+
+def test_torch_compile_reverse_matches_eager():
+    args = op_args(T=5, B=3, I=2, H=6, seed=8, requires_grad=False)
+    backend = "cpu" if cpu.is_available() else "reference"
+    fn = torch.compile(lambda *a: tk.leaky_rnn(*a, nonlinearity="tanh", backend=backend, reverse=True),
+                       fullgraph=True, backend="eager")
+    got, eager = fn(*args.values()), tk.leaky_rnn(*args.values(), nonlinearity="tanh", backend=backend, reverse=True)
+    assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
