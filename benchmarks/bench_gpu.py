@@ -15,6 +15,9 @@ GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every mea
               analysis.simulate with its statistics
   defect-ab   the forward kernel launched as the launcher launches it, with W read through its unit
               stride (M[k, n] = W[n, k]) against a contiguous copy of W^T, per family
+  dropin      the modules at the second shape (T = 100): LeakyRNN (triton, tanh, fp32) against
+              torch.nn.RNN (cuDNN, tanh; torch's defaults and allow_tf32 off), one layer, and two
+              layers bidirectional with nn.RNN's weights
 --dry-run runs the same code on the CPU at tiny shapes under the Triton interpreter (timings
 meaningless; it rehearses the command and its output).
 """
@@ -153,9 +156,41 @@ def baseline_rows(x, h0, p, device):
     return rows
 
 
+def dropin_rows(shape, device):
+    """[(name, fn, params, graph)]: LeakyRNN against torch.nn.RNN (tanh) as modules, 1 layer and 2
+    layers bidirectional, the same weights (LeakyRNN's tau in 1..2)."""
+    import timescale_kernels as tk
+    steps, batch, hidden = shape
+    x = torch.rand(steps, batch, 1, device=device).round()
+    rows = []
+    for layers, bidirectional in ((1, False), (2, True)):
+        torch.manual_seed(0)
+        rnn = torch.nn.RNN(1, hidden, num_layers=layers, bidirectional=bidirectional, nonlinearity="tanh").to(device)
+        leaky = tk.LeakyRNN(1, hidden, num_layers=layers, bidirectional=bidirectional, nonlinearity="tanh",
+                            backend="triton").to(device)
+        with torch.no_grad():
+            for name, p in rnn.named_parameters():
+                getattr(leaky, name).copy_(p)
+
+        def cudnn_fp32(rnn=rnn):
+            previous = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False
+            try:
+                return rnn(x)[0]
+            finally:
+                torch.backends.cudnn.allow_tf32 = previous
+        tag = "1 layer" if layers == 1 else f"{layers} layers bidirectional"
+        rows += [(f"LeakyRNN {tag} (triton fp32)", lambda leaky=leaky: leaky(x)[0], list(leaky.parameters()), False),
+                 (f"nn.RNN {tag} (cudnn)", lambda rnn=rnn: rnn(x)[0], list(rnn.parameters()), False),
+                 (f"nn.RNN {tag} (cudnn-fp32)", cudnn_fp32, list(rnn.parameters()), False)]
+    return rows
+
+
 def group_rows(group, shape, cfg):
     """The rows of one group at one shape: [(name, fn, params, graph)]."""
     device = cfg["device"]
+    if group == "dropin":
+        return dropin_rows(shape, device)
     x, h0, p = make_problem(*shape, device)
     params = list(p.values())
     if group == "table":
@@ -178,7 +213,7 @@ def group_rows(group, shape, cfg):
 def run_table(group, cfg, results, deadline):
     """Each row of the group at each shape; results[group]['T,B,H'][row] after every measurement."""
     from timescale_kernels.ops import triton_recurrence
-    for shape in cfg["shapes"]:
+    for shape in (cfg["shapes"][-1:] if group == "dropin" else cfg["shapes"]):
         key = ",".join(map(str, shape))
         for name, fn, params, graph in group_rows(group, shape, cfg):
             if deadline_passed(deadline, 5):
@@ -186,7 +221,7 @@ def run_table(group, cfg, results, deadline):
                 continue
             start = time.monotonic()
             row = measure(fn, cfg["device"], params, graph)
-            if name.startswith("triton-"):
+            if name.startswith("triton-") or "(triton" in name:
                 row["family_ran"] = triton_recurrence.last_family  # "default" where persistent fell back
             row["seconds"] = round(time.monotonic() - start, 1)
             record(results, [group, key, name], row)
@@ -195,7 +230,7 @@ def run_table(group, cfg, results, deadline):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("group", choices=("table", "persistent", "torch-compile", "analysis", "defect-ab"))
+    parser.add_argument("group", choices=("table", "persistent", "torch-compile", "analysis", "defect-ab", "dropin"))
     parser.add_argument("--results", required=True, help="the JSON file to update")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, the Triton interpreter")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this")

@@ -15,7 +15,9 @@ subprocess under its own time limit (cut further to what is left of --budget-s),
                the recurrence alone, epochs at N = 30 and 100, the headline run projected
   tests        pytest -m gpu tests/, but for the persistent kernels' file
   tests-persistent  pytest -m gpu tests/test_triton_persistent.py (each test has its own deadlock timeout)
-  torch-compile  bench_gpu.py torch-compile: torch.compile of the study's step (slow to compile: last)
+  torch-compile  bench_gpu.py torch-compile: torch.compile of the study's step (slow to compile)
+  dropin       bench_gpu.py dropin: LeakyRNN against torch.nn.RNN (cuDNN) as modules, 1 layer and
+               2 layers bidirectional (last: it runs when the budget allows)
 
 Writes three files to --out-dir (or $GPU_CHECK_OUT_DIR, or $OUT_DIR; default benchmarks/results/):
 gpu-<device>.json (every figure, rewritten atomically after each measurement), gpu-<device>.md (the
@@ -56,6 +58,7 @@ GROUPS = (
     ("tests", 40, PYTEST + ["tests/", "--ignore=tests/test_triton_persistent.py", "--junitxml", "{tmp}/junit.xml"]),
     ("tests-persistent", 30, PYTEST + ["tests/test_triton_persistent.py", "--junitxml", "{tmp}/junit.xml"]),
     ("torch-compile", 30, [str(BENCH / "bench_gpu.py"), "torch-compile", "--results", "{results}"]),
+    ("dropin", 25, [str(BENCH / "bench_gpu.py"), "dropin", "--results", "{results}"]),
 )
 DEFAULT_BUDGET_S = 330
 MIN_GROUP_S = 10

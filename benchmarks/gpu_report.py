@@ -54,6 +54,27 @@ def per_step_table(results: dict) -> list[str]:
     return lines
 
 
+def dropin_lines(results: dict) -> list[str]:
+    """LeakyRNN against torch.nn.RNN as modules: per-step microseconds, and nn.RNN (cudnn) / LeakyRNN."""
+    lines = []
+    for shape, rows in results.get("dropin", {}).items():
+        T = int(shape.split(",")[0])
+        for name, row in rows.items():
+            if not row.get("fwd_bwd_ms"):
+                lines.append(f"- {shape} {name}: {row.get('skipped') or row.get('fwd_bwd_ms_error') or 'failed'}")
+                continue
+            line = (f"- {shape} {name}: fwd {fmt(row['fwd_ms'] * 1e3 / T if row.get('fwd_ms') else None)}, "
+                    f"fwd+bwd {fmt(row['fwd_bwd_ms'] * 1e3 / T)} us/step")
+            if name.startswith("LeakyRNN"):
+                theirs = rows.get(name.replace("LeakyRNN", "nn.RNN").replace("(triton fp32)", "(cudnn)"), {})
+                if theirs.get("fwd_bwd_ms"):
+                    line += f"; nn.RNN (cudnn) / LeakyRNN, fwd+bwd: {fmt(theirs['fwd_bwd_ms'] / row['fwd_bwd_ms'])}x"
+                if row.get("family_ran"):
+                    line += f" (triton {row['family_ran']} kernels)"
+            lines.append(line)
+    return lines
+
+
 def analysis_lines(results: dict) -> list[str]:
     lines = []
     for name, row in results.get("analysis", {}).items():
@@ -131,6 +152,7 @@ def markdown(results: dict) -> str:
     for title, lines in (("Analysis simulation (forward only)", analysis_lines(results)),
                          ("Defect A/B: forward kernel, strided W against contiguous W^T", defect_ab_lines(results)),
                          ("Training steps and the headline run", training_lines(results)),
+                         ("Drop-in modules: LeakyRNN against torch.nn.RNN", dropin_lines(results)),
                          ("Checks and groups", check_lines(results))):
         out += ["", f"## {title}", ""] + (lines or ["(not measured)"])
     out += ["", f"Total: {results.get('seconds', '-')} s"]

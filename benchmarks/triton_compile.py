@@ -101,13 +101,15 @@ def controls() -> list[Case]:
 
 
 def warm_cases() -> list[Case]:
-    """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows) and
-    the GPU tests' other placement ("inside"), forward and backward: the kernels that
-    `make gpu-check` launches."""
+    """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows),
+    the GPU tests' other placement ("inside") and the drop-in modules' tanh (fp32), forward and
+    backward: the kernels that `make gpu-check` launches."""
     no_drive = [Case(family, p, "float32", "simulate", batch=STUDY_SHAPE[1]) for family in FAMILIES for p in PRECISIONS]
     inside = [Case(family, p, "float32", direction, placement="inside")
               for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
-    return all_cases() + no_drive + inside
+    tanh = [Case(family, "fp32", "float32", direction, nonlinearity="tanh")
+            for family in FAMILIES for direction in ("forward", "backward", "simulate")]
+    return all_cases() + no_drive + inside + [c for c in tanh if c not in all_cases()]
 
 
 def capture(case: Case) -> list[Launch]:
