@@ -102,14 +102,17 @@ def controls() -> list[Case]:
 
 def warm_cases() -> list[Case]:
     """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows),
-    the GPU tests' other placement ("inside") and the drop-in modules' tanh (fp32), forward and
-    backward: the kernels that `make gpu-check` launches."""
+    the GPU tests' other placement ("inside") and small batch, and the drop-in modules' tanh (fp32),
+    forward and backward: the kernels that `make gpu-check` launches."""
     no_drive = [Case(family, p, "float32", "simulate", batch=STUDY_SHAPE[1]) for family in FAMILIES for p in PRECISIONS]
     inside = [Case(family, p, "float32", direction, placement="inside")
               for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
     tanh = [Case(family, "fp32", "float32", direction, nonlinearity="tanh")
             for family in FAMILIES for direction in ("forward", "backward", "simulate")]
-    return all_cases() + no_drive + inside + [c for c in tanh if c not in all_cases()]
+    # the persistent GPU test's small batch (B = 10, both placements, fp32 and tf32x3)
+    small = [Case("persistent", p, "float32", direction, placement=placement, batch=10)
+             for p in ("fp32", "tf32x3") for direction in ("forward", "backward") for placement in ("outside", "inside")]
+    return all_cases() + no_drive + inside + [c for c in tanh + small if c not in all_cases()]
 
 
 def capture(case: Case) -> list[Launch]:

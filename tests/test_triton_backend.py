@@ -273,6 +273,36 @@ def test_leaky_rnn_triton_on_gpu():
 
 @pytest.mark.gpu
 @gpu
+def test_lengths_on_gpu():
+    """Per-row lengths at the study's batch: held rows, and the gradient at held steps ignored."""
+    check_lengths(make_core(30, 256, 500, device="cuda"), make_lengths(30, 256, seed=3), "leaky_relu", "outside",
+                  family="default")
+
+
+@pytest.mark.gpu
+@gpu
+def test_stacked_bidirectional_module_on_gpu():
+    """LeakyRNN with 2 layers, both directions (reverse=True runs through flips on this backend), on the
+    triton backend against the same module on the reference backend in float64."""
+    import timescale_kernels as tk
+    torch.manual_seed(0)
+    fast = tk.LeakyRNN(1, 500, num_layers=2, bidirectional=True, nonlinearity="tanh", backend="triton").cuda()
+    slow = tk.LeakyRNN(1, 500, num_layers=2, bidirectional=True, nonlinearity="tanh", backend="reference")
+    slow.load_state_dict(fast.state_dict())
+    slow = slow.cuda().double()
+    x = torch.rand(20, 256, 1, device="cuda").round()
+    out, h_n = fast(x)
+    out_ref, h_n_ref = slow(x.double())
+    weight = torch.randn(out.shape, device="cuda")
+    (out * weight).sum().backward()
+    (out_ref * weight.double()).sum().backward()
+    assert rel_err(out, out_ref) <= 1e-5 and rel_err(h_n, h_n_ref) <= 1e-5
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+        assert rel_err(a.grad, b.grad) <= 1e-5, name
+
+
+@pytest.mark.gpu
+@gpu
 def test_offsets_beyond_int32_on_gpu():
     """T * B * H > 2**31 elements: the kernels' time offsets are 64-bit. About 18 GB of GPU memory."""
     T, B, H = 16400, 256, 512

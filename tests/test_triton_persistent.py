@@ -194,7 +194,7 @@ def test_other_launch_errors_are_not_swallowed(monkeypatch):
 GPU_SCRIPT = """
 import torch
 from timescale_kernels.ops import triton_recurrence as tr
-from test_triton_backend import make_core, reference_grads
+from test_triton_backend import check_lengths, make_core, make_lengths, reference_grads
 from conftest import rel_err
 tr.poison_outputs = True
 for B in (256, 10):
@@ -210,6 +210,10 @@ for B in (256, 10):
         h_ref, *want = reference_grads(c, "leaky_relu", placement)
         errs = [rel_err(h, h_ref)] + [rel_err(a, b) for a, b in zip(grads, want)]
         assert max(errs) <= 1e-5, (B, placement, errs)
+    if "{precision}" == "fp32" and B == 256:  # per-row lengths (kernels in the warm cache): held rows,
+        # their gradient ignored, the barrier kept
+        check_lengths(make_core(30, B, 500, device="cuda"), make_lengths(30, B, seed=B), "leaky_relu", "outside",
+                      family="persistent")
 print("ok")
 """
 
