@@ -8,8 +8,9 @@
 // With per-row lengths the loops keep the state (and, in reverse, the adjoint) in a row order,
 // longest first, so that each step's GEMM and element-wise pass cover only the rows still
 // running, as torch.nn.RNN's packed path does; outputs stay in batch order. Without lengths the
-// loops can also run the sequence in reverse time order (reverse=True), reading and writing the
-// tensors in place, for the reverse direction of a bidirectional layer.
+// loops can also run the sequence in reverse time order (reverse=True; with lengths each row within
+// its own length), reading and writing the tensors in place, for the reverse direction of a
+// bidirectional layer.
 //
 //   timescale_kernels_cpu::forward(u, h0, w, alpha, nonlinearity, placement, save_drive, lengths,
 //                                  reverse) -> (h, drive)
@@ -64,10 +65,10 @@ void check_args(const at::Tensor& h0, const at::Tensor& w, const at::Tensor& alp
 
 // u (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
 //   -> h (T, B, H) = h_1..h_T and drive (T, B, H) (empty unless save_drive).
-// reverse (without lengths): the steps run from time index T-1 down to 0, h[t] the state after
-// reading u[t] (h[T-1] the first step's), so that h[0] is the last state.
 // With lengths, row b holds its state from step lengths[b] on: h[t, b] = h[t - 1, b]; drive[t, b]
-// is left unwritten there.
+// is left unwritten there. reverse: the steps run from time index T-1 down to 0 (with lengths, each
+// row's from lengths[b]-1 down to 0), h[t] the state after reading u[t], so that h[0] is the last
+// state; held steps stay where they are.
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u, const at::Tensor& h0,
                                            const at::Tensor& w, const at::Tensor& alpha,
                                            int64_t nonlinearity, int64_t placement,
@@ -75,8 +76,6 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u, const at::Tensor
                                            const std::optional<at::Tensor>& lengths,
                                            bool reverse) {
   check_args(h0, w, alpha, {{"u", &u}});
-  TORCH_CHECK(!(reverse && lengths.has_value()),
-              "reverse: not with lengths (reverse each row within its length instead)");
   const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
   at::Tensor h = OutputPool::instance().empty(u.sizes(), u.options());
   at::Tensor drive =
@@ -86,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u, const at::Tensor
   at::Tensor drive_buffer = save_drive ? drive : at::empty({batch, hidden}, u.options());
   const at::Tensor keep = 1 - alpha;
   const bool by_length = lengths.has_value();
-  const RowOrder order = by_length ? order_by_length(*lengths, steps, batch) : RowOrder{};
+  const RowOrder order = by_length ? order_by_length(*lengths, steps, batch, reverse) : RowOrder{};
   DenormalsAreZero denormal_guard;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "timescale_kernels_cpu::forward", [&] {
     if (by_length) {
@@ -122,8 +121,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& w, const at::Tensor& alpha, int64_t nonlinearity, int64_t placement,
     const std::optional<at::Tensor>& lengths, bool reverse) {
   check_args(h0, w, alpha, {{"grad_h", &grad_h}, {"h", &h}, {"drive", &drive}}, "grad_h");
-  TORCH_CHECK(!(reverse && lengths.has_value()),
-              "reverse: not with lengths (reverse each row within its length instead)");
   const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
   TORCH_CHECK(grad_h.size(0) == steps && drive.size(0) == steps,
               "grad_h, h, drive: expected the same T; got ", grad_h.size(0), ", ", steps, ", ",
@@ -131,11 +128,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   at::Tensor d_drive = OutputPool::instance().empty(h.sizes(), h.options());
   if (steps == 0) return {d_drive, at::zeros_like(h0), at::zeros_like(alpha)};
   const bool by_length = lengths.has_value();
-  const RowOrder order = by_length ? order_by_length(*lengths, steps, batch) : RowOrder{};
-  // The adjoint of h_t, carried back; in row order when by length.
-  // (A copy: the kernel updates it in place.)
-  at::Tensor dh = by_length ? grad_h[steps - 1].index_select(0, order.index)
-                            : grad_h[reverse ? 0 : steps - 1].clone(at::MemoryFormat::Contiguous);
+  const RowOrder order = by_length ? order_by_length(*lengths, steps, batch, reverse) : RowOrder{};
+  // In reverse by length each row reads grad_h at its own time index: its rows must be in place.
+  const at::Tensor grad =
+      by_length && reverse && !rows_readable_in_place(grad_h) ? grad_h.contiguous() : grad_h;
+  // The adjoint of the last step's state, carried back; in row order when by length, zero for the
+  // rows that do not run the last step. (A copy: the kernel updates it in place.)
+  const int64_t last = reverse ? 0 : steps - 1;
+  at::Tensor dh = by_length ? grad[last].index_select(0, order.index)
+                            : grad[last].clone(at::MemoryFormat::Contiguous);
   if (by_length) dh.narrow(0, order.running[steps - 1], batch - order.running[steps - 1]).zero_();
   const at::Tensor keep = 1 - alpha;
   // d_alpha accumulates in double (T * B terms per element), in partial sums over row blocks
@@ -146,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     DenormalsAreZero denormal_guard;
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "timescale_kernels_cpu::backward", [&] {
       if (by_length) {
-        dispatch_activation<BackwardByLengthLoop, scalar_t>(nonlinearity, placement, grad_h, h, h0,
+        dispatch_activation<BackwardByLengthLoop, scalar_t>(nonlinearity, placement, grad, h, h0,
                                                             drive, w, alpha, keep, d_drive, dh,
                                                             d_alpha_partial, order);
       } else {

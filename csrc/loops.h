@@ -75,9 +75,16 @@ inline int64_t row_grain(int64_t hidden, int64_t rows_per_item = 1) {
 struct RowOrder {
   at::Tensor index;              // (B,) int64: position in the order -> batch row
   std::vector<int64_t> running;  // (T,): rows with lengths > t
+  std::vector<int64_t> length;   // (B,): the length of the row at each position of the order
+  bool reverse = false;          // each row runs its own steps in reverse time order
+
+  // The time index that step s reads and writes for the row at position i (running at s): s, or
+  // length - 1 - s in reverse (the row's first lengths[b] steps reversed; held steps stay put).
+  int64_t time(int64_t i, int64_t s) const { return reverse ? length[i] - 1 - s : s; }
 };
 
-inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_t batch) {
+inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_t batch,
+                                bool reverse = false) {
   TORCH_CHECK(lengths.device().is_cpu() && lengths.scalar_type() == at::kLong,
               "lengths: expected a CPU int64 tensor; got ", lengths.device(), " ",
               lengths.scalar_type());
@@ -89,12 +96,14 @@ inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_
     TORCH_CHECK(len[b] >= 1 && len[b] <= steps, "lengths: expected values in 1..", steps,
                 "; got ", len[b], " at row ", b);
   }
-  RowOrder order{at::empty({batch}, lengths.options()), std::vector<int64_t>(steps, 0)};
+  RowOrder order{at::empty({batch}, lengths.options()), std::vector<int64_t>(steps, 0),
+                 std::vector<int64_t>(batch), reverse};
   int64_t* index = order.index.mutable_data_ptr<int64_t>();
   for (int64_t b = 0; b < batch; ++b) index[b] = b;
   std::stable_sort(index, index + batch, [len](int64_t a, int64_t b) { return len[a] > len[b]; });
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t < len[b]; ++t) ++order.running[t];
+  for (int64_t i = 0; i < batch; ++i) {
+    order.length[i] = len[index[i]];
+    for (int64_t t = 0; t < order.length[i]; ++t) ++order.running[t];
   }
   return order;
 }
@@ -196,9 +205,9 @@ struct ForwardLoop {
 };
 
 // The forward time loop over rows of different lengths. The state lives in row order (longest
-// first) in a (B, H) buffer, so that step t's GEMM covers only its first running[t] rows; each
-// running row is computed into h[t, b] (batch order) and copied back to the state, each finished
-// row copies its held state to h[t, b].
+// first) in a (B, H) buffer, so that step s's GEMM covers only its first running[s] rows; each
+// running row is computed into h[t, b] (batch order; t = order.time(i, s)) and copied back to the
+// state, each finished row copies its held state to h[s, b].
 template <typename T, int64_t NL, int64_t PL>
 struct ForwardByLengthLoop {
   static void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
@@ -213,24 +222,27 @@ struct ForwardByLengthLoop {
     const int64_t* index = order.index.const_data_ptr<int64_t>();
     T* s = state.mutable_data_ptr<T>();
     const T* p = product.const_data_ptr<T>();
-    for (int64_t t = 0; t < steps; ++t) {
-      const int64_t running = order.running[t];
-      if (running > 0) {  // product = h_{t-1} W^T over the running rows
+    const T* u_p = u.const_data_ptr<T>();
+    T* h_p = h.mutable_data_ptr<T>();
+    T* drive_p = drive.mutable_data_ptr<T>();
+    for (int64_t step = 0; step < steps; ++step) {
+      const int64_t running = order.running[step];
+      if (running > 0) {  // product = h_prev W^T over the running rows
         at::Tensor product_running = product.narrow(0, 0, running);
         at::mm_out(product_running, state.narrow(0, 0, running), w_t);
       }
-      const T* u_t = u.const_data_ptr<T>() + t * plane;
-      T* h_t = h.mutable_data_ptr<T>() + t * plane;
-      T* drive_t = drive.mutable_data_ptr<T>() + (save_drive ? t * plane : 0);
       at::parallel_for(0, batch, row_grain(hidden), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t row = index[i] * hidden, pos = i * hidden;
           if (i < running) {
-            forward_row<T, NL, PL>(u_t + row, p + pos, drive_t + row, s + pos, h_t + row,
-                                   alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(), hidden);
-            std::memcpy(s + pos, h_t + row, row_bytes);
+            const int64_t at = order.time(i, step) * plane + row;
+            T* h_row = h_p + at;
+            forward_row<T, NL, PL>(u_p + at, p + pos, drive_p + (save_drive ? at : row), s + pos,
+                                   h_row, alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(),
+                                   hidden);
+            std::memcpy(s + pos, h_row, row_bytes);
           } else {
-            std::memcpy(h_t + row, s + pos, row_bytes);
+            std::memcpy(h_p + step * plane + row, s + pos, row_bytes);
           }
         }
       });
@@ -290,12 +302,14 @@ struct BackwardLoop {
   }
 };
 
-// The reverse time loop over rows of different lengths: the adjoint dh (B, H) lives in row order,
-// as the forward state did, so that step t's GEMM covers only the first running[t] rows. A running
-// row's d_drive goes to a row-ordered buffer (the GEMM's operand) and is copied to d_drive[t, b];
-// a finished row passes its adjoint through and gets d_drive[t, b] = 0. The incoming gradient
-// grad_h[t - 1, b] is added only where row b still runs at step t - 1 (elsewhere h is the op's
-// constant zero, so no mask pass over grad_h is needed). dh leaves in row order.
+// The backward time loop over rows of different lengths (the forward's steps, last first): the
+// adjoint dh (B, H) lives in row order, as the forward state did, so that step s's GEMM covers only
+// the first running[s] rows. A running row's d_drive goes to a row-ordered buffer (the GEMM's
+// operand) and is copied to d_drive[t, b] (t = order.time(i, s)); a finished row passes its adjoint
+// through and gets d_drive[s, b] = 0. The incoming gradient of the previous step's state is added
+// only where row b still runs at step s - 1 (elsewhere h is the op's constant zero, so no mask pass
+// over grad_h is needed). In reverse order each row reads grad_h at its own time index, so grad_h's
+// rows must be readable in place (the caller makes it contiguous otherwise). dh leaves in row order.
 template <typename T, int64_t NL, int64_t PL>
 struct BackwardByLengthLoop {
   static void run(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
@@ -311,33 +325,40 @@ struct BackwardByLengthLoop {
     T* g = dh.mutable_data_ptr<T>();
     T* dd = d_drive_rows.mutable_data_ptr<T>();
     double* partial = d_alpha_partial.mutable_data_ptr<double>();
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const int64_t running = order.running[t];
-      const int64_t running_prev = t > 0 ? order.running[t - 1] : 0;  // rows whose grad_h[t - 1] counts
-      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t - 1, grad_slice);
-      const T* h_prev = t == 0 ? h0.const_data_ptr<T>() : h.const_data_ptr<T>() + (t - 1) * plane;
-      const T* h_t = h.const_data_ptr<T>() + t * plane;
-      const T* drive_t = drive.const_data_ptr<T>() + t * plane;
-      T* d_drive_t = d_drive.mutable_data_ptr<T>() + t * plane;
+    const T* h_p = h.const_data_ptr<T>();
+    const T* drive_p = drive.const_data_ptr<T>();
+    T* d_drive_p = d_drive.mutable_data_ptr<T>();
+    const T* grad_p = grad_h.const_data_ptr<T>();
+    for (int64_t step = steps - 1; step >= 0; --step) {
+      const int64_t running = order.running[step];
+      const int64_t running_prev = step > 0 ? order.running[step - 1] : 0;  // their grad_h counts
+      // Forward time order: the previous step's gradient rows, one plane (copied if need be).
+      const GradRows<T> grad_plane =
+          order.reverse ? GradRows<T>{nullptr, 0} : incoming_gradient<T>(grad_h, step - 1, grad_slice);
       at::parallel_for(0, blocks, row_grain(hidden, kRowsPerPartial), [&](int64_t k0, int64_t k1) {
         for (int64_t block = k0; block < k1; ++block) {
           const int64_t i1 = std::min(batch, (block + 1) * kRowsPerPartial);
           for (int64_t i = block * kRowsPerPartial; i < i1; ++i) {
-            const int64_t row = index[i] * hidden, pos = i * hidden;
-            const T* gp = grad_prev.row(index[i]);
+            const int64_t b = index[i], row = b * hidden, pos = i * hidden;
+            const bool counts = i < running_prev;  // the row ran step - 1: its state's gradient
+            const int64_t t_prev = counts ? order.time(i, step - 1) : 0;
+            const T* gp = !counts        ? nullptr
+                          : order.reverse ? grad_p + t_prev * grad_h.stride(0) + b * grad_h.stride(1)
+                                          : grad_plane.row(b);
             if (i < running) {
-              backward_row<T, double, NL, PL>(drive_t + row, h_prev + row, h_t + row, gp, g + pos,
-                                              dd + pos, partial + block * hidden,
-                                              alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(),
-                                              hidden);
-              std::memcpy(d_drive_t + row, dd + pos, hidden * sizeof(T));
+              const int64_t at = order.time(i, step) * plane + row;
+              const T* h_prev = step == 0 ? h0.const_data_ptr<T>() + row : h_p + t_prev * plane + row;
+              backward_row<T, double, NL, PL>(drive_p + at, h_prev, h_p + at, gp, g + pos, dd + pos,
+                                              partial + block * hidden, alpha.const_data_ptr<T>(),
+                                              keep.const_data_ptr<T>(), hidden);
+              std::memcpy(d_drive_p + at, dd + pos, hidden * sizeof(T));
             } else {
-              held_row_backward<T>(i < running_prev ? gp : nullptr, g + pos, d_drive_t + row, hidden);
+              held_row_backward<T>(gp, g + pos, d_drive_p + step * plane + row, hidden);
             }
           }
         }
       });
-      if (running > 0) {  // dh_{t-1} += d_drive_t W over the running rows
+      if (running > 0) {  // dh_prev += d_drive_s W over the running rows
         dh.narrow(0, 0, running).addmm_(d_drive_rows.narrow(0, 0, running), w);
       }
     }

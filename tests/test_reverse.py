@@ -80,11 +80,27 @@ def test_gradcheck_float64_reverse_on_cpu():
 
 
 @needs_cpu
-def test_cpu_kernel_refuses_reverse_with_lengths():
-    c = core_inputs(3, 2, 4)
-    with pytest.raises(RuntimeError, match="reverse: not with lengths"):
-        torch.ops.timescale_kernels_cpu.forward(c["u"], c["h0"], c["w"], c["alpha"], 0, 0, True,
-                                                torch.tensor([1, 3]), True)
+@pytest.mark.parametrize("shape", [(6, 5, 20), (9, 70, 300)])  # the last runs on several threads
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_cpu_core_reverse_with_lengths_is_the_loop_over_reversed_rows(shape, placement):
+    """Each row reversed within its own length, in place: bitwise the by-length loop over reversed
+    tensors (drive compared where the rows run; it is unspecified where they hold)."""
+    steps, batch, hidden = shape
+    c = core_inputs(steps, batch, hidden, seed=9)
+    lengths = random_lengths(steps, batch, seed=10)
+    running = (torch.arange(steps)[:, None] < lengths[None, :])[..., None]
+    h, drive = cpu.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", placement, True, "fp32", lengths, reverse=True)
+    h_r, drive_r = cpu.forward(reverse_in_time(c["u"], lengths), c["h0"], c["w"], c["alpha"], "tanh", placement, True,
+                               "fp32", lengths)
+    assert torch.equal(h, reverse_in_time(h_r, lengths))
+    assert torch.equal(torch.where(running, drive, 0.0), torch.where(running, reverse_in_time(drive_r, lengths), 0.0))
+    for grad_h in (c["grad_h"], torch.randn(steps, batch, 2 * hidden)[..., :hidden], torch.ones(1, 1, 1).expand_as(h)):
+        got = cpu.backward(grad_h, h, c["h0"], drive, c["w"], c["alpha"], "tanh", placement, "fp32", lengths,
+                           reverse=True)
+        want = cpu.backward(reverse_in_time(grad_h, lengths), h_r, c["h0"], drive_r, c["w"], c["alpha"], "tanh",
+                            placement, "fp32", lengths)
+        assert torch.equal(got[0], reverse_in_time(want[0], lengths))
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
 
 
 def test_torch_compile_reverse_matches_eager():

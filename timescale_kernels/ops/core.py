@@ -16,10 +16,11 @@ the serial core:
         grad_h[t, b] is ignored (the op's h is a constant zero there), d_drive[t, b] = 0, and the
         carried gradient passes through those steps to h_{t-1} unchanged.
 
-reverse=True runs the steps from time index T-1 down to 0 (never with lengths): h[t] is the state
-after reading u[t] and h[0] the last; a backend whose module sets NATIVE_REVERSE takes a `reverse`
-keyword and runs that order in place, for the others the op flips u before and h, drive after the
-forward (grad_h, h, drive before and d_drive after the backward).
+reverse=True runs the steps from time index T-1 down to 0 (with lengths, each row's from
+lengths[b]-1 down to 0; held steps stay where they are): h[t] is the state after reading u[t] and
+h[0] the last; a backend whose module sets NATIVE_REVERSE takes a `reverse` keyword and runs that
+order in place, for the others the op reverses u before and h, drive after the forward (grad_h, h,
+drive before and d_drive after the backward) with reverse_in_time.
 
 nonlinearity and placement arrive as names already validated at the public boundary; their
 integer codes are their positions in choices.py. The parallel parts stay here, as GEMMs over all
@@ -42,6 +43,18 @@ import torch
 from .backends import COMPILED
 
 
+def reverse_in_time(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """x (T, B, F) with each row's first lengths[b] steps in reverse order (steps past a row's length
+    stay where they are); the whole time axis reversed when lengths is None. Its own inverse."""
+    if lengths is None:
+        return x.flip(0)
+    steps = x.shape[0]
+    t = torch.arange(steps, device=x.device).unsqueeze(1)
+    lengths = lengths.to(x.device).unsqueeze(0)
+    index = torch.where(t < lengths, lengths - 1 - t, t)
+    return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
+
+
 @torch.library.custom_op("timescale_kernels::recurrence", mutates_args=())
 def recurrence(
     u: torch.Tensor,
@@ -58,17 +71,15 @@ def recurrence(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h (T, B, H), zero past each row's length, and the saved drive (T, B, H) (empty when save_drive
     is False)."""
-    if reverse and lengths is not None:
-        raise ValueError("recurrence: reverse=True with lengths (reverse each row within its length instead)")
     module = COMPILED[backend]
     args = (h0.contiguous(), w.contiguous(), alpha.contiguous(), nonlinearity, placement, save_drive, precision)
     if not reverse:
         h, drive = module.forward(u.contiguous(), *args, lengths=lengths)
     elif getattr(module, "NATIVE_REVERSE", False):
-        h, drive = module.forward(u.contiguous(), *args, reverse=True)
+        h, drive = module.forward(u.contiguous(), *args, lengths=lengths, reverse=True)
     else:
-        h, drive = module.forward(u.flip(0), *args)
-        h, drive = h.flip(0), (drive.flip(0) if drive.numel() else drive)
+        h, drive = module.forward(reverse_in_time(u, lengths), *args, lengths=lengths)
+        h, drive = reverse_in_time(h, lengths), (reverse_in_time(drive, lengths) if drive.numel() else drive)
     if lengths is not None:
         _zero_past_lengths_(h, lengths)
     return h, drive
@@ -120,9 +131,10 @@ def recurrence_backward(
     if not reverse:
         return module.backward(grad_h, h, h0, drive, w, alpha, *rest, lengths=lengths)
     if getattr(module, "NATIVE_REVERSE", False):
-        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, reverse=True)
-    d_drive, dh0, d_alpha = module.backward(grad_h.flip(0), h.flip(0), h0, drive.flip(0), w, alpha, *rest)
-    return d_drive.flip(0), dh0, d_alpha
+        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, lengths=lengths, reverse=True)
+    d_drive, dh0, d_alpha = module.backward(*(reverse_in_time(t, lengths) for t in (grad_h, h)), h0,
+                                            reverse_in_time(drive, lengths), w, alpha, *rest, lengths=lengths)
+    return reverse_in_time(d_drive, lengths), dh0, d_alpha
 
 
 @recurrence_backward.register_fake
@@ -156,12 +168,12 @@ def _weight_gradient(d_drive, h, h0, lengths, reverse=False):
     """dW (H, H) = sum over the steps of d_drive[t]^T h_prev(t), h_prev(t) being h0 at the first step
     and otherwise the state before it (h[t - 1], or h[t + 1] in reverse time order), as GEMMs over the
     rows of all steps, without materialising the previous states."""
+    if reverse:
+        return _weight_gradient_reverse(d_drive, h, h0, lengths)
     hidden = h.shape[-1]
-    dw = d_drive[-1 if reverse else 0].t() @ h0
+    dw = d_drive[0].t() @ h0
     if h.shape[0] == 1:
         return dw
-    if reverse:
-        return dw.addmm(d_drive[:-1].reshape(-1, hidden).t(), h[1:].reshape(-1, hidden))
     d_rows, h_rows = d_drive[1:].reshape(-1, hidden), h[:-1].reshape(-1, hidden)
     if lengths is not None and h.device.type == "cpu" and not torch.compiler.is_compiling():
         # Past its length a row's d_drive is zero: gathering the (t, b) still running first costs less
@@ -170,6 +182,21 @@ def _weight_gradient(d_drive, h, h0, lengths, reverse=False):
         running = (torch.arange(1, h.shape[0]).unsqueeze(1) < lengths).flatten().nonzero().squeeze(1)
         d_rows, h_rows = d_rows.index_select(0, running), h_rows.index_select(0, running)
     return dw.addmm(d_rows.t(), h_rows)
+
+
+def _weight_gradient_reverse(d_drive, h, h0, lengths):
+    """_weight_gradient in reverse time order: each row's first step (time lengths[b] - 1, or T - 1)
+    reads h0, every other step t reads h[t + 1]. With lengths the pairs (t, h[t + 1]) past a row's
+    first step need no mask: d_drive is zero at held steps and h at t + 1 = lengths[b] is the op's
+    zero (h is zeroed past each row's length)."""
+    hidden = h.shape[-1]
+    if lengths is None:
+        dw = d_drive[-1].t() @ h0
+    else:
+        dw = d_drive[lengths - 1, torch.arange(h.shape[1], device=h.device)].t() @ h0
+    if h.shape[0] == 1:
+        return dw
+    return dw.addmm(d_drive[:-1].reshape(-1, hidden).t(), h[1:].reshape(-1, hidden))
 
 
 recurrence.register_autograd(_backward, setup_context=_setup_context)

@@ -10,6 +10,7 @@ import torch
 from . import core
 from .backends import resolve_backend
 from .checks import check_drive_noise, check_lengths, check_op_args
+from .core import reverse_in_time
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -61,7 +62,7 @@ def leaky_rnn(
             the last reads input[0]; output[t] is the state after reading input[t] and h_n the state
             after input[0]. The same as reversing input (and drive_noise) in time within each row's
             length, running forwards and reversing the output back; the cpu backend runs it in place
-            without lengths, the others reverse the tensors.
+            (lengths included), the others reverse the tensors around a forward run.
 
     Returns:
         output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
@@ -105,13 +106,8 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    if reverse and lengths is not None:  # each row reversed within its length, around a forward run
-        output, _ = core.recurrence(reverse_in_time(u, lengths), hx, w, alpha, nonlinearity, placement, backend,
-                                    precision, needs_grad, lengths)
-        output = reverse_in_time(output, lengths)
-    else:
-        output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad,
-                                    lengths, reverse)
+    output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad,
+                                lengths, reverse)
     if reverse:  # the last step read input[0]
         h_n = output[0]
     elif lengths is None:
@@ -136,15 +132,3 @@ def _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise):
         u = flat @ weight_ih.t()
     u = u.view(steps, batch, hidden)
     return u if drive_noise is None else u + drive_noise
-
-
-def reverse_in_time(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """x (T, B, F) with each row's first lengths[b] steps in reverse order (steps past a row's length
-    stay where they are); the whole time axis reversed when lengths is None. Its own inverse."""
-    if lengths is None:
-        return x.flip(0)
-    steps = x.shape[0]
-    t = torch.arange(steps, device=x.device).unsqueeze(1)
-    lengths = lengths.to(x.device).unsqueeze(0)
-    index = torch.where(t < lengths, lengths - 1 - t, t)
-    return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
