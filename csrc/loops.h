@@ -187,7 +187,8 @@ struct ForwardLoop {
                   at::Tensor& drive, bool save_drive, TimeOrder time) {
     const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
     const int64_t plane = batch * hidden;
-    const at::Tensor w_t = w.t();
+    // W^T contiguous: MKL's small-matrix path is up to 1.8x slower for a transposed operand (H = 64).
+    const at::Tensor w_t = w.t().contiguous();
     at::Tensor product = at::empty({batch, hidden}, u.options());
     const T* u_p = u.const_data_ptr<T>();
     T* h_p = h.mutable_data_ptr<T>();
@@ -216,7 +217,8 @@ struct ForwardByLengthLoop {
     const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
     const int64_t plane = batch * hidden;
     const size_t row_bytes = hidden * sizeof(T);
-    const at::Tensor w_t = w.t();
+    // W^T contiguous: MKL's small-matrix path is up to 1.8x slower for a transposed operand (H = 64).
+    const at::Tensor w_t = w.t().contiguous();
     at::Tensor state = h0.index_select(0, order.index);
     at::Tensor product = at::empty({batch, hidden}, u.options());
     const int64_t* index = order.index.const_data_ptr<int64_t>();
