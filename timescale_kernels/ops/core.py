@@ -71,6 +71,13 @@ def recurrence(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h (T, B, H), zero past each row's length, and the saved drive (T, B, H) (empty when save_drive
     is False)."""
+    return serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths,
+                          reverse)
+
+
+def serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive, lengths=None,
+                   reverse=False):
+    """The body of the recurrence op (same arguments and results), callable without the op."""
     module = COMPILED[backend]
     args = (h0.contiguous(), w.contiguous(), alpha.contiguous(), nonlinearity, placement, save_drive, precision)
     if not reverse:
@@ -123,8 +130,15 @@ def recurrence_backward(
     reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """d_drive (T, B, H), dh0 (B, H), d_alpha (H,)."""
-    # grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies
-    # what it needs.
+    return serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths,
+                           reverse)
+
+
+def serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths=None,
+                    reverse=False):
+    """The body of the recurrence_backward op (same arguments and results), callable without the op.
+    grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies what
+    it needs."""
     module = COMPILED[backend]
     h0, w, alpha = h0.contiguous(), w.contiguous(), alpha.contiguous()
     rest = (nonlinearity, placement, precision)
@@ -160,16 +174,16 @@ def _backward(ctx, grad_h, grad_drive):
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse)
-    dw = _weight_gradient(d_drive, h, h0, lengths, ctx.reverse)
+    dw = weight_gradient(d_drive, h, h0, lengths, ctx.reverse)
     return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None, None
 
 
-def _weight_gradient(d_drive, h, h0, lengths, reverse=False):
+def weight_gradient(d_drive, h, h0, lengths, reverse=False):
     """dW (H, H) = sum over the steps of d_drive[t]^T h_prev(t), h_prev(t) being h0 at the first step
     and otherwise the state before it (h[t - 1], or h[t + 1] in reverse time order), as GEMMs over the
     rows of all steps, without materialising the previous states."""
     if reverse:
-        return _weight_gradient_reverse(d_drive, h, h0, lengths)
+        return _weight_gradient_reversed(d_drive, h, h0, lengths)
     hidden = h.shape[-1]
     dw = d_drive[0].t() @ h0
     if h.shape[0] == 1:
@@ -184,8 +198,8 @@ def _weight_gradient(d_drive, h, h0, lengths, reverse=False):
     return dw.addmm(d_rows.t(), h_rows)
 
 
-def _weight_gradient_reverse(d_drive, h, h0, lengths):
-    """_weight_gradient in reverse time order: each row's first step (time lengths[b] - 1, or T - 1)
+def _weight_gradient_reversed(d_drive, h, h0, lengths):
+    """weight_gradient in reverse time order: each row's first step (time lengths[b] - 1, or T - 1)
     reads h0, every other step t reads h[t + 1]. With lengths the pairs (t, h[t + 1]) past a row's
     first step need no mask: d_drive is zero at held steps and h at t + 1 = lengths[b] is the op's
     zero (h is zeroed past each row's length)."""

@@ -1,16 +1,17 @@
 """leaky_rnn, the public op: validate the arguments, resolve the backend, run it.
 
 The reference backend runs reference.py's loop; a compiled one runs the input projection here, as
-one GEMM before the loop, then core.recurrence (the serial core of the backend's module).
+one GEMM before the loop, then the serial core of the backend's module through core.py's op (under
+torch.compile) or eager.py's autograd Function (otherwise).
 """
 from __future__ import annotations
 
 import torch
 
-from . import core
 from .backends import resolve_backend
 from .checks import check_drive_noise, check_lengths, check_op_args
 from .core import reverse_in_time
+from .eager import run_recurrence
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -106,8 +107,8 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    output, _ = core.recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad,
-                                lengths, reverse)
+    output = run_recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths,
+                            reverse)
     if reverse:  # the last step read input[0]
         h_n = output[0]
     elif lengths is None:
