@@ -160,3 +160,22 @@ def test_gradients_of_gradients_on_compiled_backends_raise(backend):
     (grad,) = torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="reference"):
         torch.autograd.grad(grad.sum(), m.weight_hh)
+
+
+@pytest.mark.parametrize("backend", [b for b in SMALL_BACKENDS if b == "cpu"])
+def test_torch_func_grad_through_the_cpu_backend(backend):
+    """torch.func.grad over functional_call of a LeakyRNN on the cpu backend (the op's eager autograd
+    Function keeps forward and setup_context apart) equals the reference backend's. (The triton
+    launchers read raw data pointers, which torch.func's wrapped tensors do not have.)"""
+    torch.manual_seed(9)
+    fast = tk.LeakyRNN(1, 8, nonlinearity="tanh", backend=backend)
+    slow = tk.LeakyRNN(1, 8, nonlinearity="tanh", backend="reference")
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(5, 3, 1)
+    params = {k: v.detach() for k, v in fast.named_parameters()}
+
+    def loss(model):
+        return lambda p: torch.func.functional_call(model, p, (x,))[0].square().sum()
+    got, want = torch.func.grad(loss(fast))(params), torch.func.grad(loss(slow))(params)
+    for name in params:
+        assert rel_err(got[name], want[name]) <= 1e-5, name

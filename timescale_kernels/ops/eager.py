@@ -4,36 +4,90 @@ torch.autograd.Function, which costs about 140 us less per forward+backward than
 
 run_recurrence picks the path: under torch.compile the op (which the compiler traces), without a
 gradient to build the backend's forward alone, and otherwise the Function. All three compute with
-the same backend calls, so they give the same numbers. Gradients of gradients go through the op's
-backward, which raises the error that names the reference backend.
+the same backend calls, so they give the same numbers. Differentiating the gradients again raises
+the error that names the reference backend. Under a torch.func transform a second Function, with
+forward and setup_context apart, carries the op (torch.func.grad runs through the cpu backend).
 """
 from __future__ import annotations
 
 import torch
 
-from .core import recurrence, recurrence_backward, serial_backward, serial_forward, weight_gradient
+from .core import recurrence, serial_backward, serial_forward, weight_gradient
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Passes the backward kernels' results (d_drive, dh0, d_alpha) through, joined to the graph by
+    `anchors` (tensors of the graph); differentiating them again raises the error that names the
+    backend with second derivatives (the compiled backends' backward kernels have none)."""
+
+    @staticmethod
+    def forward(backend, d_drive, dh0, d_alpha, *anchors):
+        return d_drive.view_as(d_drive), dh0.view_as(dh0), d_alpha.view_as(d_alpha)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.backend = inputs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"leaky_rnn: gradients of gradients (create_graph=True) are not supported by the {ctx.backend!r} "
+            "backend; use backend='reference', which supports them")
+
+
+def _gradients(ctx, grad_h):
+    """(du, dh0, dW, dalpha) from the saved (h, h0, drive, w, alpha, lengths): the backward kernels,
+    then dW as GEMMs."""
+    h, h0, drive, w, alpha, lengths = ctx.saved_tensors
+    if grad_h is None:
+        grad_h = torch.zeros_like(h)
+    d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse)
+    if torch.is_grad_enabled():  # create_graph=True, or a torch.func transform: first order only
+        d_drive, dh0, d_alpha = _FirstOrderOnly.apply(ctx.args[2], d_drive, dh0, d_alpha, grad_h, h, h0, w, alpha)
+    return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse), d_alpha
 
 
 class _Recurrence(torch.autograd.Function):
-    """h = recurrence(u, h0, w, alpha, ...)[0], with the drive kept for the backward pass."""
+    """h = recurrence(u, h0, w, alpha, ...)[0], the drive kept for the backward pass. The classic
+    form (forward with ctx), about 60 us per call cheaper than the one below: plain eager calls."""
 
     @staticmethod
     def forward(ctx, u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse):
         h, drive = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, True, lengths,
                                   reverse)
         ctx.save_for_backward(h, h0, drive, w, alpha, lengths)
-        ctx.args = (nonlinearity, placement, backend, precision)
-        ctx.reverse = reverse
+        ctx.args, ctx.reverse = (nonlinearity, placement, backend, precision), reverse
         return h
 
     @staticmethod
     def backward(ctx, grad_h):
-        h, h0, drive, w, alpha, lengths = ctx.saved_tensors
-        # create_graph=True: through the op, whose own backward raises the error naming the reference.
-        backward = recurrence_backward if torch.is_grad_enabled() else serial_backward
-        d_drive, dh0, d_alpha = backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse)
-        dw = weight_gradient(d_drive, h, h0, lengths, ctx.reverse)
-        return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None
+        return *_gradients(ctx, grad_h), None, None, None, None, None, None
+
+
+class _RecurrenceForTransforms(torch.autograd.Function):
+    """The same with forward and setup_context apart, as torch.func's transforms (grad, ...) need:
+    (h, drive), the drive not differentiable."""
+
+    @staticmethod
+    def forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse):
+        return serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, True, lengths, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse = inputs
+        h, drive = output
+        ctx.save_for_backward(h, h0, drive, w, alpha, lengths)
+        ctx.mark_non_differentiable(drive)
+        ctx.set_materialize_grads(False)
+        ctx.args, ctx.reverse = (nonlinearity, placement, backend, precision), reverse
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_drive):
+        return *_gradients(ctx, grad_h), None, None, None, None, None, None
+
+
+# torch's own test for whether a torch.func transform is active (assumed active if it is missing).
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
 def run_recurrence(u, h0, w, alpha, nonlinearity: str, placement: str, backend: str, precision: str,
@@ -45,4 +99,7 @@ def run_recurrence(u, h0, w, alpha, nonlinearity: str, placement: str, backend: 
     if not needs_grad:
         return serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, False, lengths,
                               reverse)[0]
+    if _transforms_active():
+        return _RecurrenceForTransforms.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths,
+                                              reverse)[0]
     return _Recurrence.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse)

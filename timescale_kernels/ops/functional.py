@@ -81,9 +81,9 @@ def leaky_rnn(
         raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r} "
                          f"(the {name!r} backend computes exactly in the input dtype: use 'fp32')")
     if name == "reference" and reverse:
-        output, h_n = leaky_rnn_reference(
-            reverse_in_time(input, lengths), hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity,
-            placement, self_connections, lengths, None if drive_noise is None else reverse_in_time(drive_noise, lengths))
+        noise = None if drive_noise is None else reverse_in_time(drive_noise, lengths)
+        output, h_n = leaky_rnn_reference(reverse_in_time(input, lengths), hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                                          tau, nonlinearity, placement, self_connections, lengths, noise)
         return reverse_in_time(output, lengths), h_n
     if name == "reference":
         return leaky_rnn_reference(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
