@@ -182,35 +182,26 @@ def weight_gradient(d_drive, h, h0, lengths, reverse=False):
     """dW (H, H) = sum over the steps of d_drive[t]^T h_prev(t), h_prev(t) being h0 at the first step
     and otherwise the state before it (h[t - 1], or h[t + 1] in reverse time order), as GEMMs over the
     rows of all steps, without materialising the previous states."""
-    if reverse:
-        return _weight_gradient_reversed(d_drive, h, h0, lengths)
-    hidden = h.shape[-1]
-    dw = d_drive[0].t() @ h0
-    if h.shape[0] == 1:
+    hidden, steps = h.shape[-1], h.shape[0]
+    if not reverse:  # step t reads h[t - 1]; the first, h0
+        dw = d_drive[0].t() @ h0
+        d_rows, h_rows, later = d_drive[1:], h[:-1], torch.arange(1, steps)
+    else:  # step t reads h[t + 1]; each row's first, at time lengths[b] - 1 (or T - 1), h0
+        first = steps - 1 if lengths is None else (lengths - 1, torch.arange(h.shape[1], device=h.device))
+        dw = d_drive[first].t() @ h0
+        d_rows, h_rows, later = d_drive[:-1], h[1:], torch.arange(1, steps) - 1
+    if steps == 1:
         return dw
-    d_rows, h_rows = d_drive[1:].reshape(-1, hidden), h[:-1].reshape(-1, hidden)
+    d_rows, h_rows = d_rows.reshape(-1, hidden), h_rows.reshape(-1, hidden)
     if lengths is not None and h.device.type == "cpu" and not torch.compiler.is_compiling():
-        # Past its length a row's d_drive is zero: gathering the (t, b) still running first costs less
-        # than the GEMM rows it saves. (Not on a GPU, where the row count would cost a synchronisation,
-        # nor under torch.compile, which would see a data-dependent shape.)
-        running = (torch.arange(1, h.shape[0]).unsqueeze(1) < lengths).flatten().nonzero().squeeze(1)
+        # Past its length a row's d_drive is zero (and in reverse order so is h at t + 1 = lengths[b]):
+        # gathering the pairs still running first costs less than the GEMM rows it saves. (Not on a
+        # GPU, where the row count would cost a synchronisation, nor under torch.compile, which would
+        # see a data-dependent shape; there the zeros make the full GEMM exact.)
+        bound = lengths if not reverse else lengths - 1
+        running = (later.unsqueeze(1) < bound).flatten().nonzero().squeeze(1)
         d_rows, h_rows = d_rows.index_select(0, running), h_rows.index_select(0, running)
     return dw.addmm(d_rows.t(), h_rows)
-
-
-def _weight_gradient_reversed(d_drive, h, h0, lengths):
-    """weight_gradient in reverse time order: each row's first step (time lengths[b] - 1, or T - 1)
-    reads h0, every other step t reads h[t + 1]. With lengths the pairs (t, h[t + 1]) past a row's
-    first step need no mask: d_drive is zero at held steps and h at t + 1 = lengths[b] is the op's
-    zero (h is zeroed past each row's length)."""
-    hidden = h.shape[-1]
-    if lengths is None:
-        dw = d_drive[-1].t() @ h0
-    else:
-        dw = d_drive[lengths - 1, torch.arange(h.shape[1], device=h.device)].t() @ h0
-    if h.shape[0] == 1:
-        return dw
-    return dw.addmm(d_drive[:-1].reshape(-1, hidden).t(), h[1:].reshape(-1, hidden))
 
 
 recurrence.register_autograd(_backward, setup_context=_setup_context)
