@@ -45,7 +45,8 @@ from gpu_report import markdown  # noqa: E402
 from gpu_results import REPO, load, record, write_atomic  # noqa: E402
 
 BENCH = REPO / "benchmarks"
-PYTEST = ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-m", "gpu"]
+# A test file that cannot import here (a package the GPU machine lacks) must not stop the GPU tests.
+PYTEST = ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-m", "gpu"]
 # (group, seconds on an H100/H200, argv after the interpreter). {results} is the JSON file, {tmp} a
 # folder of the run's own.
 GROUPS = (

@@ -34,3 +34,45 @@ def test_package_imports_and_warns_once_without_the_extension():
                           env={"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "0"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok")
+
+
+def test_op_models_training_and_simulate_without_the_optional_packages():
+    """Where tqdm, scipy and matplotlib are missing (a GPU machine's python with torch, triton and
+    pytest only, as `make gpu-check` meets it), the package imports, trains an epoch and simulates:
+    progress bars fall back to a silent stand-in, scipy and matplotlib load on first use."""
+    script = textwrap.dedent("""
+        import importlib.abc, importlib.machinery, sys
+
+        class Missing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"tqdm", "scipy", "matplotlib"}:
+                    return importlib.machinery.ModuleSpec(name, self)
+                return None
+
+            def create_module(self, spec):
+                raise ModuleNotFoundError(f"No module named {spec.name!r}")
+
+            def exec_module(self, module):
+                pass
+
+        sys.meta_path.insert(0, Missing())
+        import timescale_kernels as tk
+        from timescale_kernels.analysis import simulate
+        from timescale_kernels.experiments import Trainer, make_config
+        from timescale_kernels.models import MemoryNet
+        sim = simulate(MemoryNet("leaky", 8, num_heads=1), trials=2, steps=50, burn_in=5, max_lag=3, progress=True)
+        trainer = Trainer(make_config("quick", hidden_size=8, batch_size=4, steps_per_epoch=2, test_batches=1, seed=0),
+                          progress=True)
+        row = trainer.run_epoch()
+        try:
+            from timescale_kernels.analysis import write_report
+        except ModuleNotFoundError as err:
+            assert "matplotlib" in str(err), err
+        else:
+            raise AssertionError("write_report imported without matplotlib")
+        print("ok", sim.ac.shape, row["epoch"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ok (8, 4) 1"), proc.stdout

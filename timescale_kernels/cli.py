@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 

@@ -10,8 +10,8 @@ import copy
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import tqdm
 from ..tasks import make_generator
 from .accuracy import MEASURES, chance_corrected, evaluate, stream_trials
 from .timescales import effective_tau

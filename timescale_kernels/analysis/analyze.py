@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoints import load_checkpoint, load_study_checkpoint
 from ..curricula import curriculum_of
 from ..files import atomic_write_json, atomic_write_text
+from ..progress import tqdm
 from ..tasks import get_task
 from . import plots
 from .ablation import ablation_study

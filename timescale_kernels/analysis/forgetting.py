@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ..progress import tqdm
 from .accuracy import evaluate, head_for
 
 

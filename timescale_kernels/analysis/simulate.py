@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..ops import leaky_rnn
+from ..progress import tqdm
 from .timescales import TimescaleFit, fit_autocorrelation, study_normalisation, warn_failures
 
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import fft as sfft
-from scipy.optimize import curve_fit
 
 REASONS = ("ok", "silent", "nonfinite", "fit_failed", "at_bound")  # TimescaleFit.reason values
 ESTIMATORS = ("ours", "study")  # how fit_autocorrelation finds each fit
@@ -92,6 +90,8 @@ def autocorrelation(activity, max_lag: int = 30, memory: int = 2 ** 28) -> np.nd
         pairs and divided by T - k; then averaged over trials. Not normalised (ac[:, 0] is the variance).
         Neurons that are constant in every trial get exactly 0 (fit_autocorrelation calls them silent).
     """
+    from scipy import fft as sfft  # here, so that importing the analyses (simulate) needs no scipy
+
     a = _as_trials(activity)
     trials, steps, neurons = a.shape
     if not 0 <= max_lag < steps:
@@ -260,6 +260,8 @@ def _prepare(ac, max_lag):
 
 def _curve_fit(model, lags, y, k, **kwargs):
     """(parameters, AIC) of one curve_fit, or (NaNs, NaN) where it fails."""
+    from scipy.optimize import curve_fit  # here, so that importing the analyses needs no scipy
+
     try:
         p, _ = curve_fit(model, lags, y, maxfev=2000, **kwargs)
     except (RuntimeError, ValueError):

@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..files import atomic_write_json, writable_dir
+from ..progress import tqdm
 from .sweep_procs import SweepLock
 from .sweep_run import run_one_safely
 from .sweep_spec import SweepSpec, SweepSpecError

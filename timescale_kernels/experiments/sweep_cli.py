@@ -102,7 +102,7 @@ def _number(text):
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
     from .sweep import SweepError, run_sweep
     from .sweep_procs import SweepLockError
     from .sweep_ray import RayMissingError

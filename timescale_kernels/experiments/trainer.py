@@ -26,11 +26,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..checkpoints import save_checkpoint
 from ..models import MemoryNet, fit_rows
 from ..ops import resolve_backend
+from ..progress import tqdm
 from ..tasks import make_batch, sequence_length_range
 from .config import RunConfig
 from .curricula import Curriculum
