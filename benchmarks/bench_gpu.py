@@ -133,24 +133,28 @@ def measure(fn, device, params, graph=False):
     return out
 
 
+def without_tf32(fn):
+    """fn with cuDNN's TF32 off while it runs (torch's default allows it for cuDNN's RNNs)."""
+    def run():
+        previous = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return fn()
+        finally:
+            torch.backends.cudnn.allow_tf32 = previous
+    return run
+
+
 def baseline_rows(x, h0, p, device):
     """[(name, fn, params, graph)] of the baselines at one problem."""
     H = h0.shape[1]
     mask = 1.0 - torch.eye(H, device=device)
     params = list(p.values())
     rnn = torch.nn.RNN(1, H, nonlinearity="tanh").to(device)
-
-    def cudnn_fp32():
-        previous = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            return rnn(x, h0[None])[0]
-        finally:
-            torch.backends.cudnn.allow_tf32 = previous
     rows = [("eager-study", lambda: study_loop(x, h0, p, mask), params, False),
             ("eager", lambda: eager_loop(x, h0, p, mask), params, False),
             ("cudnn", lambda: rnn(x, h0[None])[0], list(rnn.parameters()), False),
-            ("cudnn-fp32", cudnn_fp32, list(rnn.parameters()), False)]
+            ("cudnn-fp32", without_tf32(lambda: rnn(x, h0[None])[0]), list(rnn.parameters()), False)]
     if device == "cuda":
         rows.append(("cuda-graph", lambda: eager_loop(x, h0, p, mask), params, True))
     return rows
@@ -171,18 +175,11 @@ def dropin_rows(shape, device):
         with torch.no_grad():
             for name, p in rnn.named_parameters():
                 getattr(leaky, name).copy_(p)
-
-        def cudnn_fp32(rnn=rnn):
-            previous = torch.backends.cudnn.allow_tf32
-            torch.backends.cudnn.allow_tf32 = False
-            try:
-                return rnn(x)[0]
-            finally:
-                torch.backends.cudnn.allow_tf32 = previous
         tag = "1 layer" if layers == 1 else f"{layers} layers bidirectional"
         rows += [(f"LeakyRNN {tag} (triton fp32)", lambda leaky=leaky: leaky(x)[0], list(leaky.parameters()), False),
                  (f"nn.RNN {tag} (cudnn)", lambda rnn=rnn: rnn(x)[0], list(rnn.parameters()), False),
-                 (f"nn.RNN {tag} (cudnn-fp32)", cudnn_fp32, list(rnn.parameters()), False)]
+                 (f"nn.RNN {tag} (cudnn-fp32)", without_tf32(lambda rnn=rnn: rnn(x)[0]), list(rnn.parameters()),
+                  False)]
     return rows
 
 

@@ -112,7 +112,8 @@ def warm_cases() -> list[Case]:
     # the persistent GPU test's small batch (B = 10, both placements, fp32 and tf32x3)
     small = [Case("persistent", p, "float32", direction, placement=placement, batch=10)
              for p in ("fp32", "tf32x3") for direction in ("forward", "backward") for placement in ("outside", "inside")]
-    return all_cases() + no_drive + inside + [c for c in tanh + small if c not in all_cases()]
+    cases = all_cases()
+    return cases + no_drive + inside + [c for c in tanh + small if c not in cases]
 
 
 def capture(case: Case) -> list[Launch]:

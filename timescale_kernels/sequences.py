@@ -1,6 +1,6 @@
 """Variable-length batches for the recurrent modules: PackedSequence in and out through per-row
 lengths (no sorting, one op call per layer and direction). Time reversal within each row's length is
-the op's own (leaky_rnn(..., reverse=True); ops.functional.reverse_in_time)."""
+the op's own (leaky_rnn(..., reverse=True); ops.core.reverse_in_time)."""
 from __future__ import annotations
 
 import torch
