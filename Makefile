@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.timescale_kernels-installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: all install demo test test-fast bench gpu-check triton-3.6 clean
+.PHONY: all install demo test test-fast bench gpu-check gpu-tune triton-3.6 clean
 
 all: test
 
@@ -53,6 +53,13 @@ bench: $(STAMP)
 GPU_CHECK_BUDGET ?= 330
 gpu-check:
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py --budget-s $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)
+
+# After gpu-check, in the GPU time left (about 3.5 minutes): the launchers' choices measured (the default
+# family's tiles, the persistent tilings, the family by shape, a bidirectional layer on two streams).
+# Files gpu-tune-<device>.json, .md, .log go where gpu-check's go; GPU_TUNE_ARGS=--dry-run rehearses it.
+GPU_TUNE_BUDGET ?= 210
+gpu-tune:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_tune.py --budget-s $(GPU_TUNE_BUDGET) $(GPU_TUNE_ARGS)
 
 clean:
 	rm -rf build *.egg-info timescale_kernels/*.so $(DEMO_OUT)

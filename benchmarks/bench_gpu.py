@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_results import (PRECISIONS, call_with_family, deadline_passed, peak_memory, record,  # noqa: E402
-                         settings, short_error, sync, time_ms)
+from gpu_results import (PRECISIONS, call_with_family, deadline_passed, family_pinned, peak_memory,  # noqa: E402
+                         record, settings, short_error, sync, time_ms)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -109,16 +109,18 @@ def graphed(fn, params, train):
     return graph.replay
 
 
-def measure(fn, device, params, graph=False):
-    """{'fwd_bwd_ms', 'fwd_ms', 'peak_mb'} of fn() -> (T, B, H); a failing mode records its error."""
+def measure(fn, device, params, graph=False, family=None):
+    """{'fwd_bwd_ms', 'fwd_ms', 'peak_mb'} of fn() -> (T, B, H); a failing mode records its error.
+    family: the triton kernel family pinned over the forward and the backward alike."""
     out = {}
     for mode, train in (("fwd_bwd_ms", True), ("fwd_ms", False)):
         try:
             if graph:
-                run = graphed(fn, params, train)
+                with family_pinned(family):
+                    run = graphed(fn, params, train)
             else:
                 def run(train=train):
-                    with torch.set_grad_enabled(train):
+                    with torch.set_grad_enabled(train), family_pinned(family):
                         y = fn()
                         if train:
                             y.sum().backward()
@@ -217,7 +219,9 @@ def run_table(group, cfg, results, deadline):
                 record(results, [group, key, name], {"skipped": "group time limit"})
                 continue
             start = time.monotonic()
-            row = measure(fn, cfg["device"], params, graph)
+            # "triton-<family>-<precision>": the family pinned over the backward as well
+            family = name.split("-")[1] if name.startswith("triton-") else None
+            row = measure(fn, cfg["device"], params, graph, family)
             if name.startswith("triton-") or "(triton" in name:
                 row["family_ran"] = triton_recurrence.last_family  # "default" where persistent fell back
             row["seconds"] = round(time.monotonic() - start, 1)

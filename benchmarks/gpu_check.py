@@ -158,11 +158,14 @@ def compile_summary(path: Path) -> dict:
                           if "error" not in r}}
 
 
-def run_groups(wanted, args, results, md_path, log_path, start) -> bool:
-    """Runs the wanted groups in order within the budget, recording each; False when one failed."""
+def run_groups(wanted, args, results, md_path, log_path, start, groups=GROUPS, report=markdown,
+               summarise_compile=compile_summary, command="gpu_check") -> bool:
+    """Runs the wanted groups in order within the budget, recording each and rewriting the
+    report after each; False when one failed. groups, report, summarise_compile and command (the
+    name its lines start with): gpu_check's own unless another command (gpu_tune.py) brings its own."""
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        for name, limit_s, template in GROUPS:
+        for name, limit_s, template in groups:
             if name not in wanted:
                 continue
             stretch = DRY_RUN_STRETCH if args.dry_run else 1.0
@@ -179,12 +182,12 @@ def run_groups(wanted, args, results, md_path, log_path, start) -> bool:
                 record(results, ["tests", name], junit_summary(Path(tmp) / "junit.xml"))
                 (Path(tmp) / "junit.xml").unlink(missing_ok=True)
             if name == "compile" and "returncode" in status:
-                record(results, ["compile"], compile_summary(Path(tmp) / "compile.json"))
+                record(results, ["compile"], summarise_compile(Path(tmp) / "compile.json"))
             ok &= status["status"] in ("ok",) or status["status"].startswith("skipped")
             record(results, ["groups", name], status)
             record(results, ["seconds"], round(time.monotonic() - start, 1))
-            write_atomic(md_path, markdown(load(results)))
-            print(f"gpu_check: {name}: {status['status']} ({status.get('seconds', 0)} s)", flush=True)
+            write_atomic(md_path, report(load(results)))
+            print(f"{command}: {name}: {status['status']} ({status.get('seconds', 0)} s)", flush=True)
     return ok
 
 

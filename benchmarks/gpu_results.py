@@ -98,23 +98,35 @@ def peak_memory(device: str, out: dict, key: str):
     out[key] = round((torch.cuda.max_memory_allocated() - before) / 2 ** 20, 1)
 
 
-def call_with_family(fn, family: str, *args, **kwargs):
-    """fn(*args, **kwargs) with the triton backend's kernel family pinned ("default" or "persistent"):
-    through fn's family= keyword where it takes one (triton_recurrence.forward / backward), else
-    through the environment variable triton_recurrence.FAMILY_ENV, which every call reads (leaky_rnn
-    and the layers above it), restored afterwards."""
-    if "family" in inspect.signature(fn).parameters:
-        return fn(*args, family=family, **kwargs)
+@contextlib.contextmanager
+def family_pinned(family: str | None):
+    """Inside, every triton call runs the kernel family `family` ("default" or "persistent"; None:
+    no pin): the environment variable triton_recurrence.FAMILY_ENV, which each forward and each
+    backward reads when it runs, restored afterwards. Wrap the backward too: an autograd backward
+    outside the block would choose its family afresh."""
+    if family is None:
+        yield
+        return
     from timescale_kernels.ops import triton_recurrence as tr
     saved = os.environ.get(tr.FAMILY_ENV)
     os.environ[tr.FAMILY_ENV] = family
     try:
-        return fn(*args, **kwargs)
+        yield
     finally:
         if saved is None:
             os.environ.pop(tr.FAMILY_ENV, None)
         else:
             os.environ[tr.FAMILY_ENV] = saved
+
+
+def call_with_family(fn, family: str, *args, **kwargs):
+    """fn(*args, **kwargs) with the triton backend's kernel family pinned ("default" or "persistent"):
+    through fn's family= keyword where it takes one (triton_recurrence.forward / backward), else
+    inside family_pinned (leaky_rnn and the layers above it; a backward run later is not pinned)."""
+    if "family" in inspect.signature(fn).parameters:
+        return fn(*args, family=family, **kwargs)
+    with family_pinned(family):
+        return fn(*args, **kwargs)
 
 
 def short_error(err: BaseException) -> str:

@@ -117,3 +117,106 @@ def test_cpu_benchmark_runs_at_a_tiny_shape(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cpu backend" in proc.stdout and out.is_file()
+
+
+JOBS_SCRIPT = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import bench_tune
+from timescale_kernels.ops import triton_recurrence as tr
+from triton_capture import DEVICE_PROPERTIES
+jobs = bench_tune.compile_jobs()
+study = tr.persistent_plan(DEVICE_PROPERTIES, 256, 500, "fp32")
+tilings = tr.persistent_tilings(DEVICE_PROPERTIES, 256, 500, "fp32")
+print(json.dumps([{"group": g, "shape": s, "label": label, "family": pin.get("family"),
+                   "config_in_use": pin.get("config") == tr.GPU_CONFIG,
+                   "plan": None if "plan" not in pin else {"rule": pin["plan"] == study, "warps": pin["plan"].num_warps,
+                       "tiling": any(pin["plan"].grid == t.grid and pin["plan"].block_b == t.block_b for t in tilings)}}
+                  for g, s, label, pin in jobs]))
+"""
+
+
+def test_gpu_tune_compiles_what_each_group_launches():
+    """The compile jobs pin what the timing groups launch (planned on the stand-in H200, as the
+    compile group plans them without a GPU): the default group's tiles on the default family, the
+    tiles in use first; the persistent group's resident tilings, the rule's pick first, in 8 and 4
+    warps; both families per crossover shape; labels unique per group and shape."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", JOBS_SCRIPT], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(env, PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])))
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = json.loads(run.stdout)
+    keys = [(j["group"], tuple(j["shape"]), j["label"]) for j in jobs]
+    assert len(keys) == len(set(keys))
+    default = [j for j in jobs if j["group"] == "default"]
+    assert all(j["family"] == "default" for j in default) and default[0]["config_in_use"]
+    assert sum(j["config_in_use"] for j in default) == 2  # one per shape
+    study = [j["plan"] for j in jobs if j["group"] == "persistent" and j["shape"] == [100, 256, 500]]
+    assert study[0] == {"rule": True, "warps": 8, "tiling": True}
+    assert all(p["tiling"] for p in study) and {p["warps"] for p in study} == {4, 8} and len(study) >= 4
+    crossover = [j for j in jobs if j["group"] == "crossover"]
+    assert {j["family"] for j in crossover} == {"default", "persistent"}
+    assert len(crossover) == 2 * 6 * 5
+
+
+@pytest.mark.slow
+def test_gpu_tune_dry_run_contract(tmp_path):
+    """The tuning command rehearsed on the CPU: three flat files, every group ok, every candidate
+    timed and equal to the tiles in use, the report generated from the JSON."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_tune
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_tune.py"), "--dry-run", "--out-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["gpu-tune-dry-run-cpu.json", "gpu-tune-dry-run-cpu.log", "gpu-tune-dry-run-cpu.md"]
+    results = json.loads((tmp_path / "gpu-tune-dry-run-cpu.json").read_text())
+    assert set(results["groups"]) == {name for name, _, _ in gpu_tune.GROUPS}
+    for name, status in results["groups"].items():
+        assert status["status"] == "ok" or status["status"].startswith("skipped: dry run"), (name, status)
+    for group in ("default", "persistent"):
+        for shape, rows in results[group].items():
+            assert sum(r["current"] for r in rows.values()) == 1 and len(rows) >= 2, (group, shape)
+            for label, r in rows.items():
+                assert r["fwd_us"] > 0 and r["bwd_us"] > 0 and r["max_abs_difference"] < 1e-5, (group, label, r)
+                assert r["family_ran"] == group, (group, label, r)
+    assert len(results["crossover"]) == 4
+    assert all(r["faster"] in ("default", "persistent") and r["default"] > 0 for r in results["crossover"].values())
+    bidi = results["bidi"]["3,16,16"]
+    assert set(bidi) == {f"{family}: {row}" for family in ("default", "persistent")
+                         for row in ("module", "directions one after the other", "directions on two streams")}
+    assert all(r["fwd_bwd_ms"] > 0 and r["max_abs_difference"] < 1e-5 for r in bidi.values()), bidi
+    report = (tmp_path / "gpu-tune-dry-run-cpu.md").read_text()
+    assert report == gpu_tune.markdown(results)
+    for heading in ("Default family: tiles", "Persistent family: tilings", "Kernel family by shape",
+                    "One bidirectional layer", "Groups"):
+        assert f"## {heading}" in report
+
+
+def test_measure_pins_the_family_over_the_backward():
+    """A triton row's kernel family holds in its backward too: autograd runs the backward after
+    the row's function has returned, and each backward reads the family when it runs."""
+    import os
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_gpu
+    from timescale_kernels.ops import triton_recurrence as tr
+    seen = []
+
+    class Spy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(("forward", os.environ.get(tr.FAMILY_ENV)))
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(("backward", os.environ.get(tr.FAMILY_ENV)))
+            return grad * 2
+
+    before = os.environ.get(tr.FAMILY_ENV)
+    x = torch.ones(3, requires_grad=True)
+    row = bench_gpu.measure(lambda: Spy.apply(x), "cpu", [x], family="persistent")
+    assert row["fwd_bwd_ms"] > 0 and row["fwd_ms"] > 0
+    assert ("backward", "persistent") in seen and all(family == "persistent" for _, family in seen), seen
+    assert os.environ.get(tr.FAMILY_ENV) == before

@@ -139,6 +139,39 @@ def test_choose_family_is_a_function_of_device_and_shape():
     assert [tr.choose_family(H200, 256, 500, "fp32") for _ in range(3)] == ["persistent"] * 3
 
 
+def test_tilings_hold_every_resident_plan_and_the_rule_picks_among_them():
+    for B, H, precision in ((256, 500, "fp32"), (10, 500, "fp32"), (256, 500, "tf32x3"), (64, 1000, "bf16")):
+        tilings = tr.persistent_tilings(H200, B, H, precision)
+        assert tr.persistent_plan(H200, B, H, precision) in tilings
+        assert len(set(tilings)) == len(tilings) > 1
+        w_bytes = {"fp32": 4, "tf32x3": 8, "bf16": 2}[precision]
+        for p in tilings:
+            assert p.programs <= 132 and p.h_pad * p.block_n * w_bytes + tp.SMEM_RESERVE <= 227 * 1024, p
+            assert p.grid == (-(-H // p.block_n), -(-B // p.block_b)) and p.num_warps == tp.NUM_WARPS
+        assert max(p.programs for p in tilings) == tr.persistent_plan(H200, B, H, precision).programs
+    assert tr.persistent_tilings(H200, 4096, 500, "fp32") == []
+    assert tr.persistent_tilings(H200, 10, 500, "fp32", torch.float64) == []
+
+
+def test_a_pinned_plan_runs_the_persistent_kernels_with_its_tiles():
+    """plan= (for benchmarks that compare tilings) pins the persistent family; under the
+    interpreter a one-split plan runs and a multi-split one is refused before it could hang."""
+    c = make_core(4, 20, 24, seed=3)
+    expected = run_core(c, "tanh", "outside", "fp32", "default")
+    for block_b in (16, 32):
+        planned = tp.Plan((1, -(-20 // block_b)), block_b, 32, 32, num_warps=4)
+        h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", True, "fp32", plan=planned)
+        assert tr.last_family == "persistent"
+        grads = tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"], "tanh", "outside", "fp32",
+                            plan=planned)
+        for name, a, b in zip(NAMES, (h, drive, *grads), expected):
+            assert rel_err(a, b) < 1e-5, (block_b, name)
+    if not CUDA:
+        with pytest.raises(ValueError, match="column splits"):
+            tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", True, "fp32",
+                       plan=tp.Plan((2, 2), 16, 16, 32))
+
+
 # ---- fallbacks: each warns once and gives the default kernels' results ----
 
 def test_no_plan_falls_back_with_one_warning(monkeypatch):

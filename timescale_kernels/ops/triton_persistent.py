@@ -208,42 +208,46 @@ SMEM_RESERVE = 16 * 1024
 @dataclass(frozen=True)
 class Plan:
     """grid = (column splits, batch tiles); BLOCK_B rows and BLOCK_N columns per program;
-    H_PAD = the dot's K (H rounded up to a power of two, at least BLOCK_K)."""
+    H_PAD = the dot's K (H rounded up to a power of two, at least BLOCK_K); num_warps per program."""
     grid: tuple
     block_b: int
     block_n: int
     h_pad: int
+    num_warps: int = NUM_WARPS
 
     @property
     def programs(self) -> int:
         return self.grid[0] * self.grid[1]
 
 
-def plan(batch: int, hidden: int, w_bytes: int, sms: int | None, smem_per_block: int | None) -> Plan | None:
-    """The persistent grid for (B, H), or None when it cannot run on the device.
-
-    Every program holds its column slice of M (H_PAD x BLOCK_N, w_bytes per element, counting
-    every copy kept: tf32x3 keeps two) in shared memory, plus SMEM_RESERVE for staging the state
-    chunks, and all programs must be resident at once, one per SM. Among the tilings within
-    sms programs and smem_per_block bytes, the one with the most programs wins (the most column
-    splits: a small batch still spreads over many SMs), then the narrowest batch tile (the least
-    state read per step). sms None (the interpreter): a single split, since programs then run one
-    after another and a tile's splits could never meet at the barrier. Deterministic: a function
-    of its arguments only."""
+def candidates(batch: int, hidden: int, w_bytes: int, sms: int, smem_per_block: int) -> list[Plan]:
+    """Every tiling of (B, H) that can run resident: at most sms programs (one per SM), each
+    holding its column slice of M (H_PAD x BLOCK_N, w_bytes per element, counting every copy
+    kept: tf32x3 keeps two) plus SMEM_RESERVE within smem_per_block bytes."""
     h_pad = max(BLOCK_K, triton.next_power_of_2(hidden))
-    if sms is None:
-        return Plan((1, triton.cdiv(batch, BLOCK_B_CHOICES[0])), BLOCK_B_CHOICES[0], h_pad, h_pad)
-    best = None
+    out = []
     for block_n in BLOCK_N_CHOICES:
         for block_b in BLOCK_B_CHOICES:
             grid = (triton.cdiv(hidden, block_n), triton.cdiv(batch, block_b))
             smem = h_pad * block_n * w_bytes + SMEM_RESERVE
-            if block_n > h_pad or grid[0] * grid[1] > sms or smem > smem_per_block:
-                continue
-            candidate = Plan(grid, block_b, block_n, h_pad)
-            if best is None or (candidate.programs, -block_b) > (best.programs, -best.block_b):
-                best = candidate
-    return best
+            if block_n <= h_pad and grid[0] * grid[1] <= sms and smem <= smem_per_block:
+                out.append(Plan(grid, block_b, block_n, h_pad))
+    return out
+
+
+def plan(batch: int, hidden: int, w_bytes: int, sms: int | None, smem_per_block: int | None) -> Plan | None:
+    """The persistent grid for (B, H), or None when it cannot run on the device.
+
+    Among the candidates(), the one with the most programs wins (the most column splits: a small
+    batch still spreads over many SMs), then the narrowest batch tile (the least state read per
+    step). sms None (the interpreter): a single split, since programs then run one after another
+    and a tile's splits could never meet at the barrier. Deterministic: a function of its
+    arguments only."""
+    if sms is None:
+        h_pad = max(BLOCK_K, triton.next_power_of_2(hidden))
+        return Plan((1, triton.cdiv(batch, BLOCK_B_CHOICES[0])), BLOCK_B_CHOICES[0], h_pad, h_pad)
+    found = candidates(batch, hidden, w_bytes, sms, smem_per_block)
+    return max(found, key=lambda p: (p.programs, -p.block_b, -BLOCK_N_CHOICES.index(p.block_n)), default=None)
 
 
 def _refused(err: Exception) -> bool:
@@ -274,7 +278,7 @@ def launch(kernel, planned: Plan, pointers: tuple, ints: tuple, constexprs: dict
     try:
         kernel[planned.grid](*pointers, w_lo, counter, *ints, **constexprs, BLOCK_B=planned.block_b,
                              BLOCK_N=planned.block_n, BLOCK_K=BLOCK_K, H_PAD=planned.h_pad,
-                             num_warps=1 if interpreting() else NUM_WARPS, num_stages=1,
+                             num_warps=1 if interpreting() else planned.num_warps, num_stages=1,
                              launch_cooperative_grid=not interpreting())
     except (RuntimeError, OutOfResources) as err:
         if not _refused(err):

@@ -118,17 +118,30 @@ def _smem_per_block(props) -> int:
     return optin or (227 if props.major >= 9 else 163) * 1024
 
 
+def _operand_bytes(precision: str, dtype: torch.dtype) -> int:
+    """Bytes per element of M kept on chip by a persistent program (tf32x3 keeps two parts)."""
+    w_bytes = 2 if precision == "bf16" else torch.empty((), dtype=dtype).element_size()
+    return 2 * w_bytes if precision == "tf32x3" else w_bytes
+
+
 def persistent_plan(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32):
     """The persistent kernels' triton_persistent.Plan for (B, H) on a device, or None where the
     family cannot run there. device_props None: the interpreter's single-split plan."""
-    w_bytes = 2 if precision == "bf16" else torch.empty((), dtype=dtype).element_size()
-    if precision == "tf32x3":
-        w_bytes *= 2  # M twice on chip: its tf32 part and the rest
     if device_props is None:
-        return _persistent.plan(B, H, w_bytes, None, None)
+        return _persistent.plan(B, H, _operand_bytes(precision, dtype), None, None)
     if dtype == torch.float64:
         return None  # the float64 backward spills registers (sm_90, triton 3.6: 16x16 and 32x32 tiles)
-    return _persistent.plan(B, H, w_bytes, device_props.multi_processor_count, _smem_per_block(device_props))
+    return _persistent.plan(B, H, _operand_bytes(precision, dtype), device_props.multi_processor_count,
+                            _smem_per_block(device_props))
+
+
+def persistent_tilings(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32) -> list:
+    """Every triton_persistent.Plan that fits (B, H) resident on a CUDA device (persistent_plan
+    picks one of them); for benchmarks that compare tilings."""
+    if dtype == torch.float64:
+        return []
+    return _persistent.candidates(B, H, _operand_bytes(precision, dtype), device_props.multi_processor_count,
+                                  _smem_per_block(device_props))
 
 
 def choose_family(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32) -> str:
@@ -208,16 +221,20 @@ def _operand(w: torch.Tensor, transpose: bool, dot_bf16: int) -> torch.Tensor:
 
 
 def _run_persistent(kernel, family: str, u_like, precision: str, pointers: tuple, ints: tuple, constexprs: dict,
-                    w_index: int) -> bool:
-    """Launches a persistent kernel when family asks for it and its plan fits; False when the
-    default kernel must run instead (one warning when the persistent family was pinned but cannot run)."""
+                    w_index: int, plan=None) -> bool:
+    """Launches a persistent kernel when family asks for it and its plan fits (plan: that tiling
+    instead of persistent_plan()'s); False when the default kernel must run instead (one warning
+    when the persistent family was pinned but cannot run)."""
     global last_family
     last_family = "default"
     if family != "persistent":
         return False
     _, batch, hidden = u_like.shape
-    planned = persistent_plan(None if _interpreting() else device_properties(u_like.device), batch, hidden,
-                              precision, u_like.dtype)
+    if plan is not None and _interpreting() and plan.grid[0] > 1:
+        raise ValueError(f"plan: {plan.grid[0]} column splits under TRITON_INTERPRET=1, where programs run one "
+                         "after another and could never meet at the barrier; use one split (grid (1, tiles))")
+    planned = plan or persistent_plan(None if _interpreting() else device_properties(u_like.device), batch, hidden,
+                                      precision, u_like.dtype)
     if planned is None:
         _common.warn_once(("no plan", batch, hidden, precision, u_like.dtype),
                           f"triton persistent kernels: (B, H) = ({batch}, {hidden}) in {precision} does not fit "
@@ -229,14 +246,16 @@ def _run_persistent(kernel, family: str, u_like, precision: str, pointers: tuple
 
 
 def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str = "fp32",
-            lengths=None, *, config: LaunchConfig | None = None, family: str | None = None):
+            lengths=None, *, config: LaunchConfig | None = None, family: str | None = None, plan=None):
     """h (T, B, H) and drive (T, B, H) (empty unless save_drive); see the module docstring.
-    config: the default kernels' tiles (launch_config() when None); family: pins a kernel family."""
+    config: the default kernels' tiles (launch_config() when None); family: pins a kernel family;
+    plan: the persistent kernels' tiling (a triton_persistent.Plan; persistent_plan()'s when None),
+    which pins the persistent family (for benchmarks that compare tilings)."""
     consts = _prepare(u, precision, nonlinearity, placement, lengths)
     steps, batch, hidden = u.shape
     for name, t, shape in (("h0", h0, (batch, hidden)), ("w", w, (hidden, hidden)), ("alpha", alpha, (hidden,))):
         _check(name, t, shape, u.dtype, u.device)
-    chosen = resolve_family(u, precision, family)
+    chosen = "persistent" if plan is not None else resolve_family(u, precision, family)
     u, h0, w, alpha = (t.contiguous() for t in (u, h0, w, alpha))
     h = _new(u.shape, u)
     drive = _new(u.shape, u) if save_drive else u.new_empty((0,))
@@ -250,7 +269,7 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     ints = (steps, batch, hidden, stride_wk, stride_wn)
     consts["SAVE_DRIVE"] = bool(save_drive)
     with _on_device(u):
-        if _run_persistent(_persistent.persistent_fwd_kernel, chosen, u, precision, pointers, ints, consts, 2):
+        if _run_persistent(_persistent.persistent_fwd_kernel, chosen, u, precision, pointers, ints, consts, 2, plan):
             return h, drive
         _kernels.recurrence_fwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
             *pointers, *ints, **consts, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
@@ -260,9 +279,9 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
 
 
 def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str = "fp32",
-             lengths=None, *, config: LaunchConfig | None = None, family: str | None = None):
+             lengths=None, *, config: LaunchConfig | None = None, family: str | None = None, plan=None):
     """d_drive (T, B, H), dh0 (B, H), d_alpha (H,); see the module docstring. Needs the drive
-    saved by forward(..., save_drive=True). config and family as in forward."""
+    saved by forward(..., save_drive=True). config, family and plan as in forward."""
     consts = _prepare(h, precision, nonlinearity, placement, lengths)
     steps, batch, hidden = h.shape
     if drive.numel() == 0:
@@ -270,7 +289,7 @@ def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, 
     for name, t, shape in (("grad_h", grad_h, h.shape), ("drive", drive, h.shape), ("h0", h0, (batch, hidden)),
                            ("w", w, (hidden, hidden)), ("alpha", alpha, (hidden,))):
         _check(name, t, shape, h.dtype, h.device)
-    chosen = resolve_family(h, precision, family)
+    chosen = "persistent" if plan is not None else resolve_family(h, precision, family)
     grad_h, h, h0, drive, w, alpha = (t.contiguous() for t in (grad_h, h, h0, drive, w, alpha))
     cfg = config or launch_config()
     d_drive = _new(h.shape, h)
@@ -282,7 +301,8 @@ def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, 
     pointers = (grad_h, h, h0, drive, m, alpha, lengths if lengths is not None else alpha, d_drive, dh0, d_alpha_rows)
     ints = (steps, batch, hidden, m.stride(0), m.stride(1))
     with _on_device(h):
-        if not _run_persistent(_persistent.persistent_bwd_kernel, chosen, h, precision, pointers, ints, consts, 4):
+        if not _run_persistent(_persistent.persistent_bwd_kernel, chosen, h, precision, pointers, ints, consts, 4,
+                               plan):
             _kernels.recurrence_bwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
                 *pointers, *ints, **consts, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
