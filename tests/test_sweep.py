@@ -263,3 +263,17 @@ def test_benchmark_script_parses():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_sweep.py"), "--help"], capture_output=True,
                           text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_study_span_reads_once_where_every_seed_shares_one_N():
+    """T4/T5's span: from the study's first N to its last where every seed has both, else the nearest
+    common N's; one common N is said once, not as a span from an N to itself."""
+    from timescale_kernels.experiments.sweep_study import _View, _span
+    runs = {f"r{s}": {"status": "done", "condition": "c", "seed": s} for s in (0, 1)}
+    rows = [{"condition": "c", "seed": s, "N": n, "tau": 1.0 + n / 10} for s in (0, 1) for n in (5, 9)]
+    rows.append({"condition": "c", "seed": 0, "N": 15, "tau": 2.5})
+    text = _span(_View(runs, rows), "c", "tau", 15, 32, "single", "tau mean")
+    assert text.startswith("single tau mean: N = 5: ") and " -> N = 9: " in text and "not both reached" in text
+    rows = [r for r in rows if r["N"] == 9]
+    text = _span(_View(runs, rows), "c", "tau", 15, 32, "single", "tau mean")
+    assert text.startswith("single tau mean: only N = 9 in every seed: ") and "->" not in text, text

@@ -91,9 +91,12 @@ def _span(v, cond, key, lo, hi, label, what):
     Ns = v.common_Ns(cond, key)
     if not Ns:
         return f"{label} {what}: {NOT_RUN if cond not in v.done else 'no N with a value for every seed'}"
-    a = lo if lo in Ns else min(Ns, key=lambda n: abs(n - lo))
     b = hi if hi in Ns else max(Ns)
+    below = [n for n in Ns if n < b] or [b]  # a span where two common N's exist
+    a = lo if lo in below else min(below, key=lambda n: abs(n - lo))
     note = "" if (a, b) == (lo, hi) else f" (the study's N = {lo}, {hi} not both reached by every seed)"
+    if a == b:  # one common N: no span to show
+        return f"{label} {what}: only N = {a} in every seed: {fmt(v.at(cond, a, key))}{note}"
     return f"{label} {what}: N = {a}: {fmt(v.at(cond, a, key))} -> N = {b}: {fmt(v.at(cond, b, key))}{note}"
 
 
