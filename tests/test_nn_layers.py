@@ -107,6 +107,25 @@ def test_parameter_names_and_aliases():
     assert one.weight_hh_l0 is one.weight_hh and one.tau_l0 is one.tau
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_all_weights_flatten_parameters_and_proj_size_like_torch_rnn(bias):
+    """Code written for torch.nn.RNN reads all_weights, calls flatten_parameters() and checks proj_size."""
+    m = tk.LeakyRNN(2, 5, num_layers=2, bidirectional=True, bias=bias, backend="reference")
+    ref = nn.RNN(2, 5, num_layers=2, bidirectional=True, bias=bias)
+    assert [[w.shape for w in ws] for ws in m.all_weights] == [[w.shape for w in ws] for ws in ref.all_weights]
+    assert m.all_weights[3][1] is m.weight_hh_l1_reverse and m.all_weights[0][0] is m.weight_ih
+    with torch.no_grad():  # the usual init loop over all_weights leaves tau alone
+        for weights in m.all_weights:
+            for w in weights:
+                w.zero_()
+    assert all(p.abs().sum() == 0 for n, p in m.named_parameters() if not n.startswith("tau"))
+    assert m.tau_l1.min() >= 1.0
+    x = torch.randn(4, 3, 2)
+    before = m(x)[0]
+    assert m.flatten_parameters() is None and torch.equal(m(x)[0], before)
+    assert m.proj_size == ref.proj_size == 0
+
+
 def test_state_dicts_load_across_spellings():
     torch.manual_seed(3)
     one = tk.LeakyRNN(2, 5, backend="reference")

@@ -154,6 +154,19 @@ class LeakyRNN(LeakyBase):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    proj_size = 0  # torch.nn.RNN's (projections exist only for LSTMs)
+
+    @property
+    def all_weights(self) -> list[list[torch.Tensor]]:
+        """torch.nn.RNN's all_weights: per layer and direction, [weight_ih, weight_hh, bias_ih, bias_hh]
+        (the biases only when bias=True), the raw parameters; tau is not among them (tau_l{k}[_reverse])."""
+        roles = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        return [[self._tensor(names[role]) for role in roles] for names in self._groups]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: torch.nn.RNN compacts its weights into one buffer for cuDNN here; these
+        kernels read each tensor where it is. Kept so that code written for torch.nn.RNN runs."""
+
     def _group(self, layer: int, reverse: bool) -> dict[str, str]:
         if not (isinstance(layer, int) and 0 <= layer < self.num_layers):
             raise ValueError(f"layer: expected an int in 0..{self.num_layers - 1}; got {layer!r}")
