@@ -24,6 +24,7 @@ meaningless; it rehearses the command and its output).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -109,25 +110,32 @@ def graphed(fn, params, train):
     return graph.replay
 
 
-def measure(fn, device, params, graph=False, family=None):
-    """{'fwd_bwd_ms', 'fwd_ms', 'peak_mb'} of fn() -> (T, B, H); a failing mode records its error.
-    family: the triton kernel family pinned over the forward and the backward alike."""
+def measure(fn, device, params, graph=False, setting=contextlib.nullcontext):
+    """{'fwd_bwd_ms', 'fwd_ms', 'peak_mb', 'peak_fwd_mb', 'family_ran'} of fn() -> (T, B, H); a failing
+    mode records its error. setting: a context manager factory entered around the forward and the
+    backward alike (a kernel family pinned, cuDNN's TF32 off): autograd runs the backward after fn
+    has returned, and both the triton launchers and cuDNN read their settings when they run.
+    Peak memory is taken over a second run, after the first has compiled and allocated workspaces."""
+    from timescale_kernels.ops import triton_recurrence
     out = {}
     for mode, train in (("fwd_bwd_ms", True), ("fwd_ms", False)):
         try:
             if graph:
-                with family_pinned(family):
-                    run = graphed(fn, params, train)
+                with setting():
+                    run = graphed(fn, params, train)  # a graph's memory is its pool, taken at capture
             else:
                 def run(train=train):
-                    with torch.set_grad_enabled(train), family_pinned(family):
+                    with torch.set_grad_enabled(train), setting():
                         y = fn()
                         if train:
                             y.sum().backward()
-            # compiles (triton, dynamo) before timing; a graph's memory is taken at its capture
+            run()  # compiles (triton, dynamo) before timing
+            triton_recurrence.last_family = ""
             with peak_memory("none" if graph else device, out, "peak_mb" if train else "peak_fwd_mb"):
                 run()
             sync(device)
+            if triton_recurrence.last_family:  # the family the last launch ran ("default" where persistent fell back)
+                out["family_ran" if train else "family_ran_fwd"] = triton_recurrence.last_family
             out[mode] = time_ms(run, device, params)
         except Exception as err:  # one failing row must not end the table
             out[mode] = None
@@ -135,16 +143,26 @@ def measure(fn, device, params, graph=False, family=None):
     return out
 
 
-def without_tf32(fn):
-    """fn with cuDNN's TF32 off while it runs (torch's default allows it for cuDNN's RNNs)."""
-    def run():
-        previous = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            return fn()
-        finally:
-            torch.backends.cudnn.allow_tf32 = previous
-    return run
+@contextlib.contextmanager
+def cudnn_without_tf32():
+    """cuDNN's TF32 off inside (torch's default allows it for cuDNN's RNNs); entered around the
+    forward and the backward of a row, since cuDNN's RNN backward reads the flag again."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+
+
+def row_setting(name: str):
+    """The setting measure() holds over a row's forward and backward, from its name:
+    "triton-<family>-<precision>" pins the family, "... cudnn-fp32 ..." turns cuDNN's TF32 off."""
+    if name.startswith("triton-"):
+        return lambda: family_pinned(name.split("-")[1])
+    if "cudnn-fp32" in name:
+        return cudnn_without_tf32
+    return contextlib.nullcontext
 
 
 def baseline_rows(x, h0, p, device):
@@ -156,7 +174,7 @@ def baseline_rows(x, h0, p, device):
     rows = [("eager-study", lambda: study_loop(x, h0, p, mask), params, False),
             ("eager", lambda: eager_loop(x, h0, p, mask), params, False),
             ("cudnn", lambda: rnn(x, h0[None])[0], list(rnn.parameters()), False),
-            ("cudnn-fp32", without_tf32(lambda: rnn(x, h0[None])[0]), list(rnn.parameters()), False)]
+            ("cudnn-fp32", lambda: rnn(x, h0[None])[0], list(rnn.parameters()), False)]
     if device == "cuda":
         rows.append(("cuda-graph", lambda: eager_loop(x, h0, p, mask), params, True))
     return rows
@@ -180,8 +198,7 @@ def dropin_rows(shape, device):
         tag = "1 layer" if layers == 1 else f"{layers} layers bidirectional"
         rows += [(f"LeakyRNN {tag} (triton fp32)", lambda leaky=leaky: leaky(x)[0], list(leaky.parameters()), False),
                  (f"nn.RNN {tag} (cudnn)", lambda rnn=rnn: rnn(x)[0], list(rnn.parameters()), False),
-                 (f"nn.RNN {tag} (cudnn-fp32)", without_tf32(lambda rnn=rnn: rnn(x)[0]), list(rnn.parameters()),
-                  False)]
+                 (f"nn.RNN {tag} (cudnn-fp32)", lambda rnn=rnn: rnn(x)[0], list(rnn.parameters()), False)]
     return rows
 
 
@@ -205,13 +222,14 @@ def group_rows(group, shape, cfg):
                 setattr(torch._dynamo.config, limit, 64)
         cell = torch.compile(study_step, dynamic=False, backend=cfg["compile_backend"])
         mask = 1.0 - torch.eye(shape[2], device=device)
-        return [("torch.compile", lambda: eager_loop(x, h0, p, mask, step=cell), params, False)]
+        # h0 needing a gradient like every later h: one training graph for every step, not two
+        h0_grad = h0.clone().requires_grad_()
+        return [("torch.compile", lambda: eager_loop(x, h0_grad, p, mask, step=cell), params + [h0_grad], False)]
     raise ValueError(f"group: unknown {group!r}")
 
 
 def run_table(group, cfg, results, deadline):
     """Each row of the group at each shape; results[group]['T,B,H'][row] after every measurement."""
-    from timescale_kernels.ops import triton_recurrence
     for shape in (cfg["shapes"][-1:] if group == "dropin" else cfg["shapes"]):
         key = ",".join(map(str, shape))
         for name, fn, params, graph in group_rows(group, shape, cfg):
@@ -219,11 +237,8 @@ def run_table(group, cfg, results, deadline):
                 record(results, [group, key, name], {"skipped": "group time limit"})
                 continue
             start = time.monotonic()
-            # "triton-<family>-<precision>": the family pinned over the backward as well
-            family = name.split("-")[1] if name.startswith("triton-") else None
-            row = measure(fn, cfg["device"], params, graph, family)
-            if name.startswith("triton-") or "(triton" in name:
-                row["family_ran"] = triton_recurrence.last_family  # "default" where persistent fell back
+            record(results, [group, key, name], {"started": True})  # a row killed by the limit leaves a trace
+            row = measure(fn, cfg["device"], params, graph, row_setting(name))
             row["seconds"] = round(time.monotonic() - start, 1)
             record(results, [group, key, name], row)
             print(f"{group} {key} {name}: {row}", flush=True)

@@ -37,8 +37,10 @@ def op_forward(model, x, h0, precision, family):
 
 def run_analysis(cfg, results, deadline):
     """results['analysis'][row] = {'probe_steps', 'probe_s', 'seconds_at_full' (measured when it fits,
-    else projected from the probe), 'measured_full'}."""
+    else projected from the probe), 'measured_full', 'family_ran'}; 'analysis.simulate' runs the
+    family the rule picks."""
     from timescale_kernels.analysis import simulate
+    from timescale_kernels.ops import triton_recurrence as tr
     device, (steps, trials, hidden) = cfg["device"], cfg["analysis"]
     model = analysis_model(hidden, device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -60,6 +62,7 @@ def run_analysis(cfg, results, deadline):
             row["seconds_at_full"] = (seconds(lambda: op_forward(model, x, h0, prec, family), device)
                                       if row["measured_full"] else projected)
             row["us_per_step"] = row["seconds_at_full"] / steps * 1e6
+            row["family_ran"] = tr.last_family  # "default" where the persistent launch fell back
         except Exception as err:
             row["error"] = short_error(err)
         record(results, ["analysis", name], row)
@@ -67,7 +70,7 @@ def run_analysis(cfg, results, deadline):
     row = {"steps": steps, "trials": trials, "hidden": hidden}
     first = load(results).get("analysis", {}).get("op default fp32", {}).get("seconds_at_full", 0.0)
     if deadline_passed(deadline, 10 + 1.5 * first):
-        record(results, ["analysis", "analysis.simulate default"], {"skipped": "group time limit"})
+        record(results, ["analysis", "analysis.simulate"], {"skipped": "group time limit"})
     else:
         try:
             burn_in = 500 if steps > 1000 else 0  # the study's 500 of its 100,500 steps
@@ -75,9 +78,10 @@ def run_analysis(cfg, results, deadline):
                 model, trials=trials, steps=steps - burn_in, burn_in=burn_in, backend="triton",
                 max_lag=min(30, steps - burn_in - 1),
                 generator=torch.Generator(device=device).manual_seed(0)), device)
+            row["family_ran"] = tr.last_family  # the family the rule picked
         except Exception as err:
             row["error"] = short_error(err)
-        record(results, ["analysis", "analysis.simulate default"], row)
+        record(results, ["analysis", "analysis.simulate"], row)
         print(f"analysis simulate: {row}", flush=True)
 
 

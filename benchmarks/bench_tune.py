@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -115,19 +114,19 @@ def problem(shape, device, make=torch.randn):
     return u, h0, w, alpha, grad_h
 
 
-def kernels(args, config=None, plan=None, family=None):
+def kernels(args, config=None, plan=None, family=None, nonlinearity="leaky_relu"):
     """(forward, backward) closures over the launchers with one config / plan / family."""
     from timescale_kernels.ops import triton_recurrence as tr
     u, h0, w, alpha, grad_h = args
     pin = dict(config=config, plan=plan, family=family)
     saved = {}
 
-    def forward():
-        saved["h"], saved["drive"] = tr.forward(u, h0, w, alpha, "leaky_relu", "outside", True, "fp32", **pin)
+    def forward(save_drive=True):
+        saved["h"], saved["drive"] = tr.forward(u, h0, w, alpha, nonlinearity, "outside", save_drive, "fp32", **pin)
         return saved["h"]
 
     def backward():
-        return tr.backward(grad_h, saved["h"], h0, saved["drive"], w, alpha, "leaky_relu", "outside", "fp32",
+        return tr.backward(grad_h, saved["h"], h0, saved["drive"], w, alpha, nonlinearity, "outside", "fp32",
                            **pin)[0]
     return forward, backward
 
@@ -141,6 +140,8 @@ def pins(group: str, shape, dry_run: bool = False) -> list[tuple[str, dict]]:
         return [(config_label(c), {"config": c, "family": "default"}) for c in default_candidates(dry_run)]
     if group == "persistent":
         return [(plan_label(p), {"plan": p}) for p in persistent_candidates(shape[1], shape[2], dry_run)]
+    if group == "bidi":  # the layer's kernels: tanh, forward with and without the drive, backward
+        return [(f"{family} tanh", {"family": family, "nonlinearity": "tanh"}) for family in ("default", "persistent")]
     return [(family, {"family": family}) for family in ("default", "persistent")]
 
 
@@ -154,7 +155,7 @@ def compile_jobs(dry_run: bool = False) -> list[tuple]:
     with _stand_in_device():
         return [(group, shape, label, pin)
                 for group, shapes in (("default", cfg["shapes"]), ("persistent", cfg["shapes"]),
-                                      ("crossover", crossover_shapes(cfg)))
+                                      ("crossover", crossover_shapes(cfg)), ("bidi", cfg["shapes"][:1]))
                 for shape in shapes for label, pin in pins(group, shape, dry_run)]
 
 
@@ -180,26 +181,31 @@ def compile_job(job) -> dict:
             forward, backward = kernels(args, **pin)
             forward()
             backward()
+            if group == "bidi":
+                forward(save_drive=False)
         for launch in launches:
             compiled = compile_launch(launch)
-            row[launch.name] = {k: v for k, v in resources(compiled).items() if k in ("registers", "spills")}
+            key = launch.name + ("_no_drive" if launch.name in row else "")  # the second forward: no drive
+            row[key] = {k: v for k, v in resources(compiled).items() if k in ("registers", "spills")}
     except Exception as err:  # one failing candidate must not hide the others
         row["error"] = short_error(err)
     return row
 
 
 def compile_all(jobs: int, json_path: str | None) -> int:
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
     import triton
     os.environ.pop("TRITON_INTERPRET", None)
+    from triton_compile import write_rows
     todo = compile_jobs()
-    with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        rows = list(pool.map(compile_job, todo))
+    rows = []
+    with multiprocessing.get_context("spawn").Pool(max(1, jobs)) as pool:
+        for row in pool.imap(compile_job, todo):  # written as they arrive: a time limit keeps what compiled
+            rows.append(row)
+            if json_path:
+                write_rows(json_path, triton.__version__, rows)
     failed = [r for r in rows if "error" in r]
     spilling = [r for r in rows if any(isinstance(v, dict) and v.get("spills") for v in r.values())]
-    if json_path:
-        Path(json_path).write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=1))
     for r in failed + spilling:
         print(f"bench_tune compile: {r}", file=sys.stderr)
     print(f"triton {triton.__version__}: {len(rows)} candidates compiled, {len(failed)} failed, "

@@ -43,6 +43,7 @@ def per_step_table(results: dict) -> list[str]:
             T = int(s.split(",")[0])
             row = merged[s].get(name, {})
             note = note or row.get("skipped") or row.get("fwd_bwd_ms_error") or row.get("fwd_ms_error") or ""
+            note = note or ("cut off by the group time limit" if row.get("started") else "")
             for mode in ("fwd_ms", "fwd_bwd_ms"):
                 cells.append(fmt(row[mode] * 1e3 / T if row.get(mode) else None))
         row = merged[first].get(name, {})
@@ -61,7 +62,9 @@ def dropin_lines(results: dict) -> list[str]:
         T = int(shape.split(",")[0])
         for name, row in rows.items():
             if not row.get("fwd_bwd_ms"):
-                lines.append(f"- {shape} {name}: {row.get('skipped') or row.get('fwd_bwd_ms_error') or 'failed'}")
+                why = row.get('skipped') or row.get('fwd_bwd_ms_error') or ("cut off by the group time limit"
+                                                                            if row.get("started") else "failed")
+                lines.append(f"- {shape} {name}: {why}")
                 continue
             line = (f"- {shape} {name}: fwd {fmt(row['fwd_ms'] * 1e3 / T if row.get('fwd_ms') else None)}, "
                     f"fwd+bwd {fmt(row['fwd_bwd_ms'] * 1e3 / T)} us/step")
@@ -78,12 +81,13 @@ def dropin_lines(results: dict) -> list[str]:
 def analysis_lines(results: dict) -> list[str]:
     lines = []
     for name, row in results.get("analysis", {}).items():
+        ran = f", the {row['family_ran']} kernels ran" if row.get("family_ran") else ""
         if "seconds_at_full" in row:
             how = "measured" if row.get("measured_full") else f"projected from {row['probe_steps']} steps"
             lines.append(f"- {name}: {fmt(row['seconds_at_full'])} s for {row['steps']} steps x {row['trials']} "
-                         f"trials, H = {row['hidden']} ({fmt(row['us_per_step'])} us/step, {how})")
+                         f"trials, H = {row['hidden']} ({fmt(row['us_per_step'])} us/step, {how}{ran})")
         elif "seconds" in row:
-            lines.append(f"- {name}: {fmt(row['seconds'])} s (op, autocorrelation and covariance sums)")
+            lines.append(f"- {name}: {fmt(row['seconds'])} s (op, autocorrelation and covariance sums{ran})")
         else:
             lines.append(f"- {name}: {row.get('error') or row.get('skipped')}")
     return lines

@@ -27,7 +27,7 @@ FAMILIES = ("default", "persistent")
 SETTINGS = {
     "gpu": {"device": "cuda", "shapes": [(400, 256, 500), (100, 256, 500)], "analysis": (100_500, 10, 500),
             "analysis_probe_steps": 10_050, "hidden": 500, "batch": 256, "epoch_Ns": (30, 100),
-            "launch_Ns": (10, 100), "compile_backend": "inductor", "train_steps": 3},
+            "launch_Ns": (10, 100), "compile_backend": "inductor", "train_steps": 8},
     "dry-run": {"device": "cpu", "shapes": [(4, 16, 16), (2, 16, 16)], "analysis": (8, 2, 16),
                 "analysis_probe_steps": 4, "hidden": 16, "batch": 8, "epoch_Ns": (3, 4), "launch_Ns": (3, 4),
                 "compile_backend": "eager", "train_steps": 1},
@@ -70,10 +70,17 @@ def sync(device: str) -> None:
 
 
 def time_ms(fn, device: str, grads=None) -> float:
-    """Median milliseconds of fn(): triton's do_bench on CUDA, a few wall-clock runs on the CPU."""
+    """Median milliseconds of fn(): triton's do_bench on CUDA, a few wall-clock runs on the CPU.
+    On CUDA the repetition time is scaled to the call (5 calls' worth, 50 ms to 1 s), so that a slow
+    call is still the median of several runs (do_bench's fixed 50 ms gives one run of a 50 ms call)."""
     if device == "cuda":
         import triton.testing
-        return triton.testing.do_bench(fn, warmup=10, rep=50, grad_to_none=grads, return_mode="median")
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        rep = min(1000.0, max(50.0, 5e3 * (time.perf_counter() - start)))
+        return triton.testing.do_bench(fn, warmup=10, rep=rep, grad_to_none=grads, return_mode="median")
     times = []
     for _ in range(1 if os.environ.get("TRITON_INTERPRET") == "1" else 3):  # the interpreter: seconds per call
         for g in grads or ():

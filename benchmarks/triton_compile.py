@@ -101,9 +101,10 @@ def controls() -> list[Case]:
 
 
 def warm_cases() -> list[Case]:
-    """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows),
-    the GPU tests' other placement ("inside") and small batch, and the drop-in modules' tanh (fp32),
-    forward and backward: the kernels that `make gpu-check` launches."""
+    """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows, the
+    strided control of defect-ab, tanh), the GPU tests' other placement ("inside") and small batch,
+    and the drop-in modules' tanh (fp32), forward and backward: the kernels that `make gpu-check`
+    launches."""
     no_drive = [Case(family, p, "float32", "simulate", batch=STUDY_SHAPE[1]) for family in FAMILIES for p in PRECISIONS]
     inside = [Case(family, p, "float32", direction, placement="inside")
               for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
@@ -112,8 +113,12 @@ def warm_cases() -> list[Case]:
     # the persistent GPU test's small batch (B = 10, both placements, fp32 and tf32x3)
     small = [Case("persistent", p, "float32", direction, placement=placement, batch=10)
              for p in ("fp32", "tf32x3") for direction in ("forward", "backward") for placement in ("outside", "inside")]
+    # the forward without the drive at B = 256: defect-ab's strided control, the drop-in rows' and the
+    # bidirectional tuning rows' tanh forward
+    more = [Case(family, "fp32", "float32", "simulate", batch=STUDY_SHAPE[1], **kind) for family in FAMILIES
+            for kind in ({"contiguous_wt": False}, {"nonlinearity": "tanh"})]
     cases = all_cases()
-    return cases + no_drive + inside + [c for c in tanh + small if c not in cases]
+    return cases + no_drive + inside + [c for c in tanh + small + more if c not in cases]
 
 
 def capture(case: Case) -> list[Launch]:
@@ -248,12 +253,25 @@ def describe_error(err: BaseException) -> str:
     return f"{type(root).__name__}: {str(root).strip()[:200] or '(no message)'}" + (f" at `{where}`" if where else "")
 
 
-def warm_cache(cases, jobs: int) -> list[dict]:
-    """Compiles the cases in `jobs` processes (each into triton's on-disk cache); their rows."""
-    from concurrent.futures import ProcessPoolExecutor
+def warm_cache(cases, jobs: int, json_path: str | None = None) -> list[dict]:
+    """Compiles the cases in `jobs` processes (each into triton's on-disk cache); their rows, also
+    written to json_path as they arrive (a run killed by its time limit keeps what it compiled)."""
     import multiprocessing
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [row for rows in pool.map(_compile_case_safely, cases) for row in rows]
+    import triton
+    rows = []
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        for found in pool.imap(_compile_case_safely, cases):
+            rows += found
+            if json_path:
+                write_rows(json_path, triton.__version__, rows)
+    return rows
+
+
+def write_rows(json_path: str, version: str, rows: list[dict]) -> None:
+    """{'triton': version, 'rows': rows} written whole (write, then rename)."""
+    tmp = Path(json_path).with_name(Path(json_path).name + ".tmp")
+    tmp.write_text(json.dumps({"triton": version, "rows": rows}, indent=1))
+    os.replace(tmp, json_path)
 
 
 def main(argv=None) -> int:
@@ -269,9 +287,9 @@ def main(argv=None) -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     cases = warm_cases() if args.warm_cache else all_cases(args.quick)
     jobs = max(1, min(len(cases), os.cpu_count() or 1)) if args.warm_cache and args.jobs == 1 else args.jobs
-    rows = warm_cache(cases, jobs) if jobs > 1 else [r for c in cases for r in _compile_case_safely(c)]
+    rows = warm_cache(cases, jobs, args.json) if jobs > 1 else [r for c in cases for r in _compile_case_safely(c)]
     if args.json:
-        Path(args.json).write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=1))
+        write_rows(args.json, triton.__version__, rows)
     if args.table:
         print(markdown_table(rows, triton.__version__))
     failed = [r for r in rows if "error" in r]
@@ -290,8 +308,8 @@ def main(argv=None) -> int:
 
 
 def is_control(row: dict) -> bool:
-    """True for a row of one of the controls() (its case label ends in /strided-W)."""
-    return row["case"].endswith("/strided-W")
+    """True for a row of a strided-W control (its case label holds /strided-W)."""
+    return "/strided-W" in row["case"]
 
 
 if __name__ == "__main__":
