@@ -194,29 +194,37 @@ def test_gpu_tune_dry_run_contract(tmp_path):
         assert f"## {heading}" in report
 
 
-def test_measure_pins_the_family_over_the_backward():
-    """A triton row's kernel family holds in its backward too: autograd runs the backward after
-    the row's function has returned, and each backward reads the family when it runs."""
+@pytest.mark.parametrize("name", ["triton-persistent-fp32", "cudnn-fp32", "nn.RNN 1 layer (cudnn-fp32)", "cudnn"])
+def test_measure_holds_a_rows_setting_over_the_backward(name):
+    """A row's setting (a triton row's kernel family, a cuDNN fp32 row's TF32 off) holds in its
+    backward too: autograd runs the backward after the row's function has returned, and both the
+    triton launchers and cuDNN's RNN backward read their settings when they run."""
     import os
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_gpu
     from timescale_kernels.ops import triton_recurrence as tr
     seen = []
 
+    def state(where):
+        seen.append((where, os.environ.get(tr.FAMILY_ENV), torch.backends.cudnn.allow_tf32))
+
     class Spy(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
-            seen.append(("forward", os.environ.get(tr.FAMILY_ENV)))
+            state("forward")
             return x * 2
 
         @staticmethod
         def backward(ctx, grad):
-            seen.append(("backward", os.environ.get(tr.FAMILY_ENV)))
+            state("backward")
             return grad * 2
 
-    before = os.environ.get(tr.FAMILY_ENV)
+    before = (os.environ.get(tr.FAMILY_ENV), torch.backends.cudnn.allow_tf32)
     x = torch.ones(3, requires_grad=True)
-    row = bench_gpu.measure(lambda: Spy.apply(x), "cpu", [x], family="persistent")
+    row = bench_gpu.measure(lambda: Spy.apply(x), "cpu", [x], setting=bench_gpu.row_setting(name))
     assert row["fwd_bwd_ms"] > 0 and row["fwd_ms"] > 0
-    assert ("backward", "persistent") in seen and all(family == "persistent" for _, family in seen), seen
-    assert os.environ.get(tr.FAMILY_ENV) == before
+    assert "backward" in {where for where, _, _ in seen}
+    family = "persistent" if name.startswith("triton-") else before[0]
+    tf32 = False if "cudnn-fp32" in name else before[1]
+    assert all((f, t) == (family, tf32) for _, f, t in seen), seen
+    assert (os.environ.get(tr.FAMILY_ENV), torch.backends.cudnn.allow_tf32) == before
