@@ -192,43 +192,56 @@ def run_groups(wanted, args, results, md_path, log_path, start, groups=GROUPS, r
     return ok
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_command(argv, *, command: str, prefix: str, groups, budget_s: float, report, summarise_compile,
+                description: str) -> tuple[bool, dict] | None:
+    """The whole of a GPU command (gpu_check.py, gpu_tune.py): its flags, the result files
+    <prefix>-<device>.json / .md / .log in --out-dir, every group run within the budget, the report
+    printed. (ok, results), or None where there is no CUDA device and no --dry-run."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out-dir", default=out_dir_default(), help="where the three result files go")
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="wall-clock bound for all groups")
+    parser.add_argument("--budget-s", type=float, default=budget_s, help="wall-clock bound for all groups")
     parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU: tiny shapes, interpreter")
     parser.add_argument("--groups", default=None,
                         help="comma-separated subset of the groups (default: all); keeps the others' results")
     args = parser.parse_args(argv)
-    wanted = set(args.groups.split(",")) if args.groups else {g[0] for g in GROUPS}
-    unknown = wanted - {g[0] for g in GROUPS}
+    names = [g[0] for g in groups]
+    wanted = set(args.groups.split(",")) if args.groups else set(names)
+    unknown = wanted - set(names)
     if unknown:
-        names = ", ".join(g[0] for g in GROUPS)
-        parser.error(f"--groups: expected names from {names}; got {', '.join(sorted(unknown))}")
+        parser.error(f"--groups: expected names from {', '.join(names)}; got {', '.join(sorted(unknown))}")
     start = time.monotonic()
     import torch
     if not args.dry_run and not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA device (torch {torch.__version__}); rehearse with --dry-run", file=sys.stderr)
-        return 1
+        print(f"{command}: no CUDA device (torch {torch.__version__}); rehearse with --dry-run", file=sys.stderr)
+        return None
     env = environment(args.dry_run)
     out_dir = Path(args.out_dir)
-    stem = out_dir / f"gpu-{slug(env['device'])}"
+    stem = out_dir / f"{prefix}-{slug(env['device'])}"
     results, log_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".md")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.groups:  # a rerun of some groups keeps the other groups' figures
         write_atomic(results, "{}")
         log_path.write_text("")
     with open(log_path, "a") as log:
-        log.write(f"gpu_check {env}\n")
+        log.write(f"{command} {env}\n")
     record(results, ["environment"], env)
-    ok = run_groups(wanted, args, results, md_path, log_path, start)
-    report = markdown(load(results))
-    write_atomic(md_path, report)
-    print(report)
-    print(f"gpu_check: wrote {results.name}, {md_path.name}, {log_path.name} to {out_dir} "
+    ok = run_groups(wanted, args, results, md_path, log_path, start, groups=groups, report=report,
+                    summarise_compile=summarise_compile, command=command)
+    text = report(load(results))
+    write_atomic(md_path, text)
+    print(text)
+    print(f"{command}: wrote {results.name}, {md_path.name}, {log_path.name} to {out_dir} "
           f"in {time.monotonic() - start:.0f} s")
-    tests = load(results).get("tests", {}).values()
-    return 0 if ok and not any(t.get("failed") for t in tests) else 1
+    return ok, load(results)
+
+
+def main(argv=None) -> int:
+    done = run_command(argv, command="gpu_check", prefix="gpu", groups=GROUPS, budget_s=DEFAULT_BUDGET_S,
+                       report=markdown, summarise_compile=compile_summary, description=__doc__.split("\n")[0])
+    if done is None:
+        return 1
+    ok, results = done
+    return 0 if ok and not any(t.get("failed") for t in results.get("tests", {}).values()) else 1
 
 
 if __name__ == "__main__":

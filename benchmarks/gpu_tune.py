@@ -19,15 +19,13 @@ at tiny shapes under the Triton interpreter. Exit status 1 when a group failed.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import environment, out_dir_default, run_groups, slug  # noqa: E402
+from gpu_check import run_command  # noqa: E402
 from gpu_report import fmt  # noqa: E402
-from gpu_results import load, record, write_atomic  # noqa: E402
+from gpu_results import load  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 TUNE = str(BENCH / "bench_tune.py")
@@ -141,38 +139,9 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", default=out_dir_default(), help="where the three result files go")
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="wall-clock bound for all groups")
-    parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU: tiny shapes, interpreter")
-    parser.add_argument("--groups", default=None, help="comma-separated subset of the groups (default: all)")
-    args = parser.parse_args(argv)
-    names = [g[0] for g in GROUPS]
-    wanted = set(args.groups.split(",")) if args.groups else set(names)
-    if wanted - set(names):
-        parser.error(f"--groups: expected names from {', '.join(names)}; got {', '.join(sorted(wanted - set(names)))}")
-    start = time.monotonic()
-    import torch
-    if not args.dry_run and not torch.cuda.is_available():
-        print(f"gpu_tune: no CUDA device (torch {torch.__version__}); rehearse with --dry-run", file=sys.stderr)
-        return 1
-    env = environment(args.dry_run)
-    out_dir = Path(args.out_dir)
-    stem = out_dir / f"gpu-tune-{slug(env['device'])}"
-    results, log_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".md")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not args.groups:
-        write_atomic(results, "{}")
-        log_path.write_text("")
-    record(results, ["environment"], env)
-    ok = run_groups(wanted, args, results, md_path, log_path, start, groups=GROUPS, report=markdown,
-                    summarise_compile=compile_summary, command="gpu_tune")
-    report = markdown(load(results))
-    write_atomic(md_path, report)
-    print(report)
-    print(f"gpu_tune: wrote {results.name}, {md_path.name}, {log_path.name} to {out_dir} "
-          f"in {time.monotonic() - start:.0f} s")
-    return 0 if ok else 1
+    done = run_command(argv, command="gpu_tune", prefix="gpu-tune", groups=GROUPS, budget_s=DEFAULT_BUDGET_S,
+                       report=markdown, summarise_compile=compile_summary, description=__doc__.split("\n")[0])
+    return 0 if done is not None and done[0] else 1
 
 
 if __name__ == "__main__":
