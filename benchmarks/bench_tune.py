@@ -172,6 +172,7 @@ def _stand_in_device():
 
 def compile_job(job) -> dict:
     """Registers and spills of the forward and backward kernels one job launches (sm_90)."""
+    from ptx_checks import barrier_by_thread_zero
     from triton_capture import capturing, compile_launch, resources, stand_in
     group, shape, label, pin = job
     row = {"group": group, "shape": list(shape), "label": label}
@@ -187,17 +188,19 @@ def compile_job(job) -> dict:
             compiled = compile_launch(launch)
             key = launch.name + ("_no_drive" if launch.name in row else "")  # the second forward: no drive
             row[key] = {k: v for k, v in resources(compiled).items() if k in ("registers", "spills")}
+            if launch.name.startswith("persistent"):  # one arrival per program at the grid barrier
+                row[key]["one_arrival"] = barrier_by_thread_zero(compiled.asm["ptx"], 32 * compiled.metadata.num_warps)
     except Exception as err:  # one failing candidate must not hide the others
         row["error"] = short_error(err)
     return row
 
 
-def compile_all(jobs: int, json_path: str | None) -> int:
+def compile_all(jobs: int, json_path: str | None, only: str | None = None) -> int:
     import multiprocessing
     import triton
     os.environ.pop("TRITON_INTERPRET", None)
     from triton_compile import write_rows
-    todo = compile_jobs()
+    todo = [job for job in compile_jobs() if only is None or job[0] == only]
     rows = []
     with multiprocessing.get_context("spawn").Pool(max(1, jobs)) as pool:
         for row in pool.imap(compile_job, todo):  # written as they arrive: a time limit keeps what compiled
@@ -205,10 +208,12 @@ def compile_all(jobs: int, json_path: str | None) -> int:
             if json_path:
                 write_rows(json_path, triton.__version__, rows)
     failed = [r for r in rows if "error" in r]
+    failed += [r for r in rows if any(isinstance(v, dict) and v.get("one_arrival") is False for v in r.values())]
     spilling = [r for r in rows if any(isinstance(v, dict) and v.get("spills") for v in r.values())]
     for r in failed + spilling:
         print(f"bench_tune compile: {r}", file=sys.stderr)
-    print(f"triton {triton.__version__}: {len(rows)} candidates compiled, {len(failed)} failed, "
+    print(f"triton {triton.__version__}: {len(rows)} candidates compiled, {len(failed)} failed (or more than "
+          "one arrival per program at the grid barrier), "
           f"{len(spilling)} spill registers", file=sys.stderr)
     return 1 if failed else 0
 
@@ -364,11 +369,13 @@ def main(argv=None):
     parser.add_argument("--results", default=None, help="the JSON file to update (timing groups)")
     parser.add_argument("--json", default=None, help="compile: write the rows here")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile: processes")
+    parser.add_argument("--only", default=None, choices=("default", "persistent", "crossover", "bidi"),
+                        help="compile: only this group's candidates")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, the Triton interpreter")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this")
     args = parser.parse_args(argv)
     if args.group == "compile":
-        return compile_all(args.jobs, args.json)
+        return compile_all(args.jobs, args.json, args.only)
     if args.results is None:
         parser.error(f"{args.group}: --results is required")
     if not args.dry_run and not torch.cuda.is_available():

@@ -49,8 +49,10 @@ def compile_summary(path: Path) -> dict:
         spills = {k: v["spills"] for k, v in r.items() if isinstance(v, dict) and v.get("spills")}
         if spills:
             spilling[f"{r['group']} {','.join(map(str, r['shape']))} {r['label']}"] = spills
+    barrier = [f"{r['group']} {r['label']} {k}" for r in rows for k, v in r.items()
+               if isinstance(v, dict) and v.get("one_arrival") is False]
     return {"triton": data.get("triton"), "kernels": len(rows), "failed": [r for r in rows if "error" in r],
-            "spilling": spilling}
+            "spilling": spilling, "barrier_not_one_arrival": barrier}
 
 
 def candidate_lines(results: dict, group: str, title: str) -> list[str]:
@@ -132,7 +134,8 @@ def markdown(results: dict) -> str:
     compiled = results.get("compile")
     if compiled:
         lines += ["## Compile", "", f"triton {compiled['triton']}: {compiled['kernels']} candidates, "
-                  f"{len(compiled['failed'])} failed; spilling: {compiled['spilling'] or 'none'}", ""]
+                  f"{len(compiled['failed'])} failed; more than one arrival per program at the grid barrier: "
+                  f"{compiled.get('barrier_not_one_arrival') or 'none'}; spilling: {compiled['spilling'] or 'none'}", ""]
     lines += ["## Groups", "", "| group | status | seconds |", "|---|---|---|"]
     lines += [f"| {name} | {s['status']} | {s.get('seconds', '-')} |" for name, s in results.get("groups", {}).items()]
     return "\n".join(lines) + "\n"

@@ -220,3 +220,24 @@ ACQUIRE = "\t@{} ld.global.gpu.acquire.b32 %r9, [ %rd3 + 0 ];\n"
 ])
 def test_barrier_check_on_hand_written_ptx(body, threads, one_arrival):
     assert ptx_checks.barrier_by_thread_zero(PTX_HEAD + body, threads) is one_arrival
+
+
+@pytest.mark.slow
+def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program(tmp_path):
+    """`make gpu-tune` times persistent tilings the rule does not pick (other grids, 4 warps): under
+    triton 3.6.0 each compiles, and each kernel's grid barrier is passed by one thread per program."""
+    if not (SIDE / "triton").is_dir():
+        pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
+    out = tmp_path / "tune.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SIDE), str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_tune.py"), "compile", "--only",
+                          "persistent", "--jobs", "2", "--json", str(out)], env=env, capture_output=True, text=True,
+                         timeout=900, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["triton"] == "3.6.0"
+    kernels = [(r["label"], name, k) for r in result["rows"] for name, k in r.items() if name.startswith("persistent")]
+    assert len(result["rows"]) >= 10 and len(kernels) == 2 * len(result["rows"])
+    assert {label.split()[-1] for label, _, _ in kernels} == {"w4", "w8"}
+    assert all(k["one_arrival"] for _, _, k in kernels), [x for x in kernels if not x[2]["one_arrival"]]
