@@ -181,6 +181,11 @@ TORCH_LIBRARY(timescale_kernels_cpu, m) {
   m.def("nonlinearities() -> str[]", &timescale_kernels::nonlinearities);
   // Frees the output blocks kept for reuse (see output_pool.h).
   m.def("empty_cache() -> ()", [] { timescale_kernels::OutputPool::instance().release(); });
+  // An uninitialised contiguous CPU tensor from the same pool (for the input projection u).
+  m.def("empty_pooled(int[] size, ScalarType dtype) -> Tensor",
+        [](std::vector<int64_t> size, at::ScalarType dtype) {
+          return timescale_kernels::OutputPool::instance().empty(size, at::TensorOptions().dtype(dtype));
+        });
 }
 
 TORCH_LIBRARY_IMPL(timescale_kernels_cpu, CPU, m) {

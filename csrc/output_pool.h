@@ -50,7 +50,7 @@ class OutputPool {
  private:
   static constexpr size_t kAlign = size_t(2) << 20;  // the x86-64 huge page size
   static constexpr size_t kMinBytes = 4 * kAlign;
-  static constexpr size_t kMaxBlocks = 4;            // h and drive, d_drive, one spare
+  static constexpr size_t kMaxBlocks = 4;  // h and drive, then u or d_drive (u is freed before d_drive is made), a spare
   static constexpr size_t kMaxBytes = size_t(4) << 30;
 
   // A cached block of at least length bytes and at most 25% more (length is updated to its size),

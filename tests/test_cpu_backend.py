@@ -153,6 +153,41 @@ def test_recycled_output_memory_is_never_shared():
     assert torch.equal(h4, h2)
 
 
+@pytest.mark.parametrize("in_size", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pooled_input_projection_equals_the_gemm(monkeypatch, in_size, bias):
+    """At 8 MB and more, the cpu backend's input projection u is written into the output pool (an
+    element-wise pass for one input); its output and every gradient equal the one-GEMM path's."""
+    import timescale_kernels as tk
+    from timescale_kernels.ops import eager
+    calls = []
+    original = eager._PooledProjection.forward
+    monkeypatch.setattr(eager._PooledProjection, "forward",
+                        staticmethod(lambda ctx, *a: calls.append(1) or original(ctx, *a)))
+    torch.manual_seed(0)
+    steps, batch, hidden = 40, 128, 500  # u: 10 MB
+    x = torch.randn(steps, batch, in_size, requires_grad=True)
+    h0 = torch.zeros(batch, hidden, requires_grad=True)
+    w_ih = (torch.randn(hidden, in_size) * 0.3).requires_grad_()
+    w_hh = (torch.randn(hidden, hidden) * hidden ** -0.5).requires_grad_()
+    b_ih, b_hh = ((torch.randn(hidden) * 0.1).requires_grad_() if bias else None for _ in range(2))
+    tau = (1 + 3 * torch.rand(hidden)).requires_grad_()
+    leaves = [t for t in (x, h0, w_ih, w_hh, b_ih, b_hh, tau) if t is not None]
+    results = {}
+    for name, threshold in (("pooled", eager._POOL_MIN_BYTES), ("gemm", 1 << 62)):
+        monkeypatch.setattr(eager, "_POOL_MIN_BYTES", threshold)
+        out, h_n = tk.leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity="tanh", backend="cpu")
+        grads = torch.autograd.grad(out.square().sum() + h_n.sum(), leaves)
+        results[name] = (out, h_n, *grads)
+    assert len(calls) == 1
+    for got, want in zip(results["pooled"], results["gemm"]):
+        assert_close_rel("pooled vs gemm", got, want, 1e-6)
+    monkeypatch.setattr(eager, "_POOL_MIN_BYTES", 8 << 20)
+    with torch.no_grad():  # inference takes the pool too
+        out, _ = tk.leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity="tanh", backend="cpu")
+    assert torch.equal(out, results["pooled"][0]) and len(calls) == 2
+
+
 def test_deterministic():
     u, h0, w, alpha = make_inputs(12, 96, 300, seed=5)
     grad_h = torch.randn(u.shape)

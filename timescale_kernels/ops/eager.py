@@ -103,3 +103,48 @@ def run_recurrence(u, h0, w, alpha, nonlinearity: str, placement: str, backend: 
         return _RecurrenceForTransforms.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths,
                                               reverse)[0]
     return _Recurrence.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse)
+
+
+# The cpu backend's output pool serves blocks of at least this many bytes (csrc/output_pool.h).
+_POOL_MIN_BYTES = 8 << 20
+
+
+class _PooledProjection(torch.autograd.Function):
+    """u = flat weight_ih^T (+ bias): (T*B, I), (H, I), (H,) or None -> (T*B, H), written into a block of
+    the cpu backend's output pool. A fresh block from the system allocator costs a page fault per 4 KiB
+    and the kernel's zeroing of every page on first touch, about as much as the projection itself;
+    a recycled one costs neither. With I = 1 the projection is an outer product: one element-wise
+    pass instead of a GEMM."""
+
+    @staticmethod
+    def forward(ctx, flat, weight_ih, bias):
+        out = torch.ops.timescale_kernels_cpu.empty_pooled([flat.shape[0], weight_ih.shape[0]], flat.dtype)
+        wt = weight_ih.t()
+        if flat.shape[1] == 1:
+            torch.mul(flat, wt, out=out) if bias is None else torch.addcmul(bias, flat, wt, out=out)
+        else:
+            torch.mm(flat, wt, out=out) if bias is None else torch.addmm(bias, flat, wt, out=out)
+        ctx.save_for_backward(flat, weight_ih)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, weight_ih = ctx.saved_tensors
+        d_flat = grad @ weight_ih if ctx.needs_input_grad[0] else None
+        d_weight = grad.t() @ flat if ctx.needs_input_grad[1] else None
+        d_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return d_flat, d_weight, d_bias
+
+
+def input_projection(flat: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Tensor | None,
+                     backend: str) -> torch.Tensor:
+    """u = flat weight_ih^T + bias: (T*B, I), (H, I), (H,) or None -> (T*B, H). On the cpu backend in
+    eager mode a large u goes into the kernels' output pool (_PooledProjection); otherwise one GEMM."""
+    nbytes = flat.shape[0] * weight_ih.shape[0] * flat.element_size()
+    if (backend == "cpu" and flat.device.type == "cpu" and nbytes >= _POOL_MIN_BYTES
+            and not torch.compiler.is_compiling() and not _transforms_active()):
+        return _PooledProjection.apply(flat, weight_ih, bias)
+    if bias is None:
+        return flat @ weight_ih.t()
+    return torch.addmm(bias, flat, weight_ih.t())

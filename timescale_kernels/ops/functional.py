@@ -11,7 +11,7 @@ import torch
 from .backends import resolve_backend
 from .checks import check_drive_noise, check_lengths, check_op_args
 from .core import reverse_in_time
-from .eager import run_recurrence
+from .eager import input_projection, run_recurrence
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -101,7 +101,7 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
             None if t is None else t.float()
             for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
     hidden = weight_hh.shape[0]
-    u = _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise)
+    u = _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise, backend)
     w = masked_recurrent_weight(weight_hh, self_connections)
     alpha = alpha_from_tau(tau, hidden).contiguous()
     needs_grad = torch.is_grad_enabled() and any(
@@ -120,16 +120,15 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     return output, h_n
 
 
-def _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise):
-    """u (T, B, H) = x weight_ih^T + bias_ih + bias_hh (+ drive_noise), one GEMM over all T*B rows."""
+def _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise, backend):
+    """u (T, B, H) = x weight_ih^T + bias_ih + bias_hh (+ drive_noise), over all T*B rows at once
+    (eager.input_projection)."""
     steps, batch, in_size = input.shape
     hidden = weight_ih.shape[0]
     flat = input.reshape(steps * batch, in_size)
     if bias_ih is not None and bias_hh is not None:
-        u = torch.addmm(bias_ih + bias_hh, flat, weight_ih.t())
-    elif bias_ih is not None or bias_hh is not None:
-        u = torch.addmm(bias_ih if bias_ih is not None else bias_hh, flat, weight_ih.t())
+        bias = bias_ih + bias_hh
     else:
-        u = flat @ weight_ih.t()
-    u = u.view(steps, batch, hidden)
+        bias = bias_ih if bias_ih is not None else bias_hh
+    u = input_projection(flat, weight_ih, bias, backend).view(steps, batch, hidden)
     return u if drive_noise is None else u + drive_noise
