@@ -5,7 +5,9 @@
 // zeroes every page on first touch (one extra pass of memory writes) and, with 4 KiB pages, takes a
 // fault per page; together that costs about a fifth of the forward pass. Here blocks are 2 MiB
 // aligned and advised as huge pages (Linux), and a freed block is kept for the next call that needs
-// one of about its size, up to kMaxBlocks / kMaxBytes; release() hands them all back.
+// one of about its size, up to kMaxBlocks / kMaxBytes; release() (timescale_kernels.empty_cache())
+// hands them all back. The Python side takes the input projection, a stacked layer's concatenated
+// input and its gradient from here too (ops/eager.py).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -50,7 +52,9 @@ class OutputPool {
  private:
   static constexpr size_t kAlign = size_t(2) << 20;  // the x86-64 huge page size
   static constexpr size_t kMinBytes = 4 * kAlign;
-  static constexpr size_t kMaxBlocks = 4;  // h and drive, then u or d_drive (u is freed before d_drive is made), a spare
+  // A stacked bidirectional network frees about ten blocks at the end of a step (each direction's h and
+  // drive, the layers' concatenated inputs and their gradients), and the next step needs them all again.
+  static constexpr size_t kMaxBlocks = 16;
   static constexpr size_t kMaxBytes = size_t(4) << 30;
 
   // A cached block of at least length bytes and at most 25% more (length is updated to its size),

@@ -238,3 +238,28 @@ def test_torch_compile_traces_layers_directions_and_lengths():
     want, want_n = m(x, lengths=_lengths())
     got, got_n = torch.compile(m, backend="eager", fullgraph=True)(x, lengths=_lengths())
     assert rel_err(got, want) <= 1e-6 and rel_err(got_n, want_n) <= 1e-6
+
+
+def test_stacked_bidirectional_with_pooled_buffers_equals_plain_tensors(monkeypatch):
+    """At 8 MB and more, the cpu backend writes a stacked layer's concatenated input, the input
+    projections and the input gradients into its output pool; output, h_n and every gradient equal
+    those of plain torch tensors."""
+    from timescale_kernels.ops import cpu, eager
+    if not cpu.is_available():
+        pytest.skip("the C++ extension is not built")
+    used = []
+    original = eager._PooledCat.forward
+    monkeypatch.setattr(eager._PooledCat, "forward", staticmethod(lambda ctx, *t: used.append(1) or original(ctx, *t)))
+    torch.manual_seed(0)
+    m = tk.LeakyRNN(3, 400, num_layers=2, bidirectional=True, nonlinearity="tanh", backend="cpu")
+    x = torch.randn(24, 128, 3, requires_grad=True)  # the layer-1 input (24, 128, 800): 9.8 MB
+    results = {}
+    for name, threshold in (("pooled", eager._POOL_MIN_BYTES), ("plain", 1 << 62)):
+        monkeypatch.setattr(eager, "_POOL_MIN_BYTES", threshold)
+        out, h_n = m(x)
+        grads = torch.autograd.grad(out.square().sum() + h_n.sum(), [x, *m.parameters()])
+        results[name] = (out, h_n, *grads)
+    assert used == [1, 1]  # both layers: the second one's is the output
+    for got, want in zip(results["pooled"], results["plain"]):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (got - want).abs().max()
+    tk.empty_cache()

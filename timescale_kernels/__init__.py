@@ -11,7 +11,7 @@ import warnings
 
 from .models import MultiHeadReadout
 from .nn import LeakyRNN, LeakyRNNCell
-from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS, available_backends, leaky_rnn, leaky_rnn_step
+from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS, available_backends, empty_cache, leaky_rnn, leaky_rnn_step
 
 __version__ = "0.1.0"
 
@@ -28,4 +28,4 @@ def _warn_if_cpu_kernel_missing() -> None:
 _warn_if_cpu_kernel_missing()
 
 __all__ = ["LeakyRNN", "LeakyRNNCell", "MultiHeadReadout", "leaky_rnn", "leaky_rnn_step", "available_backends", "BACKENDS",
-           "NONLINEARITIES", "PLACEMENTS", "__version__"]
+           "NONLINEARITIES", "PLACEMENTS", "empty_cache", "__version__"]

@@ -9,7 +9,9 @@ from torch.nn.utils.rnn import PackedSequence
 from .cell import LeakyRNNCell
 from .leaky_base import ROLES, LeakyBase, check_size
 from .ops import BACKENDS, leaky_rnn
+from .ops.backends import resolve_backend
 from .ops.checks import check_choice, check_lengths
+from .ops.eager import concat_features
 from .sequences import pack_like, unpack
 from .torch_rnn import from_torch_rnn, to_torch_rnn
 
@@ -269,7 +271,10 @@ class LeakyRNN(LeakyBase):
                                                 generator)
                 outputs.append(out)
                 finals.append(last)
-            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
+            if len(outputs) == 1:
+                layer_input = outputs[0]
+            else:  # into the cpu kernels' output pool when large (no fresh pages per call)
+                layer_input = concat_features(outputs, resolve_backend(self.backend, outputs[0].device))
             if self.dropout and self.training and layer + 1 < self.num_layers:
                 layer_input = F.dropout(layer_input, self.dropout, True)
         return layer_input, torch.stack(finals, 0)

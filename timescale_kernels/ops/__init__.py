@@ -11,9 +11,10 @@ from .backends import BACKENDS, available_backends, resolve_backend
 from .backends import compiled_available as _compiled_available
 from .backends import unavailable_reason as _unavailable_reason
 from .choices import NONLINEARITIES, PLACEMENTS, PRECISIONS
+from .cpu import empty_cache
 from .functional import leaky_rnn
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
 from .step import leaky_rnn_step
 
 __all__ = ["leaky_rnn", "leaky_rnn_step", "available_backends", "resolve_backend", "BACKENDS", "NONLINEARITIES", "PLACEMENTS",
-           "PRECISIONS", "alpha_from_tau", "masked_recurrent_weight", "leaky_rnn_reference"]
+           "PRECISIONS", "alpha_from_tau", "masked_recurrent_weight", "leaky_rnn_reference", "empty_cache"]

@@ -44,7 +44,9 @@ def nonlinearities() -> tuple[str, ...]:
 
 
 def empty_cache() -> None:
-    """Frees the output blocks the kernels keep for reuse by the next call (csrc/output_pool.h)."""
+    """Frees the memory blocks the cpu backend keeps for reuse by the next call (csrc/output_pool.h):
+    blocks of 8 MB and more (outputs, input projections, a stacked layer's input), at most 16 of them
+    and 4 GB, as torch.cuda.empty_cache() does for CUDA's caching allocator."""
     if is_available():
         torch.ops.timescale_kernels_cpu.empty_cache()
 

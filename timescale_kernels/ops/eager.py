@@ -131,10 +131,49 @@ class _PooledProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         flat, weight_ih = ctx.saved_tensors
-        d_flat = grad @ weight_ih if ctx.needs_input_grad[0] else None
+        d_flat = None
+        if ctx.needs_input_grad[0]:  # (T*B, I): pooled too when large (a stacked layer's input)
+            d_flat = _pooled_or_empty(flat.shape, flat.dtype)
+            torch.mm(grad, weight_ih, out=d_flat)
         d_weight = grad.t() @ flat if ctx.needs_input_grad[1] else None
         d_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return d_flat, d_weight, d_bias
+
+
+def _pooled_or_empty(shape, dtype) -> torch.Tensor:
+    """An uninitialised contiguous CPU tensor: from the output pool at _POOL_MIN_BYTES and more."""
+    if shape.numel() * torch.empty((), dtype=dtype).element_size() >= _POOL_MIN_BYTES:
+        return torch.ops.timescale_kernels_cpu.empty_pooled(list(shape), dtype)
+    return torch.empty(shape, dtype=dtype)
+
+
+class _PooledCat(torch.autograd.Function):
+    """torch.cat(tensors, -1) into a block of the output pool: a stacked layer's directions (T, B, H)
+    each -> (T, B, D * H), the next layer's input. Its gradient is split into views."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        shape = (*tensors[0].shape[:-1], sum(t.shape[-1] for t in tensors))
+        out = _pooled_or_empty(torch.Size(shape), tensors[0].dtype)
+        torch.cat(tensors, -1, out=out)
+        ctx.widths = [t.shape[-1] for t in tensors]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(grad.split(ctx.widths, -1))
+
+
+def concat_features(tensors: list[torch.Tensor], backend: str) -> torch.Tensor:
+    """torch.cat(tensors, -1): the directions of a stacked layer, (T, B, H) each -> (T, B, D * H).
+    On the cpu backend in eager mode a large result goes into the kernels' output pool."""
+    t = tensors[0]
+    nbytes = t.numel() * len(tensors) * t.element_size()
+    if (backend == "cpu" and t.device.type == "cpu" and nbytes >= _POOL_MIN_BYTES
+            and all(x.dtype == t.dtype and x.device == t.device for x in tensors)
+            and not torch.compiler.is_compiling() and not _transforms_active()):
+        return _PooledCat.apply(*tensors)
+    return torch.cat(tensors, -1)
 
 
 def input_projection(flat: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Tensor | None,
