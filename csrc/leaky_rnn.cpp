@@ -112,14 +112,16 @@ at::Tensor sum_partials(const at::Tensor& d_alpha_partial, const at::Tensor& alp
   return d_alpha.to(alpha.scalar_type());
 }
 
-// grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
-//   -> d_drive (T, B, H), dh0 (B, H), d_alpha (H,).
+// grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none,
+// grad_last (B, H) or none -> d_drive (T, B, H), dh0 (B, H), d_alpha (H,).
 // With lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 from step lengths[b] on, and the
-// adjoint passes through those steps unchanged. reverse: as in forward.
+// adjoint passes through those steps unchanged. reverse: as in forward. grad_last: the gradient of
+// each row's last state (h_n: h[lengths[b] - 1, b], h[T - 1, b], or h[0, b] in reverse order), added
+// to the adjoint where the loop starts: it passes unchanged through a row's held steps to its last.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0, const at::Tensor& drive,
     const at::Tensor& w, const at::Tensor& alpha, int64_t nonlinearity, int64_t placement,
-    const std::optional<at::Tensor>& lengths, bool reverse) {
+    const std::optional<at::Tensor>& lengths, bool reverse, const std::optional<at::Tensor>& grad_last) {
   check_args(h0, w, alpha, {{"grad_h", &grad_h}, {"h", &h}, {"drive", &drive}}, "grad_h");
   const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
   TORCH_CHECK(grad_h.size(0) == steps && drive.size(0) == steps,
@@ -138,6 +140,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   at::Tensor dh = by_length ? grad[last].index_select(0, order.index)
                             : grad[last].clone(at::MemoryFormat::Contiguous);
   if (by_length) dh.narrow(0, order.running[steps - 1], batch - order.running[steps - 1]).zero_();
+  if (grad_last.has_value() && grad_last->defined()) {
+    TORCH_CHECK(grad_last->sizes() == h0.sizes() && grad_last->scalar_type() == h0.scalar_type() &&
+                    grad_last->device().is_cpu(),
+                "grad_last: expected a CPU tensor of shape ", h0.sizes(), " and dtype ", h0.scalar_type(),
+                "; got ", grad_last->sizes(), ", ", grad_last->scalar_type(), " on ", grad_last->device());
+    dh.add_(by_length ? grad_last->index_select(0, order.index) : *grad_last);
+  }
   const at::Tensor keep = 1 - alpha;
   // d_alpha accumulates in double (T * B terms per element), in partial sums over row blocks
   // that are added up in a fixed order at the end.
@@ -175,8 +184,8 @@ TORCH_LIBRARY(timescale_kernels_cpu, m) {
       "bool save_drive, Tensor? lengths=None, bool reverse=False) -> (Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_h, Tensor h, Tensor h0, Tensor drive, Tensor w, Tensor alpha, "
-      "int nonlinearity, int placement, Tensor? lengths=None, bool reverse=False) -> "
-      "(Tensor, Tensor, Tensor)");
+      "int nonlinearity, int placement, Tensor? lengths=None, bool reverse=False, "
+      "Tensor? grad_last=None) -> (Tensor, Tensor, Tensor)");
   // The nonlinearity names in code order (checked against timescale_kernels/ops/choices.py).
   m.def("nonlinearities() -> str[]", &timescale_kernels::nonlinearities);
   // Frees the output blocks kept for reuse (see output_pool.h).

@@ -149,3 +149,41 @@ def test_gradients_of_gradients_name_the_backend_that_has_them(backend):
     (grad_w,) = torch.autograd.grad(out.square().sum(), args["weight_hh"], create_graph=True)
     with pytest.raises(RuntimeError, match=f"not supported by the '{backend}' backend; use backend='reference'"):
         grad_w.square().sum().backward()
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("reached", ["h_n", "output", "both", "h_n through output[-1]"])
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_last_states_gradient_reaches_the_kernels_apart(backend, reached, lengths, reverse):
+    """h_n is a tensor of its own whose gradient goes to the backward kernels apart from the output's
+    (no (T, B, H) gradient for a loss on h_n alone); every way of reaching the last state, with
+    lengths and in reverse order, gives the reference's gradients."""
+    args = op_args(T=7, B=4, H=13, dtype=torch.float64)
+    kw = dict(lengths=torch.tensor([7, 2, 5, 1]) if lengths else None, reverse=reverse)
+    results = {}
+    for b in ("reference", backend):
+        out, hn = tk.leaky_rnn(*args.values(), backend=b, nonlinearity="tanh", **kw)
+        last = out[0] if reverse else out[-1]
+        loss = {"h_n": (hn ** 2).sum(), "output": (out ** 3).sum(), "both": (hn ** 2).sum() + (out ** 3).sum(),
+                "h_n through output[-1]": (last ** 2).sum()}[reached]
+        results[b] = (out, hn, *torch.autograd.grad(loss, [args[n] for n in GRAD_NAMES]))
+    for name, got, want in zip(("output", "h_n", *GRAD_NAMES), results[backend], results["reference"]):
+        assert rel_err(got, want) <= 1e-9, (name, rel_err(got, want))
+
+
+def test_a_loss_on_h_n_alone_builds_no_time_sized_gradient(monkeypatch):
+    """On the cpu backend the backward kernels see one zero row for the output's gradient and h_n's
+    gradient apart."""
+    if "cpu" not in FAST_BACKENDS:
+        pytest.skip("the C++ extension is not built")
+    from timescale_kernels.ops import eager
+    seen = []
+    original = eager.serial_backward
+    monkeypatch.setattr(eager, "serial_backward", lambda grad_h, *a: seen.append((grad_h, a[-1])) or original(grad_h, *a))
+    args = op_args(T=9, B=4, H=13)
+    _, hn = tk.leaky_rnn(*args.values(), backend="cpu")
+    hn.sum().backward()
+    (grad_h, grad_last), = seen
+    assert grad_h.stride() == (0, 0, 1) and grad_h.shape == (9, 4, 13) and not grad_h.any()
+    assert grad_last.shape == (4, 13) and torch.equal(grad_last, torch.ones(4, 13))

@@ -263,18 +263,24 @@ class MemoryNet(nn.Module):
             return 0.1 * torch.rand(batch, self.hidden_size, generator=generator, device=ref.device, dtype=ref.dtype)
         return torch.zeros(batch, self.hidden_size, device=ref.device, dtype=ref.dtype)
 
-    def states(self, x: torch.Tensor, h0: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Every hidden state: x (T, B, I) -> (T, B, H)."""
+    def _run(self, x: torch.Tensor, h0: torch.Tensor | None, generator: torch.Generator | None):
+        """(every hidden state (T, B, H), the final state (B, H))."""
         if h0 is None:
             h0 = self.initial_state(x.shape[1], generator)
         if self.core == "lstm":
-            output, _ = self.rnn(x, (h0.unsqueeze(0), torch.zeros_like(h0).unsqueeze(0)))
+            output, (h_n, _) = self.rnn(x, (h0.unsqueeze(0), torch.zeros_like(h0).unsqueeze(0)))
         else:
-            output, _ = self.rnn(x, h0.unsqueeze(0))
-        return output
+            output, h_n = self.rnn(x, h0.unsqueeze(0))
+        return output, h_n[-1]
+
+    def states(self, x: torch.Tensor, h0: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Every hidden state: x (T, B, I) -> (T, B, H)."""
+        return self._run(x, h0, generator)[0]
 
     def forward(self, x: torch.Tensor, heads=None, h0: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """x (T, B, I) -> logits (len(heads), B, 2) from the final state; heads: indices or None for all."""
-        return self.readout(self.states(x, h0, generator)[-1], heads)
+        """x (T, B, I) -> logits (len(heads), B, 2) from the final state; heads: indices or None for all.
+        The readout takes the core's h_n, not output[-1]: its gradient then reaches the kernels alone,
+        without a zero (T, B, H) gradient for the other steps."""
+        return self.readout(self._run(x, h0, generator)[1], heads)

@@ -134,18 +134,48 @@ def recurrence_backward(
                            reverse)
 
 
+def last_state(h: torch.Tensor, lengths: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """Each row's last state (B, H) of h (T, B, H): h[0] in reverse order (it read input[0] last),
+    h[T - 1] without lengths, h[lengths[b] - 1, b] with them. A view where it can be one."""
+    if reverse:
+        return h[0]
+    if lengths is None:
+        return h[-1]
+    return h[lengths.to(h.device) - 1, torch.arange(h.shape[1], device=h.device)]
+
+
+def _fold_last(grad_h, grad_last, lengths, reverse):
+    """grad_h with grad_last added at each row's last state (a new tensor): for backends whose
+    backward takes no grad_last."""
+    grad = grad_h.clone(memory_format=torch.contiguous_format)
+    if reverse:
+        grad[0] += grad_last
+    elif lengths is None:
+        grad[-1] += grad_last
+    else:
+        grad[lengths.to(grad.device) - 1, torch.arange(grad.shape[1], device=grad.device)] += grad_last
+    return grad
+
+
 def serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths=None,
-                    reverse=False):
+                    reverse=False, grad_last=None):
     """The body of the recurrence_backward op (same arguments and results), callable without the op.
     grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies what
-    it needs."""
+    it needs. grad_last (B, H) or None: the gradient of last_state(h), which a backend with
+    GRAD_LAST takes apart and the others receive folded into grad_h."""
     module = COMPILED[backend]
     h0, w, alpha = h0.contiguous(), w.contiguous(), alpha.contiguous()
     rest = (nonlinearity, placement, precision)
+    last = {}
+    if grad_last is not None:
+        if getattr(module, "GRAD_LAST", False):
+            last = {"grad_last": grad_last.contiguous()}
+        else:
+            grad_h = _fold_last(grad_h, grad_last, lengths, reverse)
     if not reverse:
-        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, lengths=lengths)
+        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, lengths=lengths, **last)
     if getattr(module, "NATIVE_REVERSE", False):
-        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, lengths=lengths, reverse=True)
+        return module.backward(grad_h, h, h0, drive, w, alpha, *rest, lengths=lengths, reverse=True, **last)
     d_drive, dh0, d_alpha = module.backward(*(reverse_in_time(t, lengths) for t in (grad_h, h)), h0,
                                             reverse_in_time(drive, lengths), w, alpha, *rest, lengths=lengths)
     return reverse_in_time(d_drive, lengths), dh0, d_alpha

@@ -72,9 +72,14 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
         placement_code(placement), bool(save_drive), lengths, bool(reverse))
 
 
+GRAD_LAST = True  # backward takes the gradient of the last state apart (core.py folds it in for the others)
+
+
 def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str,
-             lengths: torch.Tensor | None = None, reverse: bool = False):
-    """grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,); lengths and reverse as in forward.
+             lengths: torch.Tensor | None = None, reverse: bool = False, grad_last: torch.Tensor | None = None):
+    """grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,); lengths and reverse as in forward;
+    grad_last (B, H) or None: the gradient of each row's last state, added where the loop starts (it
+    passes through a row's held steps to its last one).
 
     grad_h may have any strides (e.g. the stride-0 expansion autograd gives for output.sum()): the
     kernel copies one (B, H) slice per step instead of materialising all of it.
@@ -85,4 +90,4 @@ def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, 
     _check_precision(precision)
     return torch.ops.timescale_kernels_cpu.backward(
         grad_h, h.contiguous(), h0.contiguous(), drive.contiguous(), w.contiguous(), alpha.contiguous(),
-        nonlinearity_code(nonlinearity), placement_code(placement), lengths, bool(reverse))
+        nonlinearity_code(nonlinearity), placement_code(placement), lengths, bool(reverse), grad_last)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import recurrence, serial_backward, serial_forward, weight_gradient
+from .core import last_state, recurrence, serial_backward, serial_forward, weight_gradient
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -35,21 +35,25 @@ class _FirstOrderOnly(torch.autograd.Function):
             "backend; use backend='reference', which supports them")
 
 
-def _gradients(ctx, grad_h):
+def _gradients(ctx, grad_h, grad_last=None):
     """(du, dh0, dW, dalpha) from the saved (h, h0, drive, w, alpha, lengths): the backward kernels,
-    then dW as GEMMs."""
+    then dW as GEMMs. grad_h None: no gradient reaches h from outside (one zero row stands for all
+    of it, no (T, B, H) tensor); grad_last: the gradient of each row's last state, or None."""
     h, h0, drive, w, alpha, lengths = ctx.saved_tensors
     if grad_h is None:
-        grad_h = torch.zeros_like(h)
-    d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse)
+        grad_h = h.new_zeros(1, 1, h.shape[2]).expand(h.shape)
+    d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse,
+                                            grad_last)
     if torch.is_grad_enabled():  # create_graph=True, or a torch.func transform: first order only
         d_drive, dh0, d_alpha = _FirstOrderOnly.apply(ctx.args[2], d_drive, dh0, d_alpha, grad_h, h, h0, w, alpha)
     return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse), d_alpha
 
 
 class _Recurrence(torch.autograd.Function):
-    """h = recurrence(u, h0, w, alpha, ...)[0], the drive kept for the backward pass. The classic
-    form (forward with ctx), about 60 us per call cheaper than the one below: plain eager calls."""
+    """(h, h_n) = recurrence(u, h0, w, alpha, ...)[0] and each row's last state (core.last_state, a
+    tensor of its own), the drive kept for the backward pass. h_n's gradient reaches the backward
+    kernels apart: a loss on h_n alone builds no (T, B, H) gradient. The classic form (forward with
+    ctx), about 60 us per call cheaper than the one below: plain eager calls."""
 
     @staticmethod
     def forward(ctx, u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse):
@@ -57,11 +61,15 @@ class _Recurrence(torch.autograd.Function):
                                   reverse)
         ctx.save_for_backward(h, h0, drive, w, alpha, lengths)
         ctx.args, ctx.reverse = (nonlinearity, placement, backend, precision), reverse
-        return h
+        ctx.set_materialize_grads(False)
+        last = last_state(h, lengths, reverse)
+        return h, (last.clone() if last._base is h else last)
 
     @staticmethod
-    def backward(ctx, grad_h):
-        return *_gradients(ctx, grad_h), None, None, None, None, None, None
+    def backward(ctx, grad_h, grad_last):
+        if grad_h is None and grad_last is None:
+            return (None,) * 10
+        return *_gradients(ctx, grad_h, grad_last), None, None, None, None, None, None
 
 
 class _RecurrenceForTransforms(torch.autograd.Function):
@@ -91,18 +99,20 @@ _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambd
 
 
 def run_recurrence(u, h0, w, alpha, nonlinearity: str, placement: str, backend: str, precision: str,
-                   needs_grad: bool, lengths: torch.Tensor | None = None, reverse: bool = False) -> torch.Tensor:
-    """h (T, B, H) of core.recurrence (zero past each row's length), differentiable when needs_grad."""
+                   needs_grad: bool, lengths: torch.Tensor | None = None,
+                   reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """h (T, B, H) of core.recurrence (zero past each row's length) and each row's last state h_n
+    (B, H) (core.last_state), differentiable when needs_grad."""
     if torch.compiler.is_compiling():
-        return recurrence(u, h0, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths,
-                          reverse)[0]
-    if not needs_grad:
-        return serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, False, lengths,
-                              reverse)[0]
-    if _transforms_active():
-        return _RecurrenceForTransforms.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths,
-                                              reverse)[0]
-    return _Recurrence.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse)
+        h = recurrence(u, h0, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths, reverse)[0]
+    elif not needs_grad:
+        h = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, False, lengths, reverse)[0]
+    elif _transforms_active():
+        h = _RecurrenceForTransforms.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths,
+                                           reverse)[0]
+    else:
+        return _Recurrence.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse)
+    return h, last_state(h, lengths, reverse)
 
 
 # The cpu backend's output pool serves blocks of at least this many bytes (csrc/output_pool.h).

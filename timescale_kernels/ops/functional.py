@@ -107,14 +107,9 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    output = run_recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths,
-                            reverse)
-    if reverse:  # the last step read input[0]
-        h_n = output[0]
-    elif lengths is None:
-        h_n = output[-1]
-    else:  # each row's last valid state (the output is zero past it)
-        h_n = output[lengths - 1, torch.arange(output.shape[1], device=output.device)]
+    # h_n: each row's last valid state (the output is zero past it; in reverse, the state after input[0])
+    output, h_n = run_recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths,
+                                 reverse)
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n
