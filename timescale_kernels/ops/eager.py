@@ -7,6 +7,12 @@ gradient to build the backend's forward alone, and otherwise the Function. All t
 the same backend calls, so they give the same numbers. Differentiating the gradients again raises
 the error that names the reference backend. Under a torch.func transform a second Function, with
 forward and setup_context apart, carries the op (torch.func.grad runs through the cpu backend).
+In eager mode with gradients, each row's last state h_n is an output of its own, whose gradient
+reaches the backward kernels apart (no (T, B, H) gradient for a loss on h_n alone).
+
+Also here, for the cpu backend in eager mode: the input projection u and a stacked layer's
+concatenated directions written into blocks of the C++ kernels' output pool (recycled memory, no
+fresh pages per call), with their autograd.
 """
 from __future__ import annotations
 
