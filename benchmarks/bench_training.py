@@ -22,6 +22,7 @@ linear in N through the two measured points.
 from __future__ import annotations
 
 import argparse
+import itertools
 import datetime
 import json
 import platform
@@ -39,10 +40,11 @@ EPOCH_STEPS, EPOCH_TESTS = 600, 50
 
 
 # The study's way --------------------------------------------------------------------------------------
-def study_batch(Ns, batch_size):
-    """Per-sequence generation as in the study's make_batch_Nbit_pair_parity: (T, B, 1), [labels (B,)]."""
+def study_batch(Ns, batch_size, length=None):
+    """Per-sequence generation as in the study's make_batch_Nbit_pair_parity: (T, B, 1), [labels (B,)].
+    length: T, else drawn as the study draws it (N + 2 .. 4N + 1)."""
     top = Ns[-1]
-    length = np.random.randint(top + 2, top + 2 + 3 * top)
+    length = np.random.randint(top + 2, top + 2 + 3 * top) if length is None else length
     with torch.no_grad():
         sequences = [((torch.rand(length) < torch.rand(1)) * 1.0).unsqueeze(-1) for _ in range(batch_size)]
         labels = [torch.stack([(s[-n:].sum() % 2).long() for s in sequences]) for n in Ns]
@@ -72,14 +74,16 @@ class StudyRNN(nn.Module):
         return [fc(h) for fc in self.fc]
 
 
-def study_runner(Ns, hidden, batch_size, device):
+def study_runner(Ns, hidden, batch_size, device, lengths=None):
+    """(train_step, test_step) of the study's code; lengths: an iterator of T per call (else drawn)."""
     model = StudyRNN(hidden).to(device)
+    next_length = (lambda: None) if lengths is None else (lambda: next(lengths))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.1, nesterov=True)
     criterion = nn.CrossEntropyLoss()
 
     def train_step():
         opt.zero_grad()
-        x, labels = study_batch(Ns, batch_size)
+        x, labels = study_batch(Ns, batch_size, next_length())
         x, labels = x.to(device), [y.to(device) for y in labels]
         out = model(x)
         loss = sum(criterion(out[i], labels[i]) for i in range(len(Ns)))
@@ -90,7 +94,7 @@ def study_runner(Ns, hidden, batch_size, device):
 
     @torch.no_grad()
     def test_step():
-        x, labels = study_batch(Ns, batch_size)
+        x, labels = study_batch(Ns, batch_size, next_length())
         x, labels = x.to(device), [y.to(device) for y in labels]
         out = model(x)
         return [(out[i].argmax(1) == labels[i]).sum() for i in range(len(Ns))]
@@ -99,10 +103,14 @@ def study_runner(Ns, hidden, batch_size, device):
 
 
 # Ours ---------------------------------------------------------------------------------------------------
-def our_runner(Ns, hidden, batch_size, device, backend):
+def our_runner(Ns, hidden, batch_size, device, backend, lengths=None):
+    """(train_step, test_step, backend) of our Trainer; lengths: an iterator of T per call (else the
+    Trainer draws them)."""
     config = make_config("paper", hidden_size=hidden, batch_size=batch_size, steps_per_epoch=1, test_batches=1,
                          device=device, backend=backend)
     trainer = Trainer(config)
+    if lengths is not None:
+        trainer._lengths = lambda count: [next(lengths) for _ in range(count)]
     while trainer.curriculum.Ns[-1] < Ns[-1]:
         trainer.curriculum.advance()
     trainer.ensure_heads()
@@ -247,8 +255,12 @@ def measure(N, args):
     Ns = list(range(2, N + 1))
     np.random.seed(0)
     torch.manual_seed(0)
-    ours_train, ours_test, backend = our_runner(Ns, args.hidden, args.batch, args.device, args.backend)
-    study_train, study_test = study_runner(Ns, args.hidden, args.batch, args.device)
+    # Both implementations see the same sequence lengths, call by call: at N = 100, T spans 102..401,
+    # and a few calls of lengths drawn apart would differ by a fifth in their mean.
+    lengths = np.random.default_rng(N).integers(N + 2, 4 * N + 2, size=args.steps + 1).tolist()
+    ours_train, ours_test, backend = our_runner(Ns, args.hidden, args.batch, args.device, args.backend,
+                                                itertools.cycle(lengths))
+    study_train, study_test = study_runner(Ns, args.hidden, args.batch, args.device, itertools.cycle(lengths))
     impls = {"ours": (ours_train, ours_test, backend), "study": (study_train, study_test, "eager loop")}
     times = {name: {"train": [], "test": []} for name in impls}
     for _ in range(args.rounds):  # alternate, so that a busy moment of the machine hits both
@@ -262,6 +274,7 @@ def measure(N, args):
         rows[name] = {"backend": backend, "train_step_s": t_train, "test_batch_s": t_test, "epoch_s": epoch,
                       "epochs_per_hour": 3600.0 / epoch}
     rows["speedup"] = rows["study"]["epoch_s"] / rows["ours"]["epoch_s"]
+    rows["timed_lengths"] = lengths[1:]  # the T of each timed call, both sides (the first is the warm-up's)
     return rows
 
 

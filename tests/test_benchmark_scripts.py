@@ -228,3 +228,22 @@ def test_measure_holds_a_rows_setting_over_the_backward(name):
     tf32 = False if "cudnn-fp32" in name else before[1]
     assert all((f, t) == (family, tf32) for _, f, t in seen), seen
     assert (os.environ.get(tr.FAMILY_ENV), torch.backends.cudnn.allow_tf32) == before
+
+
+def test_epoch_timing_gives_both_implementations_the_same_lengths(monkeypatch):
+    """bench_training.measure (gpu-check's epoch figures): our trainer and the study's code run
+    the same sequence lengths call by call, within the curriculum's range, and the row records them."""
+    import types
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_training
+    seen = {"ours": [], "study": []}
+    study_batch, our_batch = bench_training.study_batch, bench_training.Trainer._batch
+    monkeypatch.setattr(bench_training, "study_batch",
+                        lambda Ns, b, length=None: seen["study"].append(length) or study_batch(Ns, b, length))
+    monkeypatch.setattr(bench_training.Trainer, "_batch",
+                        lambda self, gen, length: seen["ours"].append(length) or our_batch(self, gen, length))
+    args = types.SimpleNamespace(hidden=8, batch=4, device="cpu", backend="auto", steps=3, rounds=2)
+    row = bench_training.measure(5, args)
+    assert seen["ours"] == seen["study"] and len(seen["ours"]) == 2 * 2 * (3 + 1)
+    assert all(7 <= t <= 21 for t in seen["ours"])
+    assert row["timed_lengths"] == seen["ours"][1:4] and len(set(seen["ours"])) > 1
