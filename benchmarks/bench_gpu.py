@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_results import (PRECISIONS, call_with_family, deadline_passed, family_pinned, peak_memory,  # noqa: E402
-                         record, settings, short_error, sync, time_ms)
+from gpu_results import (PRECISIONS, deadline_passed, family_pinned, peak_memory, record,  # noqa: E402
+                         settings, short_error, sync, time_ms)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -80,12 +80,12 @@ def study_loop(x, h0, p, mask):
     return torch.stack(outputs)
 
 
-def triton_op(x, h0, p, precision, family="default"):
-    """timescale_kernels.leaky_rnn on the triton backend with one kernel family: (T, B, H)."""
+def triton_op(x, h0, p, precision):
+    """timescale_kernels.leaky_rnn on the triton backend: (T, B, H). The kernel family is the row's
+    setting (row_setting), which measure() holds over the forward and the backward."""
     from timescale_kernels import leaky_rnn
-    out, _ = call_with_family(leaky_rnn, family, x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
-                              p["tau"], nonlinearity="leaky_relu", placement="outside", backend="triton",
-                              precision=precision)
+    out, _ = leaky_rnn(x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], p["tau"],
+                       nonlinearity="leaky_relu", placement="outside", backend="triton", precision=precision)
     return out
 
 
@@ -214,7 +214,7 @@ def group_rows(group, shape, cfg):
                 for prec in PRECISIONS]
         return rows + baseline_rows(x, h0, p, device)
     if group == "persistent":
-        return [(f"triton-persistent-{prec}", lambda prec=prec: triton_op(x, h0, p, prec, "persistent"), params, False)
+        return [(f"triton-persistent-{prec}", lambda prec=prec: triton_op(x, h0, p, prec), params, False)
                 for prec in PRECISIONS]
     if group == "torch-compile":
         for limit in ("recompile_limit", "cache_size_limit"):

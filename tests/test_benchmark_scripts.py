@@ -64,19 +64,25 @@ def test_gpu_check_rejects_unknown_groups(tmp_path):
     assert run.returncode == 2 and "--groups" in run.stderr and "tabel" in run.stderr
 
 
+def dry_run(script: str, prefix: str, out_dir, timeout: int):
+    """(the finished process, its results JSON) of one GPU command's --dry-run into out_dir, after
+    checking that it exited 0 and wrote exactly its three files, flat, with plain names."""
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--dry-run", "--out-dir", str(out_dir)],
+                         capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == [f"{prefix}-dry-run-cpu.{ext}" for ext in ("json", "log", "md")]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) and (out_dir / n).is_file() for n in names)
+    return run, json.loads((out_dir / f"{prefix}-dry-run-cpu.json").read_text())
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_contract(tmp_path):
     """The rehearsal on the CPU: every group runs in its own subprocess, the files land flat in
     --out-dir (at most 8, plain names), and the JSON and the table hold every kind of figure."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_check
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out-dir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["gpu-dry-run-cpu.json", "gpu-dry-run-cpu.log", "gpu-dry-run-cpu.md"]
-    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) and (tmp_path / n).is_file() for n in names)
-    results = json.loads((tmp_path / "gpu-dry-run-cpu.json").read_text())
+    run, results = dry_run("gpu_check.py", "gpu", tmp_path, timeout=900)
     assert set(results["groups"]) == {name for name, _, _ in gpu_check.GROUPS}
     for name, status in results["groups"].items():
         assert status["status"] == "ok" or status["status"].startswith("skipped: dry run"), (name, status)
@@ -166,12 +172,7 @@ def test_gpu_tune_dry_run_contract(tmp_path):
     timed and equal to the tiles in use, the report generated from the JSON."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_tune
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_tune.py"), "--dry-run", "--out-dir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["gpu-tune-dry-run-cpu.json", "gpu-tune-dry-run-cpu.log", "gpu-tune-dry-run-cpu.md"]
-    results = json.loads((tmp_path / "gpu-tune-dry-run-cpu.json").read_text())
+    _, results = dry_run("gpu_tune.py", "gpu-tune", tmp_path, timeout=600)
     assert set(results["groups"]) == {name for name, _, _ in gpu_tune.GROUPS}
     for name, status in results["groups"].items():
         assert status["status"] == "ok" or status["status"].startswith("skipped: dry run"), (name, status)

@@ -156,9 +156,16 @@ class _PooledProjection(torch.autograd.Function):
         return d_flat, d_weight, d_bias
 
 
+def _pool_applies(backend: str, device: torch.device, nbytes: int) -> bool:
+    """True where a result of nbytes goes into the output pool: the cpu backend in eager mode (not
+    traced by torch.compile, no torch.func transform), at _POOL_MIN_BYTES and more."""
+    return (backend == "cpu" and device.type == "cpu" and nbytes >= _POOL_MIN_BYTES
+            and not torch.compiler.is_compiling() and not _transforms_active())
+
+
 def _pooled_or_empty(shape, dtype) -> torch.Tensor:
     """An uninitialised contiguous CPU tensor: from the output pool at _POOL_MIN_BYTES and more."""
-    if shape.numel() * torch.empty((), dtype=dtype).element_size() >= _POOL_MIN_BYTES:
+    if shape.numel() * dtype.itemsize >= _POOL_MIN_BYTES:
         return torch.ops.timescale_kernels_cpu.empty_pooled(list(shape), dtype)
     return torch.empty(shape, dtype=dtype)
 
@@ -184,10 +191,8 @@ def concat_features(tensors: list[torch.Tensor], backend: str) -> torch.Tensor:
     """torch.cat(tensors, -1): the directions of a stacked layer, (T, B, H) each -> (T, B, D * H).
     On the cpu backend in eager mode a large result goes into the kernels' output pool."""
     t = tensors[0]
-    nbytes = t.numel() * len(tensors) * t.element_size()
-    if (backend == "cpu" and t.device.type == "cpu" and nbytes >= _POOL_MIN_BYTES
-            and all(x.dtype == t.dtype and x.device == t.device for x in tensors)
-            and not torch.compiler.is_compiling() and not _transforms_active()):
+    if (_pool_applies(backend, t.device, t.numel() * len(tensors) * t.element_size())
+            and all(x.dtype == t.dtype and x.device == t.device for x in tensors)):
         return _PooledCat.apply(*tensors)
     return torch.cat(tensors, -1)
 
@@ -196,9 +201,7 @@ def input_projection(flat: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Te
                      backend: str) -> torch.Tensor:
     """u = flat weight_ih^T + bias: (T*B, I), (H, I), (H,) or None -> (T*B, H). On the cpu backend in
     eager mode a large u goes into the kernels' output pool (_PooledProjection); otherwise one GEMM."""
-    nbytes = flat.shape[0] * weight_ih.shape[0] * flat.element_size()
-    if (backend == "cpu" and flat.device.type == "cpu" and nbytes >= _POOL_MIN_BYTES
-            and not torch.compiler.is_compiling() and not _transforms_active()):
+    if _pool_applies(backend, flat.device, flat.shape[0] * weight_ih.shape[0] * flat.element_size()):
         return _PooledProjection.apply(flat, weight_ih, bias)
     if bias is None:
         return flat @ weight_ih.t()
