@@ -8,9 +8,10 @@ GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every mea
               parallel processes, into triton's cache): registers and spills per candidate
   default     the default family's tiles (LaunchConfig candidates) at the study's batch and the
               analysis batch: forward (drive saved) and backward us/step, fp32, and each candidate's
-              largest difference from the tiles in use
+              largest difference from the tiles in use; the tiles in use with rows moved 4 bytes at
+              a time (aligned_rows=False) second
   persistent  the persistent family's tilings (the plans with the most programs, 4 and 8 warps) at
-              the same shapes, timed and compared the same way
+              the same shapes, timed and compared the same way; the rule's tiling with 4-byte rows second
   crossover   both families as launched today over a grid of (B, H): forward + backward us/step, the
               faster one, and the family the rule (choose_family) picks
   bidi        one bidirectional layer (triton, tanh, fp32): the module, the two directions one after
@@ -54,9 +55,10 @@ def default_candidates(dry_run: bool = False) -> list:
     column x reduction blocks 32x32, 64x32, 64x64, 128x32, 4 and 8 warps."""
     from timescale_kernels.ops import triton_recurrence as tr
     current = tr.launch_config()
+    unaligned = dataclasses.replace(current, aligned_rows=False)  # the tiles in use, rows moved 4 bytes at a time
     if dry_run:
-        return [current, dataclasses.replace(current, block_n=16, block_k=16)]
-    out = [current]
+        return [current, unaligned, dataclasses.replace(current, block_n=16, block_k=16)]
+    out = [current, unaligned]
     for block_b in (16, 32):
         for block_n, block_k in ((32, 32), (64, 32), (64, 64), (128, 32)):
             for warps in (4, 8):
@@ -67,7 +69,8 @@ def default_candidates(dry_run: bool = False) -> list:
 
 
 def config_label(config) -> str:
-    return f"b{config.block_b} n{config.block_n} k{config.block_k} w{config.num_warps}"
+    rows = "" if config.aligned_rows else " 4-byte rows"
+    return f"b{config.block_b} n{config.block_n} k{config.block_k} w{config.num_warps}{rows}"
 
 
 def persistent_candidates(batch: int, hidden: int, dry_run: bool = False) -> list:
@@ -139,7 +142,12 @@ def pins(group: str, shape, dry_run: bool = False) -> list[tuple[str, dict]]:
     if group == "default":
         return [(config_label(c), {"config": c, "family": "default"}) for c in default_candidates(dry_run)]
     if group == "persistent":
-        return [(plan_label(p), {"plan": p}) for p in persistent_candidates(shape[1], shape[2], dry_run)]
+        out = [(plan_label(p), {"plan": p}) for p in persistent_candidates(shape[1], shape[2], dry_run)]
+        if out:  # the rule's tiling with rows moved 4 bytes at a time, second
+            from timescale_kernels.ops import triton_recurrence as tr
+            unaligned = dataclasses.replace(tr.launch_config(), aligned_rows=False)
+            out.insert(1, (out[0][0] + " 4-byte rows", {**out[0][1], "config": unaligned}))
+        return out
     if group == "bidi":  # the layer's kernels: tanh, forward with and without the drive, backward
         return [(f"{family} tanh", {"family": family, "nonlinearity": "tanh"}) for family in ("default", "persistent")]
     return [(family, {"family": family}) for family in ("default", "persistent")]

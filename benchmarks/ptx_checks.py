@@ -1,7 +1,7 @@
 """Facts read from the PTX of a compiled kernel, for the compile tests (triton_compile.py).
 
 ptx_facts: which instruction patterns the PTX contains (bar.sync, the read-only path, asynchronous
-copies, tensor-core instructions, gpu-scope release and acquire), and whether the grid barrier's
+copies, tensor-core instructions, gpu-scope release and acquire, 4-byte accesses of float32 rows), and whether the grid barrier's
 release and acquire are each executed by exactly one thread of the block (barrier_by_thread_zero,
 decided by evaluating each guarding predicate from %tid.x for every thread).
 """
@@ -11,7 +11,10 @@ import re
 
 _PTX_FACTS = {"bar.sync": r"\bbar\.sync\b", "ld.global.nc": r"\bld\.global\.nc\b", "cp.async": r"\bcp\.async\b",
               "mma": r"\b(mma\.sync|wgmma)\b", "gpu release": r"\b(red|atom)\.global\.gpu\.release",
-              "gpu acquire": r"\b(ld|atom)\.global\.gpu\.acquire"}
+              "gpu acquire": r"\b(ld|atom)\.global\.gpu\.acquire",
+              # a 4-byte global access of a float32 row: a copy of 4 bytes, or a scalar load or store
+              "4-byte row access": r"\bcp\.async\.\w+\.shared\.global\s*\[[^\]]*\],\s*\[[^\]]*\],\s*0x4\b"
+                                   r"|\b(ld|st)\.global(\.cg|\.ca|\.cs)?\.b32\b"}
 _GPU_SYNC = r"(?:atom|red|ld)\.global\.gpu\.(?:release|acquire)"
 
 

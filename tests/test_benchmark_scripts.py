@@ -136,6 +136,7 @@ study = tr.persistent_plan(DEVICE_PROPERTIES, 256, 500, "fp32")
 tilings = tr.persistent_tilings(DEVICE_PROPERTIES, 256, 500, "fp32")
 print(json.dumps([{"group": g, "shape": s, "label": label, "family": pin.get("family"),
                    "config_in_use": pin.get("config") == tr.GPU_CONFIG,
+                   "aligned_rows": pin["config"].aligned_rows if "config" in pin else None,
                    "plan": None if "plan" not in pin else {"rule": pin["plan"] == study, "warps": pin["plan"].num_warps,
                        "tiling": any(pin["plan"].grid == t.grid and pin["plan"].block_b == t.block_b for t in tilings)}}
                   for g, s, label, pin in jobs]))
@@ -158,7 +159,12 @@ def test_gpu_tune_compiles_what_each_group_launches():
     default = [j for j in jobs if j["group"] == "default"]
     assert all(j["family"] == "default" for j in default) and default[0]["config_in_use"]
     assert sum(j["config_in_use"] for j in default) == 2  # one per shape
-    study = [j["plan"] for j in jobs if j["group"] == "persistent" and j["shape"] == [100, 256, 500]]
+    for shape in ([100, 256, 500], [100, 10, 500]):  # the tiles in use, then the same with 4-byte rows
+        pair = [j for j in default if j["shape"] == shape][:2]
+        assert [j["aligned_rows"] for j in pair] == [True, False] and pair[1]["label"].endswith(" 4-byte rows")
+    study_jobs = [j for j in jobs if j["group"] == "persistent" and j["shape"] == [100, 256, 500]]
+    assert [j["aligned_rows"] for j in study_jobs[:2]] == [None, False] and study_jobs[1]["plan"]["rule"]
+    study = [j["plan"] for j in study_jobs]
     assert study[0] == {"rule": True, "warps": 8, "tiling": True}
     assert all(p["tiling"] for p in study) and {p["warps"] for p in study} == {4, 8} and len(study) >= 4
     crossover = [j for j in jobs if j["group"] == "crossover"]

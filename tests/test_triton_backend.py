@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from timescale_kernels.ops import core, triton_recurrence as tr  # noqa: E402
+from timescale_kernels.ops import core, triton_common, triton_recurrence as tr  # noqa: E402
 from timescale_kernels.ops.choices import NONLINEARITIES  # noqa: E402
 from timescale_kernels.ops.reference import leaky_rnn_reference, recurrence_reference  # noqa: E402
 
@@ -335,3 +335,11 @@ def test_new_length_does_not_recompile():
     for steps in (16, 37):
         tr.forward(c["u"][:steps], c["h0"], c["w"], c["alpha"], "tanh", "inside", False, "fp32")
     assert compiled() == before
+
+
+@pytest.mark.parametrize("hidden,stride,align", [(500, 500, 4), (512, 512, 16), (24, 24, 8), (50, 50, 2), (33, 33, 1),
+                                                 (20, 20, 4), (500, 1, 1), (96, 48, 16), (1, 1, 1)])
+def test_row_align_divides_h_and_the_row_stride(hidden, stride, align):
+    """The launchers' ROW_ALIGN: the largest of 16, 8, 4, 2, 1 dividing H and the operand's row stride
+    (the kernels rely on it dividing both; the strided-W read has row stride 1)."""
+    assert triton_common.row_align(hidden, stride) == align

@@ -101,6 +101,67 @@ def test_specialisation_is_the_launch_one(rows36):
         assert args[unit] == "=1" and args[other] == "i32", args  # 500: not a multiple of 16
 
 
+def one_value_per_thread(row) -> bool:
+    """A persistent row whose (BLOCK_B, BLOCK_N) tile holds one value per thread (the analysis shape's
+    16x16 tiles on 256 threads), where every row access is 4 bytes whatever the alignment."""
+    if not row["kernel"].startswith("persistent"):
+        return False
+    precision = row["case"].split("/")[2]
+    planned = tr.persistent_plan(tc.DEVICE_PROPERTIES, batch_of(row), tc.STUDY_SHAPE[2], precision)
+    return planned.block_b * planned.block_n <= 32 * planned.num_warps
+
+
+@pytest.mark.slow
+def test_rows_are_read_and_written_16_bytes_at_a_time_under_triton_36(rows36):
+    """At H = 500 (a multiple of 4, not of 16, so the JIT marks nothing) the launchers pass ROW_ALIGN = 4
+    and every float32 row moves in 16-byte copies, loads and stores, as it does at H = 512: no 4-byte
+    copy and no scalar row load or store. The strided-W controls (row stride 1: ROW_ALIGN = 1) keep
+    their 4-byte accesses, so the fact can be seen."""
+    check_row_access(rows36)
+
+
+def test_rows_are_read_and_written_16_bytes_at_a_time_under_newest(rows_newest):
+    check_row_access(rows_newest)
+
+
+MISALIGNED_SCRIPT = """
+import dataclasses, json, re, sys
+sys.path[:0] = ["benchmarks"]
+import triton_compile as tc
+from triton_capture import Pointer, compile_launch
+launch = tc.capture(tc.Case(family="default", direction="forward"))[0]
+args = list(launch.args)
+args[0] = Pointer(args[0].dtype, args[0].address + 4)  # u starts 4 bytes past a 16-byte boundary
+ptx = compile_launch(dataclasses.replace(launch, args=tuple(args))).asm["ptx"]
+print(json.dumps({"row_align": launch.kwargs["ROW_ALIGN"], "loads": sorted(set(re.findall(r"ld\\.global\\.[.a-z0-9]+", ptx)))}))
+"""
+
+
+@pytest.mark.slow
+def test_row_align_promises_nothing_of_the_pointers():
+    """ROW_ALIGN speaks of H and the row stride only: a tensor that starts off a 16-byte boundary (a
+    view into a larger buffer) is read 4 bytes at a time by the same ROW_ALIGN = 4 kernel, and the
+    aligned tensors beside it keep their 16-byte loads (triton 3.6.0, sm_90)."""
+    if not (SIDE / "triton").is_dir():
+        pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SIDE), str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", MISALIGNED_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["row_align"] == 4
+    assert "ld.global.b32" in found["loads"] and "ld.global.v4.b32" in found["loads"], found
+
+
+def check_row_access(rows):
+    for r in rows:
+        if r["case"].split("/")[3] != "float32" or one_value_per_thread(r):
+            continue
+        assert r["arguments"]["ROW_ALIGN"] == ("=1" if tc.is_control(r) else "=4"), r["case"]
+        assert ("4-byte row access" in r["ptx"]) == tc.is_control(r), (r["case"], r["ptx"])
+
+
 def check_static(rows):
     """No float32 (float64) dot operand unswizzled along the reduction axis with a bank conflict over
     CONFLICT_LIMIT ways, except in the strided-W controls, which must show defect 1's 32-way conflict:
@@ -239,5 +300,5 @@ def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program
     assert result["triton"] == "3.6.0"
     kernels = [(r["label"], name, k) for r in result["rows"] for name, k in r.items() if name.startswith("persistent")]
     assert len(result["rows"]) >= 10 and len(kernels) == 2 * len(result["rows"])
-    assert {label.split()[-1] for label, _, _ in kernels} == {"w4", "w8"}
+    assert {label.split()[3] for label, _, _ in kernels} == {"w4", "w8"}  # "8x16 b16 n64 w8[ 4-byte rows]"
     assert all(k["one_arrival"] for _, _, k in kernels), [x for x in kernels if not x[2]["one_arrival"]]

@@ -55,6 +55,9 @@ NAMES = ("h", "drive", "d_drive", "dh0", "d_alpha")
     (6, 19, 50, "tanh", "outside"),
     (4, 19, 20, "leaky_relu", "inside"),
     (3, 1, 20, "sigmoid", "inside"),
+    (3, 17, 33, "leaky_relu", "outside"),  # H odd: ROW_ALIGN 1 (20: 4, 50: 2)
+    (3, 2, 24, "tanh", "outside"),         # ROW_ALIGN 8
+    (3, 2, 48, "leaky_relu", "inside"),    # ROW_ALIGN 16
 ])
 def test_persistent_matches_default_and_reference(T, B, H, nonlinearity, placement):
     c = make_core(T, B, H, seed=T + B + H)

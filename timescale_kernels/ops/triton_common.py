@@ -12,6 +12,7 @@ DOT_BF16: 0 dots in the state dtype with DOT_PRECISION; 1 bf16 operands, fp32 ac
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -113,6 +114,25 @@ def _step_backward(dh, drive, h_prev, alpha, live, ACT: tl.constexpr, INSIDE: tl
     d_alpha = tl.where(live, d_alpha, 0.0)
     carry = tl.where(live, carry, dh)
     return d_drive, d_alpha, carry
+
+
+def row_align(hidden: int, stride_wk: int) -> int:
+    """The ROW_ALIGN constexpr of a launch: the largest of 16, 8, 4, 2, 1 that divides both H and
+    the operand's row stride. The JIT marks an integer argument divisible by 16 or not at all, so
+    at H = 500 (divisible by 4) it knows nothing, and every (B, H) row offset defeats vector loads:
+    each thread issues a 4-byte copy per element. Told H = 4k, the compiler issues 16-byte ones."""
+    g = math.gcd(int(hidden), int(stride_wk))
+    return next(a for a in (16, 8, 4, 2, 1) if g % a == 0)
+
+
+@triton.jit
+def _aligned(x, ROW_ALIGN: tl.constexpr):
+    """x, known to the compiler as a multiple of ROW_ALIGN (which the launcher checked divides x).
+    (x // a) * a is x itself then; the product carries the divisibility that tl.multiple_of cannot
+    attach to a kernel argument."""
+    if ROW_ALIGN > 1:
+        x = (x // ROW_ALIGN) * ROW_ALIGN
+    return x
 
 
 @triton.jit

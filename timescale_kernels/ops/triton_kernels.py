@@ -6,8 +6,10 @@ program loops over time itself; within a step it sweeps output column blocks of 
 each, reduction blocks of BLOCK_K, streaming W from L2 and the previous state from its own
 output buffer (L1/L2). A block barrier (``tl.debug_barrier``, a ``__syncthreads`` on the GPU)
 after each step's stores makes the new state visible to every warp of the program before the
-next step reads it. Only the block sizes, the nonlinearity and the modes are compile-time
-constants; T, B and H are runtime values, so a new sequence length never recompiles.
+next step reads it. Only the block sizes, the nonlinearity, the modes and ROW_ALIGN are
+compile-time constants; T, B and H are runtime values, so a new sequence length never recompiles.
+ROW_ALIGN (triton_common.row_align: the largest of 16, 8, 4, 2, 1 dividing H and the operand's row
+stride) lets the compiler move rows 16 bytes at a time where H is a multiple of 4, as at H = 500.
 
 The operand matrix of each step's matmul is addressed as M[k, n] = w_ptr + k * stride_wk +
 n * stride_wn: M = W^T in the forward, M = W in the backward. The launchers pass a contiguous
@@ -23,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _row_lengths, _row_tile_matmul, _step_backward, _step_forward, _step_pointers
+from .triton_common import _aligned, _row_lengths, _row_tile_matmul, _step_backward, _step_forward, _step_pointers
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -33,6 +35,7 @@ def recurrence_fwd_kernel(
     ACT: tl.constexpr, INSIDE: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """h[t] = step(h[t-1]) for t = 0..T-1 over this program's batch rows.
 
@@ -40,6 +43,7 @@ def recurrence_fwd_kernel(
     len: (B,) int64 when HAS_LENGTHS (else unused). drive[t] = u[t] + h[t-1] W^T is written only
     when SAVE_DRIVE.
     """
+    H, stride_wk = _aligned(H, ROW_ALIGN), _aligned(stride_wk, ROW_ALIGN)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = tl.arange(0, BLOCK_N)
     state_dtype = h0_ptr.dtype.element_ty
@@ -74,6 +78,7 @@ def recurrence_bwd_kernel(
     ACT: tl.constexpr, INSIDE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """The reverse-time loop over this program's batch rows.
 
@@ -91,6 +96,7 @@ def recurrence_bwd_kernel(
     Each element of the carry is read and rewritten by the same statement pair, so one buffer
     suffices.
     """
+    H, stride_wk = _aligned(H, ROW_ALIGN), _aligned(stride_wk, ROW_ALIGN)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = tl.arange(0, BLOCK_N)
     state_dtype = h0_ptr.dtype.element_ty

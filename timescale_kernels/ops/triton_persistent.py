@@ -41,7 +41,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from .triton_common import _dot, _row_lengths, _step_backward, _step_forward, _step_pointers, interpreting, warn_once
+from .triton_common import (_aligned, _dot, _row_lengths, _step_backward, _step_forward, _step_pointers, interpreting,
+                            warn_once)
 
 
 @triton.jit
@@ -106,14 +107,17 @@ def persistent_fwd_kernel(
     ACT: tl.constexpr, INSIDE: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """u, h, drive: (T, B, H); h0: (B, H); alpha: (H,); M[k, n] = W[n, k] (for tf32x3 its tf32 part,
     the rest at w_lo; w_lo unused otherwise); len: (B,) int64 when HAS_LENGTHS; counter: (tiles,)
-    int32, zero. H_PAD: H rounded up to a power of two, a multiple of BLOCK_K.
+    int32, zero. H_PAD: H rounded up to a power of two, a multiple of BLOCK_K. ROW_ALIGN: as in
+    triton_kernels.py (divides H and the row stride of M).
 
     One grid barrier per step: step t+1 reads all columns of h[t] (RAW across programs); every
     step writes its own slice of h, so there is no write-after-read hazard to guard.
     """
+    H, stride_wk = _aligned(H, ROW_ALIGN), _aligned(stride_wk, ROW_ALIGN)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     splits = tl.num_programs(0)
@@ -151,6 +155,7 @@ def persistent_bwd_kernel(
     ACT: tl.constexpr, INSIDE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """grad_h, h, drive, d_drive: (T, B, H); h0, dh (= dh0 on exit), d_alpha: (B, H) (per-row partials,
     summed by the launcher); alpha: (H,); M[k, n] = W[k, n] (w_lo as in the forward); len: (B,) int64 when HAS_LENGTHS;
@@ -163,6 +168,7 @@ def persistent_bwd_kernel(
     registers) and inputs, and each step writes its own slice of d_drive, so one barrier per step
     suffices (none at the step's end).
     """
+    H, stride_wk = _aligned(H, ROW_ALIGN), _aligned(stride_wk, ROW_ALIGN)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     splits = tl.num_programs(0)

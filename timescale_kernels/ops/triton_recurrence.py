@@ -85,13 +85,17 @@ def unavailable_reason() -> str:
 class LaunchConfig:
     """Tile sizes and launch options of the default kernels. BLOCK_B >= 16 and the other blocks
     >= 16: tl.dot's minimum. contiguous_wt: the forward reads a contiguous copy of W^T (n-major,
-    like the backward's W) rather than W through its strides (k-major)."""
+    like the backward's W) rather than W through its strides (k-major). aligned_rows: the kernels
+    are told how far H and the operand's row stride are divisible (ROW_ALIGN, triton_common.row_align),
+    so rows move 16 bytes at a time wherever H is a multiple of 4; False tells them nothing beyond
+    the JIT's own divisibility by 16 (for benchmarks; it also applies to the persistent family)."""
     block_b: int = 16
     block_n: int = 64
     block_k: int = 64
     num_warps: int = 4
     num_stages: int = 2
     contiguous_wt: bool = True
+    aligned_rows: bool = True
 
 
 # The smallest batch tile gives the most programs (one per SM) for a given B, and each program's
@@ -268,6 +272,7 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     pointers = (u, h0, m, alpha, h, drive if save_drive else h, lengths if lengths is not None else alpha)
     ints = (steps, batch, hidden, stride_wk, stride_wn)
     consts["SAVE_DRIVE"] = bool(save_drive)
+    consts["ROW_ALIGN"] = _common.row_align(hidden, stride_wk) if cfg.aligned_rows else 1
     with _on_device(u):
         if _run_persistent(_persistent.persistent_fwd_kernel, chosen, u, precision, pointers, ints, consts, 2, plan):
             return h, drive
@@ -300,6 +305,7 @@ def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, 
     m = _operand(w, False, consts["DOT_BF16"])  # M = W, row-major
     pointers = (grad_h, h, h0, drive, m, alpha, lengths if lengths is not None else alpha, d_drive, dh0, d_alpha_rows)
     ints = (steps, batch, hidden, m.stride(0), m.stride(1))
+    consts["ROW_ALIGN"] = _common.row_align(hidden, m.stride(0)) if cfg.aligned_rows else 1
     with _on_device(h):
         if not _run_persistent(_persistent.persistent_bwd_kernel, chosen, h, precision, pointers, ints, consts, 4,
                                plan):
