@@ -124,6 +124,34 @@ def test_rows_are_read_and_written_16_bytes_at_a_time_under_newest(rows_newest):
     check_row_access(rows_newest)
 
 
+def check_hot_loops(rows):
+    """The hot loop (sass_loops.hot_loop) of every exact float32 kernel holds its share of the dot once:
+    BLOCK_B x BLOCK_N x K / threads FFMA, K = BLOCK_K per chunk in the default kernels and H_PAD per
+    step in the persistent ones (plus at most 8 of the step's element-wise FFMA), so no warp repeats
+    another's products; and every kernel that compiled has a hot loop."""
+    for r in rows:
+        assert r["hot_loop"] and r["hot_loop"]["instructions"] >= r["hot_loop"]["dot"] > 0, r["case"]
+        if "/fp32/float32" not in r["case"]:
+            continue
+        threads = 32 * r["num_warps"]
+        if r["kernel"].startswith("persistent"):
+            p = tr.persistent_plan(tc.DEVICE_PROPERTIES, batch_of(r), tc.STUDY_SHAPE[2], "fp32")
+            expected = p.block_b * p.block_n * p.h_pad // threads
+        else:
+            c = tr.GPU_CONFIG
+            expected = c.block_b * c.block_n * c.block_k // threads
+        assert expected <= r["hot_loop"]["dot"] <= expected + 8, (r["case"], expected, r["hot_loop"])
+
+
+@pytest.mark.slow
+def test_hot_loops_do_the_dot_once_under_triton_36(rows36):
+    check_hot_loops(rows36)
+
+
+def test_hot_loops_do_the_dot_once_under_newest(rows_newest):
+    check_hot_loops(rows_newest)
+
+
 MISALIGNED_SCRIPT = """
 import dataclasses, json, re, sys
 sys.path[:0] = ["benchmarks"]
