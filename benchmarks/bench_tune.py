@@ -11,7 +11,8 @@ GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every mea
               largest difference from the tiles in use; the tiles in use with rows moved 4 bytes at
               a time (aligned_rows=False) second
   persistent  the persistent family's tilings (the plans with the most programs, 4 and 8 warps) at
-              the same shapes, timed and compared the same way; the rule's tiling with 4-byte rows second
+              the same shapes, timed and compared the same way; the rule's tiling with 4-byte rows second;
+              last, tf32x3 with the rule's warps and with 8 (tensor_core_pins)
   crossover   both families as launched today over a grid of (B, H): forward + backward us/step, the
               faster one, and the family the rule (choose_family) picks
   bidi        one bidirectional layer (triton, tanh, fp32): the module, the two directions one after
@@ -92,6 +93,21 @@ def persistent_candidates(batch: int, hidden: int, dry_run: bool = False) -> lis
     return [dataclasses.replace(p, num_warps=w) for p in tilings for w in PERSISTENT_WARPS]
 
 
+def tensor_core_pins(shape, dry_run: bool = False) -> list[tuple[str, dict]]:
+    """tf32x3 on the persistent family: the rule's tiling with its mma_warps() warps, then the same
+    tiling with 8 warps (each tensor-core product computed 8 / mma_warps times over); under the
+    interpreter, a 2-warp variant of its plan stands in for the first."""
+    from timescale_kernels.ops import triton_recurrence as tr
+    props = None if dry_run else device_properties()
+    picked = tr.persistent_plan(props, shape[1], shape[2], "tf32x3")
+    if picked is None:
+        return []
+    if dry_run:
+        picked = dataclasses.replace(picked, num_warps=2)
+    plans = [picked] + ([dataclasses.replace(picked, num_warps=8)] if picked.num_warps != 8 else [])
+    return [(f"tf32x3 {plan_label(p)}", {"plan": p, "precision": "tf32x3"}) for p in plans]
+
+
 def plan_label(plan) -> str:
     return f"{plan.grid[0]}x{plan.grid[1]} b{plan.block_b} n{plan.block_n} w{plan.num_warps}"
 
@@ -117,19 +133,20 @@ def problem(shape, device, make=torch.randn):
     return u, h0, w, alpha, grad_h
 
 
-def kernels(args, config=None, plan=None, family=None, nonlinearity="leaky_relu"):
-    """(forward, backward) closures over the launchers with one config / plan / family."""
+def kernels(args, config=None, plan=None, family=None, nonlinearity="leaky_relu", precision="fp32"):
+    """(forward, backward) closures over the launchers with one config / plan / family / precision."""
     from timescale_kernels.ops import triton_recurrence as tr
     u, h0, w, alpha, grad_h = args
     pin = dict(config=config, plan=plan, family=family)
     saved = {}
 
     def forward(save_drive=True):
-        saved["h"], saved["drive"] = tr.forward(u, h0, w, alpha, nonlinearity, "outside", save_drive, "fp32", **pin)
+        saved["h"], saved["drive"] = tr.forward(u, h0, w, alpha, nonlinearity, "outside", save_drive, precision,
+                                                **pin)
         return saved["h"]
 
     def backward():
-        return tr.backward(grad_h, saved["h"], h0, saved["drive"], w, alpha, nonlinearity, "outside", "fp32",
+        return tr.backward(grad_h, saved["h"], h0, saved["drive"], w, alpha, nonlinearity, "outside", precision,
                            **pin)[0]
     return forward, backward
 
@@ -147,7 +164,7 @@ def pins(group: str, shape, dry_run: bool = False) -> list[tuple[str, dict]]:
             from timescale_kernels.ops import triton_recurrence as tr
             unaligned = dataclasses.replace(tr.launch_config(), aligned_rows=False)
             out.insert(1, (out[0][0] + " 4-byte rows", {**out[0][1], "config": unaligned}))
-        return out
+        return out + tensor_core_pins(shape, dry_run)
     if group == "bidi":  # the layer's kernels: tanh, forward with and without the drive, backward
         return [(f"{family} tanh", {"family": family, "nonlinearity": "tanh"}) for family in ("default", "persistent")]
     return [(family, {"family": family}) for family in ("default", "persistent")]

@@ -162,7 +162,10 @@ def test_gpu_tune_compiles_what_each_group_launches():
     for shape in ([100, 256, 500], [100, 10, 500]):  # the tiles in use, then the same with 4-byte rows
         pair = [j for j in default if j["shape"] == shape][:2]
         assert [j["aligned_rows"] for j in pair] == [True, False] and pair[1]["label"].endswith(" 4-byte rows")
-    study_jobs = [j for j in jobs if j["group"] == "persistent" and j["shape"] == [100, 256, 500]]
+    persistent = [j for j in jobs if j["group"] == "persistent" and j["shape"] == [100, 256, 500]]
+    study_jobs = [j for j in persistent if not j["label"].startswith("tf32x3 ")]
+    # last, tf32x3 with the rule's warps (2 on its 32x32 tile), then the same tiling with 8
+    assert [j["label"] for j in persistent if j not in study_jobs] == ["tf32x3 16x8 b32 n32 w2", "tf32x3 16x8 b32 n32 w8"]
     assert [j["aligned_rows"] for j in study_jobs[:2]] == [None, False] and study_jobs[1]["plan"]["rule"]
     study = [j["plan"] for j in study_jobs]
     assert study[0] == {"rule": True, "warps": 8, "tiling": True}

@@ -124,23 +124,33 @@ def test_rows_are_read_and_written_16_bytes_at_a_time_under_newest(rows_newest):
     check_row_access(rows_newest)
 
 
+# Multiply-adds per dot instruction of each float32 precision: an FFMA one per thread (32 per warp);
+# tf32 HMMA.1688 16x8x8; bf16 HMMA.16816 16x8x16. tf32x3 issues three tf32 products.
+MACS_PER_WARP_INSTRUCTION = {"fp32": 32, "tf32": 1024, "tf32x3": 1024 / 3, "bf16": 2048}
+
+
 def check_hot_loops(rows):
-    """The hot loop (sass_loops.hot_loop) of every exact float32 kernel holds its share of the dot once:
-    BLOCK_B x BLOCK_N x K / threads FFMA, K = BLOCK_K per chunk in the default kernels and H_PAD per
-    step in the persistent ones (plus at most 8 of the step's element-wise FFMA), so no warp repeats
-    another's products; and every kernel that compiled has a hot loop."""
+    """The hot loop (sass_loops.hot_loop) of every float32 kernel holds its warp's share of the dot
+    once: BLOCK_B x BLOCK_N x K multiply-adds over the warps, K = BLOCK_K per chunk in the default
+    kernels and H_PAD per step in the persistent ones, in FFMA (fp32) or HMMA (the tensor-core
+    precisions), plus at most two element-wise FFMA per value of the tile and 8 more. So no warp
+    repeats another's products (8 warps on the persistent tf32x3 32x32 tile did each one 4 times).
+    Every kernel that compiled has a hot loop."""
     for r in rows:
         assert r["hot_loop"] and r["hot_loop"]["instructions"] >= r["hot_loop"]["dot"] > 0, r["case"]
-        if "/fp32/float32" not in r["case"]:
+        precision, dtype = r["case"].split("/")[2:4]
+        if dtype != "float32":
             continue
-        threads = 32 * r["num_warps"]
+        warps = r["num_warps"]
         if r["kernel"].startswith("persistent"):
-            p = tr.persistent_plan(tc.DEVICE_PROPERTIES, batch_of(r), tc.STUDY_SHAPE[2], "fp32")
-            expected = p.block_b * p.block_n * p.h_pad // threads
+            p = tr.persistent_plan(tc.DEVICE_PROPERTIES, batch_of(r), tc.STUDY_SHAPE[2], precision)
+            tile, k = (p.block_b, p.block_n), p.h_pad
         else:
             c = tr.GPU_CONFIG
-            expected = c.block_b * c.block_n * c.block_k // threads
-        assert expected <= r["hot_loop"]["dot"] <= expected + 8, (r["case"], expected, r["hot_loop"])
+            tile, k = (c.block_b, c.block_n), c.block_k
+        expected = round(tile[0] * tile[1] * k / MACS_PER_WARP_INSTRUCTION[precision] / warps)
+        element_wise = 2 * tile[0] * tile[1] // (32 * warps) + 8
+        assert expected <= r["hot_loop"]["dot"] <= expected + element_wise, (r["case"], expected, r["hot_loop"])
 
 
 @pytest.mark.slow
@@ -234,7 +244,9 @@ def test_persistent_kernels_launch(rows36):
         precision = r["case"].split("/")[2]
         planned = tr.persistent_plan(tc.DEVICE_PROPERTIES, batch_of(r), tc.STUDY_SHAPE[2], precision)
         assert r["grid"] == list(planned.grid) and planned.grid[0] >= 2, r
-        assert r["options"] == {"num_warps": tp.NUM_WARPS, "num_stages": 1, "launch_cooperative_grid": True}, r
+        assert r["options"] == {"num_warps": planned.num_warps, "num_stages": 1, "launch_cooperative_grid": True}, r
+        assert planned.num_warps == (tp.NUM_WARPS if precision == "fp32" else tp.mma_warps(planned.block_b,
+                                                                                         planned.block_n)), r
         assert {"gpu release", "gpu acquire", "bar.sync", "barrier by thread 0"} <= set(r["ptx"]), r
         assert not {"ld.global.nc", "cp.async"} & set(r["ptx"]), r
         assert precision == "fp32" or "mma" in r["ptx"], r
@@ -328,5 +340,7 @@ def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program
     assert result["triton"] == "3.6.0"
     kernels = [(r["label"], name, k) for r in result["rows"] for name, k in r.items() if name.startswith("persistent")]
     assert len(result["rows"]) >= 10 and len(kernels) == 2 * len(result["rows"])
-    assert {label.split()[3] for label, _, _ in kernels} == {"w4", "w8"}  # "8x16 b16 n64 w8[ 4-byte rows]"
+    warps = {label: next(w for w in label.split() if w.startswith("w")) for label, _, _ in kernels}
+    assert {w for label, w in warps.items() if not label.startswith("tf32x3")} == {"w4", "w8"}
+    assert {w for label, w in warps.items() if label.startswith("tf32x3")} == {"w1", "w2", "w8"}
     assert all(k["one_arrival"] for _, _, k in kernels), [x for x in kernels if not x[2]["one_arrival"]]

@@ -4,6 +4,7 @@ they run with one column split per batch tile (programs run one at a time, so a 
 barrier would wait forever); the multi-split barrier runs only in the tests marked gpu, each in a
 subprocess with a timeout so that a deadlock fails instead of hanging.
 """
+import dataclasses
 import os
 
 import torch
@@ -145,7 +146,10 @@ def test_choose_family_is_a_function_of_device_and_shape():
 def test_tilings_hold_every_resident_plan_and_the_rule_picks_among_them():
     for B, H, precision in ((256, 500, "fp32"), (10, 500, "fp32"), (256, 500, "tf32x3"), (64, 1000, "bf16")):
         tilings = tr.persistent_tilings(H200, B, H, precision)
-        assert tr.persistent_plan(H200, B, H, precision) in tilings
+        picked = tr.persistent_plan(H200, B, H, precision)
+        assert dataclasses.replace(picked, num_warps=tp.NUM_WARPS) in tilings
+        assert picked.num_warps == (tp.NUM_WARPS if precision == "fp32" else tp.mma_warps(picked.block_b,
+                                                                                          picked.block_n))
         assert len(set(tilings)) == len(tilings) > 1
         w_bytes = {"fp32": 4, "tf32x3": 8, "bf16": 2}[precision]
         for p in tilings:
@@ -154,6 +158,14 @@ def test_tilings_hold_every_resident_plan_and_the_rule_picks_among_them():
         assert max(p.programs for p in tilings) == tr.persistent_plan(H200, B, H, precision).programs
     assert tr.persistent_tilings(H200, 4096, 500, "fp32") == []
     assert tr.persistent_tilings(H200, 10, 500, "fp32", torch.float64) == []
+
+
+@pytest.mark.parametrize("block_b,block_n,warps", [(16, 64, 8), (32, 32, 2), (16, 16, 1), (64, 32, 4), (16, 128, 8),
+                                                   (32, 64, 8), (64, 16, 4), (128, 16, 8), (16, 32, 4)])
+def test_mma_warps_put_no_two_warps_on_one_mma_tile(block_b, block_n, warps):
+    """Triton's chained-dot layout puts every warp on the tile's longer axis (rows where BLOCK_B >=
+    BLOCK_N), in MMA tiles of 16 rows or 8 columns; mma_warps is their count, at most NUM_WARPS."""
+    assert tp.mma_warps(block_b, block_n) == warps
 
 
 def test_a_pinned_plan_runs_the_persistent_kernels_with_its_tiles():

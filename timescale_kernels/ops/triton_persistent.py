@@ -226,6 +226,17 @@ class Plan:
         return self.grid[0] * self.grid[1]
 
 
+def mma_warps(block_b: int, block_n: int) -> int:
+    """The most warps a program of the tensor-core precisions (tf32x3, tf32, bf16) can use without two
+    warps computing the same products. A step's dots share one accumulator, so Triton lays them out
+    as chained dots (warpsPerTileV2): every warp on the tile's longer axis, M where BLOCK_B >= BLOCK_N.
+    An MMA tile is 16 rows by 8 columns, so that axis holds BLOCK_B / 16 or BLOCK_N / 8 of them, and
+    warps beyond that count repeat the products of others: 8 warps on a 32x32 tile compute each product
+    4 times, on the 16x16 tiles of the analysis shape 8 times (sm_90 SASS, triton 3.6)."""
+    tiles = block_b // 16 if block_b >= block_n else block_n // 8
+    return max(1, min(NUM_WARPS, tiles))
+
+
 def candidates(batch: int, hidden: int, w_bytes: int, sms: int, smem_per_block: int) -> list[Plan]:
     """Every tiling of (B, H) that can run resident: at most sms programs (one per SM), each
     holding its column slice of M (H_PAD x BLOCK_N, w_bytes per element, counting every copy

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -59,6 +59,7 @@ NATIVE_REVERSE = False
 poison_outputs = os.environ.get("TIMESCALE_KERNELS_POISON", "0") == "1"
 
 FAMILIES = ("default", "persistent")
+MMA_PRECISIONS = ("tf32x3", "tf32", "bf16")  # the precisions whose dots run on the tensor cores
 FAMILY_ENV = "TIMESCALE_KERNELS_TRITON_FAMILY"
 last_family = ""  # the kernel family the latest forward or backward call ran ("default" or "persistent")
 
@@ -130,13 +131,17 @@ def _operand_bytes(precision: str, dtype: torch.dtype) -> int:
 
 def persistent_plan(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32):
     """The persistent kernels' triton_persistent.Plan for (B, H) on a device, or None where the
-    family cannot run there. device_props None: the interpreter's single-split plan."""
+    family cannot run there. device_props None: the interpreter's single-split plan. The tensor-core
+    precisions get triton_persistent.mma_warps() warps, fp32 (FMA dots) triton_persistent.NUM_WARPS."""
     if device_props is None:
         return _persistent.plan(B, H, _operand_bytes(precision, dtype), None, None)
     if dtype == torch.float64:
         return None  # the float64 backward spills registers (sm_90, triton 3.6: 16x16 and 32x32 tiles)
-    return _persistent.plan(B, H, _operand_bytes(precision, dtype), device_props.multi_processor_count,
-                            _smem_per_block(device_props))
+    planned = _persistent.plan(B, H, _operand_bytes(precision, dtype), device_props.multi_processor_count,
+                               _smem_per_block(device_props))
+    if planned is not None and precision in MMA_PRECISIONS:  # no warp repeating another's tensor-core products
+        planned = replace(planned, num_warps=_persistent.mma_warps(planned.block_b, planned.block_n))
+    return planned
 
 
 def persistent_tilings(device_props, B: int, H: int, precision: str, dtype: torch.dtype = torch.float32) -> list:
