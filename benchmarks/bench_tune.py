@@ -11,7 +11,8 @@ GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every mea
               largest difference from the tiles in use; the tiles in use with rows moved 4 bytes at
               a time (aligned_rows=False) second
   persistent  the persistent family's tilings (the plans with the most programs, 4 and 8 warps) at
-              the same shapes, timed and compared the same way; the rule's tiling with 4-byte rows second;
+              the same shapes, timed and compared the same way; the rule's tiling with 4-byte rows second,
+              with one state chunk loaded ahead third;
               last, tf32x3 with the rule's warps and with 8 (tensor_core_pins)
   crossover   both families as launched today over a grid of (B, H): forward + backward us/step, the
               faster one, and the family the rule (choose_family) picks
@@ -164,6 +165,8 @@ def pins(group: str, shape, dry_run: bool = False) -> list[tuple[str, dict]]:
             from timescale_kernels.ops import triton_recurrence as tr
             unaligned = dataclasses.replace(tr.launch_config(), aligned_rows=False)
             out.insert(1, (out[0][0] + " 4-byte rows", {**out[0][1], "config": unaligned}))
+            # and with one state chunk loaded ahead (the compiler's own schedule), third
+            out.insert(2, (out[0][0] + " 1 chunk ahead", {"plan": dataclasses.replace(out[0][1]["plan"], prefetch=1)}))
         return out + tensor_core_pins(shape, dry_run)
     if group == "bidi":  # the layer's kernels: tanh, forward with and without the drive, backward
         return [(f"{family} tanh", {"family": family, "nonlinearity": "tanh"}) for family in ("default", "persistent")]

@@ -77,7 +77,37 @@ def hot_loop(text: str) -> dict | None:
     hot = max(innermost, key=lambda loop: (_dots(loop["counts"]), -sum(loop["counts"].values())))
     total = sum(hot["counts"].values())
     return {"instructions": total, "dot": _dots(hot["counts"]), "dot_share": round(_dots(hot["counts"]) / total, 3),
-            "global": sum(hot["counts"][op] for op in GLOBAL_OPCODES)}
+            "global": sum(hot["counts"][op] for op in GLOBAL_OPCODES),
+            "l2_loads_ahead": l2_loads_ahead(text, hot["start"], hot["end"])}
+
+
+_REGISTER = re.compile(r"\bR(\d+)\b")
+
+
+def l2_loads_ahead(text: str, start: int, end: int) -> int:
+    """In the persistent kernels, the most state-chunk loads in flight at once in [start, end]: loads
+    that bypass L1 (LDG ... .STRONG.GPU, PTX's ld.global.cg: how a program reads what other programs
+    wrote; not the grid barrier's acquire, the one followed by an L1 invalidation, CCTL.IVALL) issued
+    and not yet waited for. A load is waited for at the first later instruction that names one of
+    the registers it writes (its width: .64 two, .128 four): the warp stalls there until the data
+    arrives. With one chunk in flight, each chunk of a step waits for its own L2 round trip."""
+    program = []
+    for address, body in _INSTRUCTION.findall(text):
+        if start <= int(address, 16) <= end:
+            words = [w for w in body.split() if not w.startswith("@")]
+            if words:
+                program.append((words[0], " ".join(words[1:])))
+    pending, most = [], 0
+    for i, (opcode, operands) in enumerate(program):
+        named = {int(r) for r in _REGISTER.findall(operands)}
+        pending = [regs for regs in pending if not regs & named]
+        acquire = i + 1 < len(program) and program[i + 1][0].startswith("CCTL")
+        if opcode.startswith("LDG") and "STRONG.GPU" in opcode and not acquire:
+            first = int(_REGISTER.search(operands).group(1))
+            width = 4 if ".128" in opcode else 2 if ".64" in opcode else 1
+            pending.append(set(range(first, first + width)))
+            most = max(most, len(pending))
+    return most
 
 
 def hot_loop_of(cubin: bytes) -> dict | None:

@@ -166,7 +166,8 @@ def test_gpu_tune_compiles_what_each_group_launches():
     study_jobs = [j for j in persistent if not j["label"].startswith("tf32x3 ")]
     # last, tf32x3 with the rule's warps (2 on its 32x32 tile), then the same tiling with 8
     assert [j["label"] for j in persistent if j not in study_jobs] == ["tf32x3 16x8 b32 n32 w2", "tf32x3 16x8 b32 n32 w8"]
-    assert [j["aligned_rows"] for j in study_jobs[:2]] == [None, False] and study_jobs[1]["plan"]["rule"]
+    assert [j["aligned_rows"] for j in study_jobs[:3]] == [None, False, None] and study_jobs[1]["plan"]["rule"]
+    assert study_jobs[2]["label"].endswith(" 1 chunk ahead")
     study = [j["plan"] for j in study_jobs]
     assert study[0] == {"rule": True, "warps": 8, "tiling": True}
     assert all(p["tiling"] for p in study) and {p["warps"] for p in study} == {4, 8} and len(study) >= 4

@@ -79,17 +79,29 @@ def _column_slice(w_ptr, cols, H, stride_wk, stride_wn, H_PAD: tl.constexpr, BLO
 
 
 @triton.jit
+def _state_chunk(x_ptr, rows, B, H, kc, BLOCK_K: tl.constexpr):
+    """x[rows, kc*BLOCK_K : (kc+1)*BLOCK_K] from L2 (".cg": other programs wrote x), zero beyond B and H."""
+    k = kc * BLOCK_K + tl.arange(0, BLOCK_K)
+    return tl.load(x_ptr + rows[:, None] * H + k[None, :], mask=(rows[:, None] < B) & (k[None, :] < H), other=0.0,
+                   cache_modifier=".cg")
+
+
+@triton.jit
 def _tile_matmul(x_ptr, rows, B, H, m_chunks, m_lo_chunks, acc, DOT_PRECISION: tl.constexpr,
-                 DOT_BF16: tl.constexpr, H_PAD: tl.constexpr, BLOCK_K: tl.constexpr):
+                 DOT_BF16: tl.constexpr, H_PAD: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
     """acc + x[rows, :] @ M[:, cols], x a (B, H) row-major buffer written by other programs, read
-    from L2 (".cg") one BLOCK_K chunk per on-chip chunk of M (the chunk loads do not depend on
-    the dots, so they can be issued ahead). tf32x3: m_chunks hold M's tf32 part and m_lo_chunks
-    the rest, and each chunk takes three tf32 dots, the small terms first."""
-    rk = tl.arange(0, BLOCK_K)
-    for kc in tl.static_range(H_PAD // BLOCK_K):
-        k = kc * BLOCK_K + rk
-        x = tl.load(x_ptr + rows[:, None] * H + k[None, :], mask=(rows[:, None] < B) & (k[None, :] < H), other=0.0,
-                    cache_modifier=".cg")
+    from L2 one BLOCK_K chunk per on-chip chunk of M. The load of chunk kc + AHEAD is issued before
+    the dot of chunk kc, so AHEAD L2 round trips are in flight while the dots run (with one, as the
+    compiler schedules it by itself, every chunk waited for its own load). tf32x3: m_chunks hold M's
+    tf32 part and m_lo_chunks the rest, and each chunk takes three tf32 dots, the small terms first."""
+    chunks: tl.constexpr = H_PAD // BLOCK_K
+    xs = ()
+    for kc in tl.static_range(AHEAD):
+        xs = xs + (_state_chunk(x_ptr, rows, B, H, kc, BLOCK_K),)
+    for kc in tl.static_range(chunks):
+        if kc + AHEAD < chunks:
+            xs = xs + (_state_chunk(x_ptr, rows, B, H, kc + AHEAD, BLOCK_K),)
+        x = xs[kc]
         if DOT_PRECISION == "tf32x3":
             x_hi, x_lo = _tf32_split(x)
             acc = tl.dot(x_lo, m_chunks[kc], acc, input_precision="tf32")
@@ -107,7 +119,7 @@ def persistent_fwd_kernel(
     ACT: tl.constexpr, INSIDE: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
-    ROW_ALIGN: tl.constexpr,
+    ROW_ALIGN: tl.constexpr, AHEAD: tl.constexpr,
 ):
     """u, h, drive: (T, B, H); h0: (B, H); alpha: (H,); M[k, n] = W[n, k] (for tf32x3 its tf32 part,
     the rest at w_lo; w_lo unused otherwise); len: (B,) int64 when HAS_LENGTHS; counter: (tiles,)
@@ -135,7 +147,7 @@ def persistent_fwd_kernel(
     for t in range(T):
         cur, prev_ptr = _step_pointers(t, h0_ptr, h_ptr, B, H)
         acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
-        acc = _tile_matmul(prev_ptr, rows, B, H, m, m_lo, acc, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K)
+        acc = _tile_matmul(prev_ptr, rows, B, H, m, m_lo, acc, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K, AHEAD)
         drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
         h_new = _step_forward(h_own, drive, alpha, ACT, INSIDE)
         if HAS_LENGTHS:
@@ -155,7 +167,7 @@ def persistent_bwd_kernel(
     ACT: tl.constexpr, INSIDE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
-    ROW_ALIGN: tl.constexpr,
+    ROW_ALIGN: tl.constexpr, AHEAD: tl.constexpr,
 ):
     """grad_h, h, drive, d_drive: (T, B, H); h0, dh (= dh0 on exit), d_alpha: (B, H) (per-row partials,
     summed by the launcher); alpha: (H,); M[k, n] = W[k, n] (w_lo as in the forward); len: (B,) int64 when HAS_LENGTHS;
@@ -195,7 +207,8 @@ def persistent_bwd_kernel(
         d_alpha_rows += d_alpha
         tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
         _grid_barrier(counter, (i + 1) * splits)
-        carry = _tile_matmul(d_drive_ptr + cur, rows, B, H, m, m_lo, carry, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K)
+        carry = _tile_matmul(d_drive_ptr + cur, rows, B, H, m, m_lo, carry, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K,
+                             AHEAD)
     tl.store(dh_ptr + offs, carry, mask=mask)
     tl.store(d_alpha_ptr + offs, d_alpha_rows, mask=mask)
 
@@ -206,20 +219,24 @@ BLOCK_B_CHOICES = (16, 32, 64)  # rows per program; 16 is tl.dot's smallest M
 BLOCK_N_CHOICES = (16, 32, 64, 128)  # columns per program
 BLOCK_K = 32  # rows of each on-chip chunk of M
 NUM_WARPS = 8
-# Shared memory the compiler needs besides the operand slice (the dots' staging of one state chunk,
-# layout conversions): 4 KB in every sm_90 compile at (B, H) = (256, 500), with room to spare.
-SMEM_RESERVE = 16 * 1024
+# Shared memory the compiler needs besides the operand slice: the state chunks loaded ahead, which
+# the fp32 and tf32 dots stage through shared memory (STAGING_BYTES at most), and 4 KB of layout
+# conversions (sm_90 compiles at (B, H) = (256, 500): 132 KB with one chunk ahead, 160 KB with 16).
+STAGING_BYTES = 32 * 1024
+SMEM_RESERVE = STAGING_BYTES + 4 * 1024
 
 
 @dataclass(frozen=True)
 class Plan:
     """grid = (column splits, batch tiles); BLOCK_B rows and BLOCK_N columns per program;
-    H_PAD = the dot's K (H rounded up to a power of two, at least BLOCK_K); num_warps per program."""
+    H_PAD = the dot's K (H rounded up to a power of two, at least BLOCK_K); num_warps per program;
+    prefetch: the state chunks loaded ahead of the step's dots (0: chunks_ahead()'s choice)."""
     grid: tuple
     block_b: int
     block_n: int
     h_pad: int
     num_warps: int = NUM_WARPS
+    prefetch: int = 0
 
     @property
     def programs(self) -> int:
@@ -276,6 +293,24 @@ def _refused(err: Exception) -> bool:
     return isinstance(err, RuntimeError) and ("cooperative" in text or "too many" in text)
 
 
+def chunks_ahead(planned: Plan, dot_precision: str, dot_bf16: int, forward: bool = True) -> int:
+    """The AHEAD constexpr: how many of the step's H_PAD / BLOCK_K state chunks are loaded before the
+    first dot, each a BLOCK_B x BLOCK_K float32 tile from L2 (planned.prefetch when set). In the
+    forward, the fp32 and tf32 dots stage each chunk in shared memory of its own, so the loads can
+    be in flight together: as many chunks as STAGING_BYTES holds (all 16 of a 16-row tile at
+    H = 500; sm_90 SASS, triton 3.6: 11 loads in flight at the first wait, against 2). Elsewhere 1,
+    the compiler's own schedule: tf32x3 and bf16 pass their chunks through registers into one reused
+    staging buffer and load each just before its turn whatever the source order (1 in flight at
+    every AHEAD), and the backward interleaves the loads with the carry's stores (4 in flight at
+    most, 2 with lengths, where it spills), so loading ahead there would only hold resources."""
+    chunks = planned.h_pad // BLOCK_K
+    if planned.prefetch:
+        return min(planned.prefetch, chunks)
+    if dot_bf16 or dot_precision == "tf32x3" or not forward:
+        return 1
+    return max(1, min(chunks, STAGING_BYTES // (planned.block_b * BLOCK_K * 4)))
+
+
 def split_tf32(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi, lo) of a float32 tensor: hi rounded toward zero to tf32, lo = m - hi (exact)."""
     hi = (m.view(torch.int32) & -8192).view(torch.float32)
@@ -295,6 +330,8 @@ def launch(kernel, planned: Plan, pointers: tuple, ints: tuple, constexprs: dict
     try:
         kernel[planned.grid](*pointers, w_lo, counter, *ints, **constexprs, BLOCK_B=planned.block_b,
                              BLOCK_N=planned.block_n, BLOCK_K=BLOCK_K, H_PAD=planned.h_pad,
+                             AHEAD=chunks_ahead(planned, constexprs["DOT_PRECISION"], constexprs["DOT_BF16"],
+                                                forward=kernel is persistent_fwd_kernel),
                              num_warps=1 if interpreting() else planned.num_warps, num_stages=1,
                              launch_cooperative_grid=not interpreting())
     except (RuntimeError, OutOfResources) as err:
