@@ -215,7 +215,7 @@ def compile_job(job) -> dict:
         for launch in launches:
             compiled = compile_launch(launch)
             key = launch.name + ("_no_drive" if launch.name in row else "")  # the second forward: no drive
-            row[key] = {k: v for k, v in resources(compiled).items() if k in ("registers", "spills")}
+            row[key] = {k: v for k, v in resources(compiled).items() if k in ("registers", "spills", "smem")}
             if launch.name.startswith("persistent"):  # one arrival per program at the grid barrier
                 row[key]["one_arrival"] = barrier_by_thread_zero(compiled.asm["ptx"], 32 * compiled.metadata.num_warps)
     except Exception as err:  # one failing candidate must not hide the others

@@ -338,7 +338,8 @@ def test_barrier_check_on_hand_written_ptx(body, threads, one_arrival):
 @pytest.mark.slow
 def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program(tmp_path):
     """`make gpu-tune` times persistent tilings the rule does not pick (other grids, 4 warps): under
-    triton 3.6.0 each compiles, and each kernel's grid barrier is passed by one thread per program."""
+    triton 3.6.0 each compiles within an H200's shared memory, and each kernel's grid barrier is
+    passed by one thread per program."""
     if not (SIDE / "triton").is_dir():
         pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
     out = tmp_path / "tune.json"
@@ -356,3 +357,5 @@ def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program
     assert {w for label, w in warps.items() if not label.startswith("tf32x3")} == {"w4", "w8"}
     assert {w for label, w in warps.items() if label.startswith("tf32x3")} == {"w1", "w2", "w8"}
     assert all(k["one_arrival"] for _, _, k in kernels), [x for x in kernels if not x[2]["one_arrival"]]
+    # as compiled, every tiling (its state chunks staged ahead included) fits an H200's 227 KB per block
+    assert all(k["smem"] <= 227 * 1024 for _, _, k in kernels), [x for x in kernels if x[2]["smem"] > 227 * 1024]
