@@ -79,6 +79,54 @@ def candidate_lines(results: dict, group: str, title: str) -> list[str]:
     return lines
 
 
+# The predictions the tune rows test directly (benchmarks/NOTES.md): (what, group, shape (0: the
+# study's batch, B = 256; 1: the analysis batch, B = 10), the row the launchers use, the row without
+# the change, the measure, the predicted ratio in use / without).
+# Rows are named from the group's row in use: "+ suffix" appends to its label; "tf32x3 first" and
+# "tf32x3 second" are the group's tf32x3 rows in order (its own warps, then 8).
+PREDICTIONS = (
+    ("16-byte rows (ROW_ALIGN), default family", "default", 0, "in use", "+ 4-byte rows", "fwd+bwd", (0.80, 0.90)),
+    ("16-byte rows (ROW_ALIGN), default family", "default", 1, "in use", "+ 4-byte rows", "fwd+bwd", (0.80, 0.90)),
+    ("16-byte rows (ROW_ALIGN), persistent family", "persistent", 0, "in use", "+ 4-byte rows", "fwd+bwd",
+     (0.97, 1.00)),
+    ("state chunks ahead (chunks_ahead), persistent forward", "persistent", 0, "in use", "+ 1 chunk ahead", "fwd",
+     (0.25, 0.75)),
+    ("state chunks ahead (chunks_ahead), persistent forward", "persistent", 1, "in use", "+ 1 chunk ahead", "fwd",
+     (0.30, 0.60)),
+    ("tf32x3 on mma_warps() warps, not 8", "persistent", 0, "tf32x3 first", "tf32x3 second", "fwd", (0.50, 0.90)),
+    ("tf32x3 on mma_warps() warps, not 8", "persistent", 1, "tf32x3 first", "tf32x3 second", "fwd", (0.70, 1.00)),
+)
+
+
+def _tune_row(rows: dict, name: str):
+    current = next((label for label, r in rows.items() if r.get("current")), None)
+    if name == "in use":
+        return rows.get(current)
+    if name.startswith("+ "):
+        return rows.get(f"{current} {name[2:]}") if current else None
+    tf32x3 = [r for label, r in rows.items() if label.startswith("tf32x3 ")]
+    index = {"tf32x3 first": 0, "tf32x3 second": 1}[name]
+    return tf32x3[index] if len(tf32x3) > index else None
+
+
+def prediction_lines(results: dict) -> list[str]:
+    """One table: each prediction of PREDICTIONS beside the ratio measured, and whether it fell inside."""
+    lines = ["## Predictions against the measurements", "",
+             "Ratio = the row the launchers use / the row without the change (below 1: the change is faster).", "",
+             "| change | (T, B, H) | measure | measured ratio | predicted | inside |", "|---|---|---|---|---|---|"]
+    for what, group, shape, used, without, measure, (lo, hi) in PREDICTIONS:
+        shapes = list(results.get(group, {}).items())
+        key, rows = shapes[shape] if shape < len(shapes) else ("not run", {})
+        a, b = _tune_row(rows, used), _tune_row(rows, without)
+        ratio = None
+        if a and b and "fwd_us" in a and "fwd_us" in b:
+            pick = (lambda r: r["fwd_us"]) if measure == "fwd" else (lambda r: r["fwd_us"] + r["bwd_us"])
+            ratio = pick(a) / pick(b)
+        inside = "-" if ratio is None else ("yes" if lo <= ratio <= hi else "**no**")
+        lines.append(f"| {what} | ({key}) | {measure} | {fmt(ratio)} | {lo:.2f}-{hi:.2f} | {inside} |")
+    return lines + [""]
+
+
 def crossover_lines(results: dict) -> list[str]:
     rows = results.get("crossover", {})
     if not rows:
@@ -128,6 +176,7 @@ def markdown(results: dict) -> str:
              f"torch {env.get('torch')}, triton {env.get('triton')}, Python {env.get('python')}, "
              f"commit {str(env.get('git_commit', '?'))[:10]}{' (dirty)' if env.get('git_dirty') else ''}, "
              f"{env.get('date')}, {fmt(results.get('seconds'))} s", ""]
+    lines += prediction_lines(results)
     lines += candidate_lines(results, "default", "Default family: tiles")
     lines += candidate_lines(results, "persistent", "Persistent family: tilings (grid splits x tiles)")
     lines += crossover_lines(results) + bidi_lines(results)

@@ -200,9 +200,13 @@ def test_gpu_tune_dry_run_contract(tmp_path):
     assert all(r["fwd_bwd_ms"] > 0 and r["max_abs_difference"] < 1e-5 for r in bidi.values()), bidi
     report = (tmp_path / "gpu-tune-dry-run-cpu.md").read_text()
     assert report == gpu_tune.markdown(results)
-    for heading in ("Default family: tiles", "Persistent family: tilings", "Kernel family by shape",
-                    "One bidirectional layer", "Groups"):
+    for heading in ("Predictions against the measurements", "Default family: tiles", "Persistent family: tilings",
+                    "Kernel family by shape", "One bidirectional layer", "Groups"):
         assert f"## {heading}" in report
+    # every prediction the tune rows test found both of its rows and a ratio
+    predictions = [line for line in gpu_tune.prediction_lines(results) if line.startswith("| ") and "---" not in line]
+    assert len(predictions) == len(gpu_tune.PREDICTIONS) + 1  # the header
+    assert all(line.split(" | ")[3] != "-" for line in predictions[1:]), predictions
 
 
 @pytest.mark.parametrize("name", ["triton-persistent-fp32", "cudnn-fp32", "nn.RNN 1 layer (cudnn-fp32)", "cudnn"])
