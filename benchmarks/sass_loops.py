@@ -78,7 +78,8 @@ def hot_loop(text: str) -> dict | None:
     total = sum(hot["counts"].values())
     return {"instructions": total, "dot": _dots(hot["counts"]), "dot_share": round(_dots(hot["counts"]) / total, 3),
             "global": sum(hot["counts"][op] for op in GLOBAL_OPCODES),
-            "l2_loads_ahead": l2_loads_ahead(text, hot["start"], hot["end"])}
+            "l2_loads_ahead": l2_loads_ahead(text, hot["start"], hot["end"]),
+            "mma_chain": mma_chain(text, hot["start"], hot["end"])}
 
 
 _REGISTER = re.compile(r"\bR(\d+)\b")
@@ -108,6 +109,28 @@ def l2_loads_ahead(text: str, start: int, end: int) -> int:
             pending.append(set(range(first, first + width)))
             most = max(most, len(pending))
     return most
+
+
+def mma_chain(text: str, start: int, end: int) -> int:
+    """The longest chain of dependent tensor-core instructions in [start, end] (HMMA, DMMA): each
+    link accumulates into the result of the one before (its last operand, C, is the register the
+    previous one wrote, D). A step cannot take less than this many MMA latencies."""
+    depth, longest = {}, 0
+    for address, body in _INSTRUCTION.findall(text):
+        if not start <= int(address, 16) <= end:
+            continue
+        words = [w for w in body.split() if not w.startswith("@")]
+        if not words:
+            continue
+        operands = [o.strip(" ,") for o in " ".join(words[1:]).split(",")]
+        dest = operands[0].split(".")[0] if operands else ""
+        if words[0].split(".")[0] in ("HMMA", "DMMA"):
+            accumulator = operands[-1].split(".")[0]
+            depth[dest] = depth.get(accumulator, 0) + 1 if accumulator != "RZ" else 1
+            longest = max(longest, depth[dest])
+        elif dest in depth:
+            depth.pop(dest)  # overwritten by something else: a new chain starts there
+    return longest
 
 
 def hot_loop_of(cubin: bytes) -> dict | None:
