@@ -22,6 +22,7 @@ from timescale_kernels.ops import triton_recurrence as tr
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import ptx_checks  # noqa: E402
+import sass_loops  # noqa: E402
 import triton_compile as tc  # noqa: E402
 
 SIDE = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
@@ -359,3 +360,37 @@ def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program
     assert all(k["one_arrival"] for _, _, k in kernels), [x for x in kernels if not x[2]["one_arrival"]]
     # as compiled, every tiling (its state chunks staged ahead included) fits an H200's 227 KB per block
     assert all(k["smem"] <= 227 * 1024 for _, _, k in kernels), [x for x in kernels if x[2]["smem"] > 227 * 1024]
+
+
+# ---- the SASS readers on hand-written SASS ----
+
+def sass_text(*lines):
+    """cuobjdump-style lines, addresses 0x0000, 0x0010, ..."""
+    return "\n".join(f"        /*{16 * i:04x}*/                   {line} ;" for i, line in enumerate(lines))
+
+
+def test_mma_chain_follows_the_accumulator():
+    text = sass_text("HMMA.1688.F32.TF32 R4, R8, R12, RZ", "HMMA.1688.F32.TF32 R20, R8, R14, RZ",
+                     "HMMA.1688.F32.TF32 R4, R9, R12, R4", "HMMA.1688.F32.TF32 R4, R10, R12, R4",
+                     "MOV R20, RZ", "HMMA.1688.F32.TF32 R20, R8, R14, R20")
+    assert sass_loops.mma_chain(text, 0, 0x50) == 3      # R4: three links; R20 restarts after the MOV
+    assert sass_loops.mma_chain(text, 0x20, 0x50) == 2   # the window starts mid-chain
+
+
+def test_l2_loads_ahead_counts_loads_not_yet_waited_for():
+    text = sass_text("LDG.E.64.STRONG.GPU R12, desc[UR10][R98.64]", "LDG.E.STRONG.GPU R29, desc[UR10][R72.64]",
+                     "CCTL.IVALL", "LDG.E.64.STRONG.GPU R14, desc[UR10][R98.64+0x80]",
+                     "LDG.E.128.STRONG.GPU R16, desc[UR10][R98.64+0x100]", "STS.64 [R152], R13",
+                     "LDG.E.64.STRONG.GPU R24, desc[UR10][R98.64+0x180]", "FFMA R1, R18, R2, R1")
+    # R12..13, R14..15, R16..19 in flight (the acquire before CCTL is not counted); the STS names R13
+    # (waits for the first), the FFMA names R18 (the third): at most 3 at once
+    assert sass_loops.l2_loads_ahead(text, 0, 0x70) == 3
+
+
+def test_hot_loop_is_the_innermost_loop_holding_the_dot():
+    text = sass_text("LDG.E.64.STRONG.GPU R12, desc[UR10][R98.64]", "FFMA R1, R12, R2, R1", "FFMA R3, R13, R2, R3",
+                     "@P0 BRA 0x10", "LDG.E.STRONG.GPU R29, desc[UR10][R72.64]", "CCTL.IVALL", "@P1 BRA 0x40",
+                     "@P2 BRA 0x0")
+    loop = sass_loops.hot_loop(text)
+    assert loop["instructions"] == 3 and loop["dot"] == 2 and loop["dot_share"] == round(2 / 3, 3)
+    assert sass_loops.hot_loop(sass_text("MOV R1, RZ", "@P0 BRA 0x0")) is None
