@@ -93,6 +93,8 @@ PREDICTIONS = (
      (0.25, 0.75)),
     ("state chunks ahead (chunks_ahead), persistent forward", "persistent", 1, "in use", "+ 1 chunk ahead", "fwd",
      (0.30, 0.60)),
+    ("state chunks ahead (chunks_ahead), persistent backward", "persistent", 0, "in use", "+ 1 chunk ahead", "bwd",
+     (0.60, 0.95)),
     ("tf32x3 on mma_warps() warps, not 8", "persistent", 0, "tf32x3 first", "tf32x3 second", "fwd", (0.50, 0.90)),
     ("tf32x3 on mma_warps() warps, not 8", "persistent", 1, "tf32x3 first", "tf32x3 second", "fwd", (0.70, 1.00)),
 )
@@ -120,7 +122,8 @@ def prediction_lines(results: dict) -> list[str]:
         a, b = _tune_row(rows, used), _tune_row(rows, without)
         ratio = None
         if a and b and "fwd_us" in a and "fwd_us" in b:
-            pick = (lambda r: r["fwd_us"]) if measure == "fwd" else (lambda r: r["fwd_us"] + r["bwd_us"])
+            pick = {"fwd": lambda r: r["fwd_us"], "bwd": lambda r: r["bwd_us"],
+                    "fwd+bwd": lambda r: r["fwd_us"] + r["bwd_us"]}[measure]
             ratio = pick(a) / pick(b)
         inside = "-" if ratio is None else ("yes" if lo <= ratio <= hi else "**no**")
         lines.append(f"| {what} | ({key}) | {measure} | {fmt(ratio)} | {lo:.2f}-{hi:.2f} | {inside} |")

@@ -158,12 +158,16 @@ def check_hot_loops(rows):
 def test_persistent_forward_has_its_state_chunks_in_flight_together_under_triton_36(rows36):
     """The persistent fp32 forward (and tf32's at B = 256) loads the step's state chunks ahead of its
     dots (chunks_ahead): 8 or more L2 loads in flight at the step's first wait for one, where the
-    compiler's own schedule (AHEAD = 1) has 2, each chunk then waiting for its own round trip."""
+    compiler's own schedule (AHEAD = 1) has 2, each chunk then waiting for its own round trip; the
+    fp32 backward without lengths 4 or more."""
     rows = [r for r in rows36 if r["kernel"] == "persistent_fwd_kernel" and not tc.is_control(r)
             and (r["case"].split("/")[2] == "fp32" or r["case"] == "persistent/forward/tf32/float32")]
     assert len(rows) >= 4
     for r in rows:
         assert r["hot_loop"]["l2_loads_ahead"] >= 8, (r["case"], r["hot_loop"])
+    # the backward without lengths interleaves its loads with the staging stores: 4 against 2
+    backward = next(r for r in rows36 if r["case"] == "persistent/backward/fp32/float32")
+    assert backward["hot_loop"]["l2_loads_ahead"] >= 4, backward["hot_loop"]
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ splits of one batch tile: program (j, i) owns output columns j*BLOCK_N.. and bat
 for the whole sequence. Before the time loop it loads its column slice of the step's operand
 M (H_PAD x BLOCK_N) as H_PAD / BLOCK_K chunks, which stay in shared memory for the whole sequence
 (the compiler keeps the loop-invariant dot operands there); each step reads the tile's previous
-state (BLOCK_B x H_PAD) once, chunk by chunk, each chunk feeding its dot, the forward's loads
+state (BLOCK_B x H_PAD) once, chunk by chunk, each chunk feeding its dot, the fp32 and tf32 loads
 issued AHEAD chunks ahead of their dots (chunks_ahead: so that many L2 round trips overlap) and
 staged in shared memory (loading the whole tile into registers first spills in tf32x3). The
 tensor-core precisions run on mma_warps() warps, so that no warp repeats another's products. tf32x3 runs as three tf32 tensor-core dots per chunk
@@ -295,20 +295,21 @@ def _refused(err: Exception) -> bool:
     return isinstance(err, RuntimeError) and ("cooperative" in text or "too many" in text)
 
 
-def chunks_ahead(planned: Plan, dot_precision: str, dot_bf16: int, forward: bool = True) -> int:
+def chunks_ahead(planned: Plan, dot_precision: str, dot_bf16: int, forward: bool = True,
+                 lengths: bool = False) -> int:
     """The AHEAD constexpr: how many of the step's H_PAD / BLOCK_K state chunks are loaded before the
-    first dot, each a BLOCK_B x BLOCK_K float32 tile from L2 (planned.prefetch when set). In the
-    forward, the fp32 and tf32 dots stage each chunk in shared memory of its own, so the loads can
-    be in flight together: as many chunks as STAGING_BYTES holds (all 16 of a 16-row tile at
-    H = 500; sm_90 SASS, triton 3.6: 11 loads in flight at the first wait, against 2). Elsewhere 1,
-    the compiler's own schedule: tf32x3 and bf16 pass their chunks through registers into one reused
-    staging buffer and load each just before its turn whatever the source order (1 in flight at
-    every AHEAD), and the backward interleaves the loads with the carry's stores (4 in flight at
-    most, 2 with lengths, where it spills), so loading ahead there would only hold resources."""
+    first dot, each a BLOCK_B x BLOCK_K float32 tile from L2 (planned.prefetch when set). The fp32
+    and tf32 dots stage each chunk in shared memory of its own, so the loads can be in flight
+    together: as many chunks as STAGING_BYTES holds (all 16 of a 16-row tile at H = 500). In flight
+    at the step's first wait, sm_90 SASS, triton 3.6, against 2 with the compiler's own schedule:
+    11 in the fp32 forward, 4 in the backward, which interleaves the loads with the staging stores.
+    Elsewhere 1, the compiler's own schedule: tf32x3 and bf16 pass their chunks through registers
+    into one reused staging buffer and load each just before its turn whatever the source order (1
+    in flight at every AHEAD), and the backward with lengths gains nothing (2) and spills."""
     chunks = planned.h_pad // BLOCK_K
     if planned.prefetch:
         return min(planned.prefetch, chunks)
-    if dot_bf16 or dot_precision == "tf32x3" or not forward:
+    if dot_bf16 or dot_precision == "tf32x3" or (lengths and not forward):
         return 1
     return max(1, min(chunks, STAGING_BYTES // (planned.block_b * BLOCK_K * 4)))
 
@@ -333,7 +334,8 @@ def launch(kernel, planned: Plan, pointers: tuple, ints: tuple, constexprs: dict
         kernel[planned.grid](*pointers, w_lo, counter, *ints, **constexprs, BLOCK_B=planned.block_b,
                              BLOCK_N=planned.block_n, BLOCK_K=BLOCK_K, H_PAD=planned.h_pad,
                              AHEAD=chunks_ahead(planned, constexprs["DOT_PRECISION"], constexprs["DOT_BF16"],
-                                                forward=kernel is persistent_fwd_kernel),
+                                                forward=kernel is persistent_fwd_kernel,
+                                                lengths=constexprs["HAS_LENGTHS"]),
                              num_warps=1 if interpreting() else planned.num_warps, num_stages=1,
                              launch_cooperative_grid=not interpreting())
     except (RuntimeError, OutOfResources) as err:
