@@ -9,7 +9,8 @@ M (H_PAD x BLOCK_N) as H_PAD / BLOCK_K chunks, which stay in shared memory for t
 state (BLOCK_B x H_PAD) once, chunk by chunk, each chunk feeding its dot, the fp32 and tf32 loads
 issued AHEAD chunks ahead of their dots (chunks_ahead: so that many L2 round trips overlap) and
 staged in shared memory (loading the whole tile into registers first spills in tf32x3). The
-tensor-core precisions run on mma_warps() warps, so that no warp repeats another's products. tf32x3 runs as three tf32 tensor-core dots per chunk
+tensor-core precisions run on mma_warps() warps, so that no warp repeats another's products.
+tf32x3 runs as three tf32 tensor-core dots per chunk
 against M's tf32 part and its remainder, both split once by the launcher and both kept on chip
 (Triton's own tf32x3 splits the loop-invariant operand into registers and spills). Every step needs every column of the
 previous state, written by the other programs of its batch tile, so those programs meet at a
