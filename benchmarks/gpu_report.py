@@ -55,6 +55,57 @@ def per_step_table(results: dict) -> list[str]:
     return lines
 
 
+# The issue's targets, fp32 fwd+bwd at the first shape ((T, B, H) = (400, 256, 500) on a GPU): (what, the
+# baseline row, the least speed-up over it); then the per-step floor, the analysis and the headline run.
+SPEEDUP_TARGETS = (("at least 20x faster than the eager loop as the study writes it", "eager-study", 20.0),
+                   ("at least 3x faster than torch.compile", "torch.compile", 3.0),
+                   ("at least 3x faster than the eager loop in a CUDA graph", "cuda-graph", 3.0),
+                   ("no slower than cuDNN's nn.RNN (tanh, TF32 off)", "cudnn-fp32", 1.0),
+                   ("no slower than cuDNN's nn.RNN (tanh, as torch sets it)", "cudnn", 1.0))
+STEP_FLOOR_US, FLOOR_FACTOR = 2.0, 3.0  # the synchronisation floor per step, and the factor allowed
+ANALYSIS_TARGET_S, HEADLINE_TARGET_H = 2.0, 1.0
+
+
+def _ours(rows: dict, prefix: str) -> tuple[str, dict] | tuple[None, None]:
+    """The fp32 row of the kernel family the launchers pick: the persistent one where it ran its own
+    kernels, else the default one."""
+    for family in ("persistent", "default"):
+        for name in (f"{prefix}{family}-fp32", f"{prefix}{family} fp32"):
+            row = rows.get(name)
+            if row and row.get("family_ran", family) == family and (row.get("fwd_bwd_ms") or row.get("seconds_at_full")):
+                return name, row
+    return None, None
+
+
+def target_lines(results: dict) -> list[str]:
+    """Each of the issue's targets with what was measured and whether it was met."""
+    merged = table_rows(results)
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    verdict = lambda ok: "-" if ok is None else ("yes" if ok else "**no**")  # noqa: E731
+    if merged:
+        shape = next(iter(merged))
+        T = int(shape.split(",")[0])
+        name, ours = _ours(merged[shape], "triton-")
+        for what, baseline, least in SPEEDUP_TARGETS:
+            theirs = merged[shape].get(baseline, {}).get("fwd_bwd_ms")
+            ratio = theirs / ours["fwd_bwd_ms"] if ours and theirs else None
+            lines.append(f"| fwd+bwd at ({shape}): {what} | {baseline} / {name}: {fmt(ratio)}{'x' * (ratio is not None)} | "
+                         f"{verdict(None if ratio is None else ratio >= least)} |")
+        per_step = ours["fwd_bwd_ms"] * 1e3 / T if ours else None
+        limit = STEP_FLOOR_US * FLOOR_FACTOR
+        lines.append(f"| fwd+bwd per step within {FLOOR_FACTOR:g}x of the synchronisation floor (about "
+                     f"{STEP_FLOOR_US:g} us): at most {limit:g} us | {name}: {fmt(per_step)} us | "
+                     f"{verdict(None if per_step is None else per_step <= limit)} |")
+    name, row = _ours(results.get("analysis", {}), "op ")
+    seconds = row.get("seconds_at_full") if row else None
+    lines.append(f"| the analysis simulation of one network under {ANALYSIS_TARGET_S:g} s | {name}: {fmt(seconds)} s | "
+                 f"{verdict(None if seconds is None else seconds < ANALYSIS_TARGET_S)} |")
+    hours = (results.get("training", {}).get("headline_hours") or {}).get("ours")
+    lines.append(f"| the study's headline run projected under {HEADLINE_TARGET_H:g} h | {fmt(hours)} h | "
+                 f"{verdict(None if hours is None else hours < HEADLINE_TARGET_H)} |")
+    return lines
+
+
 def dropin_lines(results: dict) -> list[str]:
     """LeakyRNN against torch.nn.RNN as modules: per-step microseconds, and nn.RNN (cudnn) / LeakyRNN."""
     lines = []
@@ -153,7 +204,8 @@ def markdown(results: dict) -> str:
            ", ".join(f"{k} {env[k]}" for k in ("torch", "triton", "cuda", "cudnn", "sms", "git_commit", "git_dirty")
                      if k in env), "", "## Per step, microseconds (median)", ""]
     out += per_step_table(results)
-    for title, lines in (("Analysis simulation (forward only)", analysis_lines(results)),
+    for title, lines in (("Targets (fp32)", target_lines(results)),
+                         ("Analysis simulation (forward only)", analysis_lines(results)),
                          ("Defect A/B: forward kernel, strided W against contiguous W^T", defect_ab_lines(results)),
                          ("Training steps and the headline run", training_lines(results)),
                          ("Drop-in modules: LeakyRNN against torch.nn.RNN", dropin_lines(results)),

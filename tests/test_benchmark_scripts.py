@@ -107,8 +107,16 @@ def test_gpu_check_dry_run_contract(tmp_path):
     table = (tmp_path / "gpu-dry-run-cpu.md").read_text()
     assert table == results_table(results)
     assert run.stdout.count("| triton-default-fp32 |") == 1
-    for heading in ("Per step", "Analysis simulation", "Defect A/B", "Training steps", "Checks and groups"):
+    for heading in ("Per step", "Targets (fp32)", "Analysis simulation", "Defect A/B", "Training steps",
+                    "Checks and groups"):
         assert f"## {heading}" in table
+    # every target has a figure (the CUDA-graph loop is CUDA-only) and a verdict
+    from gpu_report import target_lines
+    targets = target_lines(results)[2:]
+    assert len(targets) == 8, targets
+    for line in targets:
+        cells = line.strip("|").split(" | ")
+        assert cells[2].strip() in ("yes", "**no**") or "cuda-graph" in cells[1], line
 
 
 def results_table(results):
