@@ -37,28 +37,28 @@ def sass(cubin: bytes) -> str:
         return subprocess.run([cuobjdump(), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
 
 
-def instructions(text: str) -> list[tuple[int, str]]:
-    """[(address, opcode without modifiers or predicate, e.g. 'FFMA')] in program order."""
+def parse(text: str) -> list[tuple[int, str, str]]:
+    """[(address, opcode with its modifiers, e.g. 'LDG.E.64.STRONG.GPU', operands)] in program order,
+    the predicate (@P0) dropped."""
     out = []
     for address, body in _INSTRUCTION.findall(text):
-        words = body.split()
-        if words and words[0].startswith("@"):
-            words = words[1:]
+        words = [w for w in body.split() if not w.startswith("@")]
         if words:
-            out.append((int(address, 16), words[0].split(".")[0]))
+            out.append((int(address, 16), words[0], " ".join(words[1:])))
     return out
 
 
 def loops(text: str) -> list[dict]:
-    """One dict per backward branch: {'start', 'end' (addresses), 'counts' (Counter of opcodes)}."""
-    program = instructions(text)
+    """One dict per backward branch: {'start', 'end' (addresses), 'counts' (Counter of opcodes
+    without modifiers, e.g. 'FFMA')}."""
+    program = parse(text)
     found = []
-    for address, body in _INSTRUCTION.findall(text):
-        target = re.search(r"\bBRA\s+(?:`?\(?)0x([0-9a-f]+)", body)
-        if target and int(target.group(1), 16) < int(address, 16):
-            start, end = int(target.group(1), 16), int(address, 16)
+    for address, opcode, operands in program:
+        target = re.match(r"(?:`?\(?)0x([0-9a-f]+)", operands) if opcode == "BRA" else None
+        if target and int(target.group(1), 16) < address:
+            start, end = int(target.group(1), 16), address
             found.append({"start": start, "end": end,
-                          "counts": Counter(op for a, op in program if start <= a <= end)})
+                          "counts": Counter(op.split(".")[0] for a, op, _ in program if start <= a <= end)})
     return found
 
 
@@ -92,12 +92,7 @@ def l2_loads_ahead(text: str, start: int, end: int) -> int:
     and not yet waited for. A load is waited for at the first later instruction that names one of
     the registers it writes (its width: .64 two, .128 four): the warp stalls there until the data
     arrives. With one chunk in flight, each chunk of a step waits for its own L2 round trip."""
-    program = []
-    for address, body in _INSTRUCTION.findall(text):
-        if start <= int(address, 16) <= end:
-            words = [w for w in body.split() if not w.startswith("@")]
-            if words:
-                program.append((words[0], " ".join(words[1:])))
+    program = [(opcode, operands) for address, opcode, operands in parse(text) if start <= address <= end]
     pending, most = [], 0
     for i, (opcode, operands) in enumerate(program):
         named = {int(r) for r in _REGISTER.findall(operands)}
@@ -116,15 +111,12 @@ def mma_chain(text: str, start: int, end: int) -> int:
     link accumulates into the result of the one before (its last operand, C, is the register the
     previous one wrote, D). A step cannot take less than this many MMA latencies."""
     depth, longest = {}, 0
-    for address, body in _INSTRUCTION.findall(text):
-        if not start <= int(address, 16) <= end:
+    for address, opcode, text_operands in parse(text):
+        if not start <= address <= end:
             continue
-        words = [w for w in body.split() if not w.startswith("@")]
-        if not words:
-            continue
-        operands = [o.strip(" ,") for o in " ".join(words[1:]).split(",")]
-        dest = operands[0].split(".")[0] if operands else ""
-        if words[0].split(".")[0] in ("HMMA", "DMMA"):
+        operands = [o.strip(" ,") for o in text_operands.split(",")]
+        dest = operands[0].split(".")[0]
+        if opcode.split(".")[0] in ("HMMA", "DMMA"):
             accumulator = operands[-1].split(".")[0]
             depth[dest] = depth.get(accumulator, 0) + 1 if accumulator != "RZ" else 1
             longest = max(longest, depth[dest])

@@ -134,26 +134,27 @@ def recurrence_backward(
                            reverse)
 
 
-def last_state(h: torch.Tensor, lengths: torch.Tensor | None, reverse: bool) -> torch.Tensor:
-    """Each row's last state (B, H) of h (T, B, H): h[0] in reverse order (it read input[0] last),
-    h[T - 1] without lengths, h[lengths[b] - 1, b] with them. A view where it can be one."""
+def _last_index(h: torch.Tensor, lengths: torch.Tensor | None, reverse: bool):
+    """Where each row's last state lies in h (T, B, ...): 0 in reverse order (it read input[0] last),
+    -1 without lengths, (lengths - 1, arange(B)) with them."""
     if reverse:
-        return h[0]
+        return 0
     if lengths is None:
-        return h[-1]
-    return h[lengths.to(h.device) - 1, torch.arange(h.shape[1], device=h.device)]
+        return -1
+    return lengths.to(h.device) - 1, torch.arange(h.shape[1], device=h.device)
+
+
+def last_state(h: torch.Tensor, lengths: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """Each row's last state (B, H) of h (T, B, H): h[0] in reverse order, h[T - 1] without lengths,
+    h[lengths[b] - 1, b] with them. A view where it can be one."""
+    return h[_last_index(h, lengths, reverse)]
 
 
 def _fold_last(grad_h, grad_last, lengths, reverse):
     """grad_h with grad_last added at each row's last state (a new tensor): for backends whose
     backward takes no grad_last."""
     grad = grad_h.clone(memory_format=torch.contiguous_format)
-    if reverse:
-        grad[0] += grad_last
-    elif lengths is None:
-        grad[-1] += grad_last
-    else:
-        grad[lengths.to(grad.device) - 1, torch.arange(grad.shape[1], device=grad.device)] += grad_last
+    grad[_last_index(grad, lengths, reverse)] += grad_last
     return grad
 
 
