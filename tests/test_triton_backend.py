@@ -110,11 +110,11 @@ def reference_with_lengths(c, lengths, nonlinearity, placement, g_out, g_n):
     return output.detach(), h_n.detach(), du, dh0, -dtau * tau.detach() ** 2  # d_alpha = -d_tau tau^2
 
 
-def check_lengths(c, lengths, nonlinearity, placement, family="default", tol=1e-5):
+def check_lengths(c, lengths, nonlinearity, placement, family="default", tol=1e-5, plan=None):
     """The core with lengths against the reference loop: h where running, the held state after,
     and the gradients of <output, g_out> + <h_n, g_n>. The core gets g_out whole, h_n's gradient
     added at each row's last step: it must ignore what reaches the held steps (the op's output is
-    zero there)."""
+    zero there). plan: a persistent tiling (pins that family)."""
     steps = c["u"].shape[0]
     live = (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :])[..., None]
     g_out, g_n = c["grad_h"], c["grad_h"][0].flip(0)
@@ -122,12 +122,12 @@ def check_lengths(c, lengths, nonlinearity, placement, family="default", tol=1e-
     grad_h[lengths - 1, torch.arange(len(lengths), device=lengths.device)] += g_n
     output, h_n, du, dh0, dalpha = reference_with_lengths(c, lengths, nonlinearity, placement, g_out, g_n)
     h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], nonlinearity, placement, True, "fp32", lengths,
-                          family=family)
-    assert tr.last_family == family
+                          family=family, plan=plan)
+    assert tr.last_family == ("persistent" if plan is not None else family)
     assert rel_err(torch.where(live, h, 0.0), output) <= tol
     assert rel_err(h[-1], h_n) <= tol
     d_drive, dh0_got, dalpha_got = tr.backward(grad_h, h, c["h0"], drive, c["w"], c["alpha"], nonlinearity,
-                                               placement, "fp32", lengths, family=family)
+                                               placement, "fp32", lengths, family=family, plan=plan)
     assert torch.equal(torch.where(live, 0.0, d_drive), torch.zeros_like(d_drive))  # exactly zero where held
     for name, got, want in (("d_drive", d_drive, du), ("dh0", dh0_got, dh0), ("d_alpha", dalpha_got, dalpha)):
         assert rel_err(got, want) <= tol, name

@@ -1,8 +1,9 @@
 """The persistent column-split kernels (triton_persistent.py) against the default triton kernels
 and the reference, their grid plan, the family rule, and the fallbacks. Under TRITON_INTERPRET=1
 they run with one column split per batch tile (programs run one at a time, so a multi-program
-barrier would wait forever); the multi-split barrier runs only in the tests marked gpu, each in a
-subprocess with a timeout so that a deadlock fails instead of hanging.
+barrier would wait forever); test_triton_persistent_splits.py runs multi-split plans with a thread
+per program, and the tests marked gpu run them on a GPU, each in a subprocess with a timeout so
+that a deadlock fails instead of hanging.
 """
 import dataclasses
 import os

@@ -36,6 +36,11 @@ _SIGMOID = tl.constexpr(nonlinearity_code("sigmoid"))
 
 _warned: set = set()  # keys of the warnings already given in this process
 
+# True while a harness runs the interpreter's programs concurrently, one thread each
+# (tests/concurrent_grid.py): the persistent kernels' programs can then meet at their barrier, so
+# a plan with several column splits may run under TRITON_INTERPRET=1.
+concurrent_programs = False
+
 
 def interpreting() -> bool:
     """True when the kernels run under the Triton interpreter (TRITON_INTERPRET=1, on CPU tensors)."""

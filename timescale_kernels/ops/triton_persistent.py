@@ -27,8 +27,10 @@ resident at once, so the launcher asks for a cooperative launch (launch_cooperat
 grid the device cannot hold resident is refused with an error instead of hanging, and the launcher
 then runs the default kernels with one warning. Under TRITON_INTERPRET=1 programs run one after
 another, so the launcher uses a single split (BLOCK_N >= H): the same code runs, counter and spin
-included, but the spin is satisfied at once. The multi-program barrier itself is exercised only on
-a GPU (tests marked gpu).
+included, but the spin is satisfied at once. The tests run multi-split plans on the CPU too, each
+program in a thread of its own (tests/concurrent_grid.py, triton_common.concurrent_programs): that
+checks the barrier's counts and the exchange of state between programs; the GPU memory model's
+ordering is exercised only on a GPU (tests marked gpu).
 
 Data written by other programs (h[t-1] in the forward, d_drive[t] in the backward) is loaded
 after the acquire, which the PTX memory model makes cover every warp through the bar.sync; the

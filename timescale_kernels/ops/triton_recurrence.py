@@ -239,7 +239,7 @@ def _run_persistent(kernel, family: str, u_like, precision: str, pointers: tuple
     if family != "persistent":
         return False
     _, batch, hidden = u_like.shape
-    if plan is not None and _interpreting() and plan.grid[0] > 1:
+    if plan is not None and _interpreting() and plan.grid[0] > 1 and not _common.concurrent_programs:
         raise ValueError(f"plan: {plan.grid[0]} column splits under TRITON_INTERPRET=1, where programs run one "
                          "after another and could never meet at the barrier; use one split (grid (1, tiles))")
     planned = plan or persistent_plan(None if _interpreting() else device_properties(u_like.device), batch, hidden,
