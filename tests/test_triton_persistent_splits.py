@@ -116,15 +116,15 @@ def _unmeetable_barrier(counter_ptr, target):
 
 
 def test_without_the_barrier_a_program_reads_unwritten_columns(monkeypatch):
-    """The control: the first program of each tile runs ahead (the others start late) and reads
+    """The control: the first program of each tile runs ahead (the others start 1 s late) and reads
     columns of h that nobody has stored yet (NaN), so the barrier is what makes the tests pass."""
     c = make_core(4, 20, 50, seed=1)
     plan = tp.Plan((4, 2), 16, 16, 64)
-    with concurrent_programs(delay_s=0.3):
+    with concurrent_programs(delay_s=1.0):
         good = run(c, "tanh", "outside", "fp32", plan)
     assert not any(x.isnan().any() for x in good)
     monkeypatch.setattr(tp, "_grid_barrier", _no_barrier)
-    with concurrent_programs(delay_s=0.3):
+    with concurrent_programs(delay_s=1.0):
         h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "tanh", "outside", True, "fp32", plan=plan)
     assert h.isnan().any() and not torch.equal(h.nan_to_num(), good[0])
 
