@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .leaky_base import ROLES, LeakyBase
+from .leaky_base import ROLES, LeakyBase, check_input_features
 from .ops.step import leaky_rnn_step
 
 
@@ -71,14 +71,17 @@ class LeakyRNNCell(LeakyBase):
             raise ValueError(f"input: expected (B, {self.input_size}) or unbatched ({self.input_size},); "
                              f"got shape {tuple(input.shape)}")
         batched = input.dim() == 2
+        check_input_features(input, self.input_size)
         x = input if batched else input.unsqueeze(0)
+        self.check_input_dtype(x)
         if hx is None:
             h = x.new_zeros(x.shape[0], self.hidden_size)
         else:
             want = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
-            if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != want:
-                got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
-                raise ValueError(f"hx: expected shape {want}; got {got}")
+            if not isinstance(hx, torch.Tensor):
+                raise TypeError(f"hx: expected a torch.Tensor of shape {want}; got {type(hx).__name__}")
+            if tuple(hx.shape) != want:
+                raise ValueError(f"hx: expected shape {want}; got {tuple(hx.shape)}")
             h = hx if batched else hx.unsqueeze(0)
         w_ih, w_hh, b_ih, b_hh, tau = self.group_tensors(self._groups[0])
         noise = self.noise_for(tau, (x.shape[0], self.hidden_size),
@@ -101,7 +104,8 @@ class LeakyRNNCell(LeakyBase):
         model = cls(cell.input_size, cell.hidden_size, **settings)
         with torch.no_grad():
             for role in ROLES[:4]:
-                source, target = getattr(cell, role), getattr(model, role)
+                source, target = getattr(cell, role), model._stored(role)
                 if source is not None and target is not None:
                     target.copy_(source)
-        return model
+        model.zero_diagonals()
+        return model.train(cell.training)

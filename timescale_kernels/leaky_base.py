@@ -21,6 +21,13 @@ def check_size(name: str, value) -> None:
         raise ValueError(f"{name}: expected a positive int; got {value!r}")
 
 
+def check_input_features(input: torch.Tensor, input_size: int) -> None:
+    """input's last dimension must be input_size; the error shows the caller's shape."""
+    if input.shape[-1] != input_size:
+        raise ValueError(f"input: expected input_size = {input_size} features in the last dimension; "
+                         f"got shape {tuple(input.shape)}")
+
+
 def check_tau_init(tau_init) -> None:
     if isinstance(tau_init, (tuple, list)):
         try:
@@ -61,12 +68,18 @@ class LeakyBase(nn.Module):
         self.tau_parameterisation = tau_parameterisation
         self.sigma_rec = check_sigma_rec(sigma_rec)
         like = torch.empty(0, **factory)
-        for name, value in (("connectivity_mask", check_connectivity_mask(connectivity_mask, hidden_size, like)),
-                            ("dale_signs", check_dale_signs(dale_signs, hidden_size, like))):
+        # The values given, kept where they were given, so that reset_parameters can restore the buffers
+        # after module.to_empty() (a module built on the meta device holds no values).
+        self._fixed_given: dict[str, torch.Tensor] = {}
+        for name, given, value in (
+                ("connectivity_mask", connectivity_mask, check_connectivity_mask(connectivity_mask, hidden_size, like)),
+                ("dale_signs", dale_signs, check_dale_signs(dale_signs, hidden_size, like))):
             if value is None:
                 setattr(self, name, None)  # plain attribute: absent from state_dict, as before these options
             else:
                 self.register_buffer(name, value)
+                if given.device.type != "meta":
+                    self._fixed_given[name] = given.detach().clone()
         self._groups: list[dict[str, str]] = []
 
     def _add_group(self, names: dict[str, str], in_size: int, factory) -> None:
@@ -84,29 +97,65 @@ class LeakyBase(nn.Module):
         self._groups.append(names)
 
     def _tensor(self, name: str):
+        """The registered tensor name as the module reads it: through its parametrization when one is
+        registered (torch.nn.utils.parametrize: weight_norm, spectral_norm, ...)."""
+        return getattr(self, name)
+
+    def _stored(self, name: str):
+        """The stored tensor behind name, to write into (a parametrized one's `original`)."""
         if name in self._parameters:
             return self._parameters[name]
-        return self._buffers[name]
+        if name in self._buffers:
+            return self._buffers[name]
+        plist = getattr(self, "parametrizations", {})
+        original = getattr(plist[name], "original", None) if name in plist else None
+        if original is None:
+            raise RuntimeError(f"{name}: parametrized without a single original tensor; set its values through "
+                               "the parametrization")
+        return original
 
     def reset_parameters(self) -> None:
         """torch.nn.RNN's initialisation U(-1/sqrt(H), 1/sqrt(H)) for weights and biases (weight_hh
-        then made to obey dale_signs and connectivity_mask); tau drawn from tau_init and stored
-        through the inverse of the parameterisation."""
+        then made to obey dale_signs and connectivity_mask, its diagonal zero unless
+        self_connections); tau drawn from tau_init and stored through the inverse of the
+        parameterisation. Restores connectivity_mask and dale_signs to the values given (after
+        to_empty(), a module built on the meta device is whole again)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
+            for name, given in self._fixed_given.items():
+                self._buffers[name].copy_(given)
             for names in self._groups:
                 for role in ROLES[:4]:
-                    p = self._tensor(names[role])
+                    p = self._stored(names[role])
                     if p is not None:
                         p.uniform_(-bound, bound)
-                w = self._tensor(names["weight_hh"])
+                w = self._stored(names["weight_hh"])
                 w.copy_(constrained_weight_hh(w, self.connectivity_mask, self.dale_signs))
-                tau = self._tensor(names["tau"])
+            self.zero_diagonals()
+            for names in self._groups:
+                tau = self._stored(names["tau"])
                 if isinstance(self.tau_init, (tuple, list)):
                     tau.uniform_(*(float(v) for v in self.tau_init))
                 else:
                     tau.fill_(float(self.tau_init))
                 tau.copy_(parameter_from_tau(tau, self.tau_parameterisation, self.tau_bounds))
+
+    def zero_diagonals(self) -> None:
+        """Sets each weight_hh's diagonal to zero unless self_connections: the op ignores it and it gets
+        no gradient, so the stored weights then say what the network computes (all_weights,
+        to_torch_rnn, analyses reading weight_hh)."""
+        if self.self_connections:
+            return
+        with torch.no_grad():
+            for names in self._groups:
+                self._stored(names["weight_hh"]).fill_diagonal_(0.0)
+
+    def check_input_dtype(self, x: torch.Tensor) -> None:
+        """The input's dtype must be the parameters' (outside torch.autocast, which casts them itself)."""
+        dtype = self._tensor(self._groups[0]["weight_ih"]).dtype
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"input: dtype {x.dtype} differs from the module's parameters ({dtype}); convert the "
+                            f"input (input.to({dtype})) or the module (module.to({x.dtype}))")
 
     def group_tensors(self, names: dict[str, str]):
         """(weight_ih, weight_hh, bias_ih, bias_hh, tau) of one group as the op receives them:

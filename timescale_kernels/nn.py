@@ -1,13 +1,15 @@
 """LeakyRNN and LeakyRNNCell, drop-in modules with torch.nn.RNN's and torch.nn.RNNCell's conventions."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .cell import LeakyRNNCell
-from .leaky_base import ROLES, LeakyBase, check_size
+from .leaky_base import ROLES, LeakyBase, check_input_features, check_size
 from .ops import BACKENDS, leaky_rnn
 from .ops.backends import resolve_backend
 from .ops.checks import check_choice, check_lengths
@@ -28,11 +30,14 @@ def _group_names(layer: int, reverse: bool, single: bool) -> dict[str, str]:
 def _alias(first: str, second: str) -> property:
     """An attribute that reads whichever of two names is registered (weight_ih <-> weight_ih_l0)."""
     def get(self):
+        parametrized = getattr(self, "parametrizations", {})
         for name in (first, second):
             if name in self._parameters:
                 return self._parameters[name]
             if name in self._buffers:
                 return self._buffers[name]
+            if name in parametrized:  # torch.nn.utils.parametrize: the tensor as the module reads it
+                return parametrized[name]()
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{first}'")
     return property(get, doc=f"{first}, the same tensor as {second} (layer 0, forward direction)")
 
@@ -137,6 +142,9 @@ class LeakyRNN(LeakyBase):
         if not isinstance(bidirectional, bool):
             raise TypeError(f"bidirectional: expected a bool; got {bidirectional!r}")
         check_choice("backend", backend, BACKENDS)
+        if dropout and num_layers == 1:
+            warnings.warn(f"dropout={dropout} with num_layers=1 does nothing: dropout applies to each layer's "
+                          "output but the last's", stacklevel=2)
         self.batch_first, self.backend = batch_first, backend
         self.num_layers, self.dropout, self.bidirectional = num_layers, float(dropout), bidirectional
         self.noise_generator = noise_generator
@@ -238,10 +246,10 @@ class LeakyRNN(LeakyBase):
             batched = input.dim() == 3
             if not batched and lengths is not None:
                 raise ValueError("lengths: an unbatched input (T, I) takes no lengths; got lengths")
+            check_input_features(input, self.input_size)
             x = input.unsqueeze(1) if not batched else input.transpose(0, 1) if self.batch_first else input
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected {self.input_size} features in the last dimension; "
-                             f"got shape {tuple(x.shape)}")
+        check_input_features(x, self.input_size)
+        self.check_input_dtype(x)
         if lengths is not None:
             lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
         return x, lengths, batched
@@ -254,9 +262,11 @@ class LeakyRNN(LeakyBase):
                 return self.initial_state.unsqueeze(1).expand(count, batch, hidden)
             return x.new_zeros(count, batch, hidden)
         want = (count, batch, hidden) if batched else (count, hidden)
-        if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != want:
-            got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
-            raise ValueError(f"hx: expected shape {want}; got {got} (num_layers * num_directions = {count} "
+        if not isinstance(hx, torch.Tensor):
+            raise TypeError(f"hx: expected a torch.Tensor of shape {want}; got {type(hx).__name__} (a leaky RNN "
+                            "layer has one state, not an LSTM's (h, c) pair)")
+        if tuple(hx.shape) != want:
+            raise ValueError(f"hx: expected shape {want}; got {tuple(hx.shape)} (num_layers * num_directions = {count} "
                              f"initial states of size {hidden}{' per batch row' if batched else ''})")
         return hx if batched else hx.unsqueeze(1)
 

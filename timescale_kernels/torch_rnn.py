@@ -1,6 +1,8 @@
 """Conversions between LeakyRNN and torch.nn.RNN (any num_layers, bidirectional, dropout, batch_first)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -30,10 +32,11 @@ def from_torch_rnn(cls, rnn: nn.RNN, **kwargs):
                 names = model._group(layer, bool(reverse))
                 for role in ROLES[:4]:
                     source = getattr(rnn, role + _suffix(layer, bool(reverse)), None)
-                    target = model._tensor(names[role])
+                    target = model._stored(names[role])
                     if source is not None and target is not None:
                         target.copy_(source)
-    return model
+    model.zero_diagonals()  # when kwargs drop the self-connections, their weights are not kept
+    return model.train(rnn.training)
 
 
 def to_torch_rnn(module) -> nn.RNN:
@@ -42,6 +45,14 @@ def to_torch_rnn(module) -> nn.RNN:
     if module.nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity: torch.nn.RNN supports 'tanh' or 'relu'; this module has "
                          f"{module.nonlinearity!r}")
+    initial = getattr(module, "initial_state", None)
+    if initial is not None and bool((initial.detach() != 0).any()):
+        raise ValueError("initial_state: torch.nn.RNN has no learned initial state, and this module's is not zero; "
+                         "pass it as hx instead: rnn(x, module.initial_state[:, None].expand(-1, B, -1))")
+    if module.sigma_rec > 0:
+        warnings.warn(f"sigma_rec: torch.nn.RNN has no recurrent noise; the conversion computes this module's "
+                      f"output without noise (its eval() mode), not the sigma_rec={module.sigma_rec} noise of "
+                      "training mode", stacklevel=3)
     directions = module.num_directions
     ref = module.weight_hh
     rnn = nn.RNN(module.input_size, module.hidden_size, num_layers=module.num_layers,
@@ -62,4 +73,4 @@ def to_torch_rnn(module) -> nn.RNN:
                 for role, value in zip(ROLES[:4], (w_ih, w_hh, b_ih, b_hh)):
                     if value is not None:
                         getattr(rnn, role + suffix).copy_(value)
-    return rnn
+    return rnn.train(module.training)

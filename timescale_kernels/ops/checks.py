@@ -47,8 +47,6 @@ def check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlin
     steps, batch, in_size = input.shape
     if steps == 0:
         raise ValueError(f"input: expected at least one time step (T >= 1); got shape {tuple(input.shape)}")
-    if batch == 0:
-        raise ValueError(f"input: expected a batch of at least one (B >= 1); got shape {tuple(input.shape)}")
     if hidden == 0:
         raise ValueError("weight_hh: expected hidden size H >= 1; got shape (0, 0)")
     check_tensor("hx", hx, (2,), (batch, hidden))
@@ -97,7 +95,7 @@ def check_lengths(lengths, steps: int, batch: int, device: torch.device) -> torc
     if lengths.device != device and lengths.device.type != "cpu":
         raise ValueError(f"lengths: expected device {device} (the input's) or cpu; got {lengths.device}")
     lengths = lengths.to(device=device, dtype=torch.int64)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or batch == 0:
         return lengths
     if device.type == "cpu":
         low, high = int(lengths.min()), int(lengths.max())

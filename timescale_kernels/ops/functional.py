@@ -68,8 +68,20 @@ def leaky_rnn(
     Returns:
         output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
         float16 and bfloat16 tensors are computed in float32 and returned in their own dtype.
-        Gradients of gradients (create_graph=True) need backend="reference".
+        Under torch.autocast (for the input's device type) the op computes in float32 whatever the
+        mix of dtypes autocast makes, and returns autocast's dtype, as torch.nn.RNN does there
+        (float64 tensors are left alone, as autocast leaves them). An empty batch (B = 0) gives
+        empty outputs. Gradients of gradients (create_graph=True) need backend="reference".
     """
+    cast_to = _autocast_dtype(input)
+    if cast_to is not None:
+        tensors = [None if t is None else t.float() for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
+                                                               drive_noise)]
+        with torch.autocast(input.device.type, enabled=False):
+            output, h_n = leaky_rnn(*tensors[:7], nonlinearity=nonlinearity, placement=placement,
+                                    self_connections=self_connections, backend=backend, precision=precision,
+                                    lengths=lengths, drive_noise=tensors[7], reverse=reverse)
+        return output.to(cast_to), h_n.to(cast_to)
     steps, batch, _, hidden = check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity,
                                             placement, precision)
     if lengths is not None:
@@ -77,6 +89,8 @@ def leaky_rnn(
     if drive_noise is not None:
         check_drive_noise(drive_noise, input, hidden)
     name = resolve_backend(backend, input.device)
+    if batch == 0:
+        name = "reference"  # nothing to compute: the plain loop gives the empty outputs and their gradients
     if precision != "fp32" and name != "triton":
         raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r} "
                          f"(the {name!r} backend computes exactly in the input dtype: use 'fp32')")
@@ -90,6 +104,16 @@ def leaky_rnn(
                                    nonlinearity, placement, self_connections, lengths, drive_noise)
     return _run_compiled(name, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
                          self_connections, precision, lengths, drive_noise, reverse)
+
+
+def _autocast_dtype(input) -> torch.dtype | None:
+    """autocast's dtype when it is on for the input's device and the input is not float64, else None."""
+    if not isinstance(input, torch.Tensor) or input.dtype == torch.float64:
+        return None
+    device = input.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
