@@ -1,5 +1,8 @@
 """The command line: training and resuming through main(), and one-line errors with exit status 2."""
 import json
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -74,6 +77,29 @@ def test_resume_needs_a_sound_run(tmp_path, capsys):
     torch.save({"weights": torch.ones(2)}, out / "state.pt")
     _fails(["train", "--resume", str(out), "--quiet"], capsys, "not a timescale_kernels run state")
     _fails(["train", "--resume", str(out), "--out", str(tmp_path / "other")], capsys, "different directories")
+    (out / "state.pt").unlink()  # epochs done but the state gone: starting over would pass as resuming
+    _fails(["train", "--resume", str(out), "--quiet"], capsys, "1 epochs in metrics.csv")
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # nothing overwritten
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path, capsys):
+    """A second train on a directory another live train holds (its run.lock) ends with one line and
+    exit status 2 before writing anything; the lock of a process that is gone is taken over."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--max-epochs", "1", "--out", str(out)]) == 0
+    assert not (out / "run.lock").exists()  # released at the end
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "x"}))
+        before = (out / "metrics.csv").read_text()
+        _fails(["train", "--resume", str(out), "--max-epochs", "2", "--quiet"], capsys, "in use by another train")
+        _fails(["train", *TINY, "--out", str(out), "--overwrite"], capsys, "in use by another train")
+        assert (out / "metrics.csv").read_text() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "--resume", str(out), "--max-epochs", "2", "--quiet"]) == 0  # a stale lock: taken over
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3 and not (out / "run.lock").exists()
 
 
 def test_score_reads_ours_and_rejects_damaged_or_foreign_files(tmp_path, capsys):

@@ -122,3 +122,12 @@ def test_study_single_head_network_solves_its_N_and_forgot_the_smaller(study_che
 def test_study_file_is_not_ours(study_checkpoints):
     with pytest.raises(CheckpointError, match="load_study_checkpoint"):
         load_checkpoint(study_checkpoints / "single_head_parity" / "rnn_N5_N5.pt")
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    """mkstemp makes files 0600; a run directory on a shared disk must be readable as open() makes it."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "y")
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "atomic.txt") == mode(plain)

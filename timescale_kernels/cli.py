@@ -182,21 +182,34 @@ def _messages(quiet: bool):
 
 
 def _train(args) -> int:
-    from .experiments.config import PRESETS, RunConfig, make_config
-    from .experiments.plots import write_plots
-    from .experiments.rundir import RunDir, RunDirError, check_resume_config
-    from .experiments.trainer import Trainer
-    from .files import atomic_write_json
-
     fields = _INT_FLAGS + _FLOAT_FLAGS + ("task", "curriculum", "model", "nesterov", "learn_tau", "tau_init",
                                           "nonlinearity", "placement", "device", "backend")
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     progress, log = _messages(args.quiet)
+    locks = []
+    try:
+        return _train_in(args, overrides, progress, log, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _train_in(args, overrides, progress, log, locks) -> int:
+    """_train with the run directory's lock appended to locks once taken (released by the caller)."""
+    from .experiments.config import PRESETS, RunConfig, make_config
+    from .experiments.plots import write_plots
+    from .experiments.rundir import RunDir, RunDirError, check_resume_config, run_lock
+    from .experiments.trainer import Trainer
+    from .files import atomic_write_json, writable_dir
+
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             _fail(f"train: --out {args.out} and --resume {args.resume} name different directories")
         run_dir = RunDir(args.resume)
         saved = run_dir.read_config()
+        lock = run_lock(run_dir.path)
+        lock.acquire()  # before the state is read: another train may be writing it
+        locks.append(lock)
         wanted = RunConfig.from_dict({**saved.to_dict(), **(PRESETS[args.preset] if args.preset else {}),
                                       **overrides}).validate()
         check_resume_config(saved, wanted)
@@ -219,6 +232,10 @@ def _train(args) -> int:
         config = make_config(args.preset, **overrides)
         run_dir = RunDir(args.out)
         trainer = Trainer(config, run_dir, progress=progress, log=log)  # fails before anything is written
+        writable_dir(run_dir.path, RunDirError)
+        lock = run_lock(run_dir.path)
+        lock.acquire()
+        locks.append(lock)
         run_dir.prepare_new(args.overwrite)
         run_dir.write_config(config, args.argv)
     if log:

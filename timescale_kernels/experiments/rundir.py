@@ -5,6 +5,7 @@
     DIR/state.pt               the latest completed epoch: model, optimizer, curriculum, generators, metrics
     DIR/checkpoints/N{lo}-N{hi}.pt   the model each time a set of N's passes (io.load_checkpoint reads it)
     DIR/plots/*.png            figures (plots.py)
+    DIR/run.lock               held by the `train` command working in DIR (files.DirLock)
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..files import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..files import DirLock, DirLockError, atomic_torch_save, atomic_write_json, atomic_write_text
 from ..ops import resolve_backend
 from .config import ConfigError, RunConfig
 
@@ -37,7 +38,18 @@ _CKPT_NAME = re.compile(r"N(\d+)-N(\d+)\.pt")
 
 
 class RunDirError(ValueError):
-    """A run directory that cannot be used: unwritable, already holding a run, or damaged."""
+    """A run directory that cannot be used: unwritable, already holding a run, damaged, or in use."""
+
+
+class RunLockError(RunDirError, DirLockError):
+    """Another `train` works in the run directory."""
+
+
+def run_lock(path) -> DirLock:
+    """The lock a `train` command holds on its run directory while it works there."""
+    lock = DirLock(path, "run.lock", "train")
+    lock.error = RunLockError
+    return lock
 
 
 def versions() -> dict:
@@ -117,8 +129,15 @@ class RunDir:
         atomic_torch_save(self.state_path, {"format": STATE_FORMAT, "version": STATE_VERSION, **state})
 
     def load_state(self) -> dict | None:
-        """The saved state, or None when no epoch completed yet."""
+        """The saved state, or None when no epoch completed yet. A run with metrics or checkpoints but
+        no state.pt (deleted, or not copied along) cannot go on exactly: RunDirError."""
         if not self.state_path.exists():
+            done = len(self.read_metrics()) if self.metrics_path.is_file() else 0
+            if done or self.checkpoints():
+                raise RunDirError(f"resume: {self.path} has {done} epochs in metrics.csv and "
+                                  f"{len(self.checkpoints())} checkpoints but no state.pt, so it cannot go on from "
+                                  "where it stopped; restore state.pt, or start over with --out "
+                                  f"{self.path} --overwrite")
             return None
         try:
             blob = torch.load(self.state_path, map_location="cpu", weights_only=True)

@@ -1,6 +1,6 @@
 """The processes a sweep owns: its lock file and the local Ray it started.
 
-The lock (DIR/sweep.lock) holds the owner's pid, host and start time; a second driver on the same
+The lock (DIR/sweep.lock, a files.DirLock) holds the owner's pid, host and start time; a second driver on the same
 directory is refused while the owner lives, and takes over a lock whose owner (on this host) is gone.
 
 A local Ray started by a driver leaves agents behind when the driver is killed with SIGKILL (its
@@ -18,73 +18,22 @@ import socket
 import time
 from pathlib import Path
 
-from ..files import atomic_write_json
+from ..files import DirLock, DirLockError, atomic_write_json
 
 LOCK_NAME, RAY_PROCS_NAME = "sweep.lock", "ray_local.json"
 
 
-class SweepLockError(RuntimeError):
+class SweepLockError(DirLockError):
     """Another driver runs a sweep on the same directory."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class SweepLock:
+class SweepLock(DirLock):
     """Held while a driver works on a sweep directory. acquire() raises SweepLockError when held."""
 
+    error = SweepLockError
+
     def __init__(self, sweep_dir):
-        self.path = Path(sweep_dir) / LOCK_NAME
-        self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-    def acquire(self) -> None:
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._clear_stale():
-                    raise SweepLockError(self._refusal()) from None
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.owner, f)
-            return
-        raise SweepLockError(self._refusal())
-
-    def _holder(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _clear_stale(self) -> bool:
-        """Removes a lock whose owner was on this host and is gone; True if removed (or vanished)."""
-        holder = self._holder()
-        if not self.path.exists():
-            return True
-        if holder.get("host") == self.owner["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-            self.path.unlink(missing_ok=True)
-            return True
-        if not holder and time.time() - self.path.stat().st_mtime > 60:  # damaged and old: its writer died
-            self.path.unlink(missing_ok=True)
-            return True
-        return False
-
-    def _refusal(self) -> str:
-        h = self._holder()
-        return (f"sweep: {self.path.parent} is in use by another sweep (pid {h.get('pid', '?')} on host "
-                f"{h.get('host', '?')} since {h.get('started', '?')}); wait for it to end, or remove {self.path} "
-                "if that process is gone")
-
-    def release(self) -> None:
-        if self._holder().get("pid") == self.owner["pid"] and self._holder().get("host") == self.owner["host"]:
-            self.path.unlink(missing_ok=True)
+        super().__init__(sweep_dir, LOCK_NAME, "sweep")
 
 
 # processes ------------------------------------------------------------------------------------------
