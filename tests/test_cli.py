@@ -168,3 +168,22 @@ def test_analyze_rejects_bad_settings(tmp_path, capsys):
         main(["analyze", str(tmp_path), "--trials", "0"])
     assert info.value.code == 2
     assert "trials" in capsys.readouterr().err
+
+
+def test_analyze_only_must_name_a_checkpoint(tmp_path, capsys, study_checkpoints):
+    """A label that names no checkpoint fails with the run's labels, before anything is written."""
+    out = tmp_path / "an"
+    for only in ("N2-N99", "99"):
+        _fails(["analyze", str(study_checkpoints / "single_head_parity"), "--only", only, "--out", str(out)], capsys,
+               "N5-N5, N11-N11")
+    assert not out.exists()
+
+
+def test_analysis_settings_are_checked_before_any_work():
+    from timescale_kernels.analysis.analyze import check_settings
+    check_settings(trials=1, steps=31, max_lag=30, eps=[0.0, 0.1], metric="stream", backend=None)
+    for bad, words in ((dict(steps=0), "steps"), (dict(steps=30, max_lag=30), "max_lag"), (dict(eps=[]), "eps"),
+                       (dict(eps="0.1"), "eps"), (dict(length_factors=[1, 0]), "length_factors"),
+                       (dict(backend="gpu"), "backend"), (dict(seed=-1), "seed"), (dict(trials=1.5), "trials")):
+        with pytest.raises(ValueError, match=words):
+            check_settings(**bad)

@@ -1,6 +1,7 @@
 """The sweep: specs and their errors, the lock, a failing run, the report, and a sweep on a local Ray
 whose driver is killed with SIGKILL, then a worker killed during the rerun."""
 import json
+import socket
 import os
 import signal
 import subprocess
@@ -69,6 +70,11 @@ def test_spec_grid_expands_conditions_and_fixed_tau():
     ({"seeds": [0], "grid": [{}], "settings": [1]}, "settings: expected a table"),
     ({"seeds": [0], "grid": "parity"}, "grid: expected a list"),
     ({"seeds": [0], "grid": [{}], "analyze": {"only": "some"}}, "analyze.only"),
+    ({"seeds": [0], "grid": [{}], "analyze": {"steps": -1}}, "analyze.steps: expected an integer >= 2"),
+    ({"seeds": [0], "grid": [{}], "analyze": {"steps": 30}}, "more than max_lag"),
+    ({"seeds": [0], "grid": [{}], "analyze": {"eps": [0.1, -1]}}, "analyze.eps"),
+    ({"seeds": [0], "grid": [{}], "analyze": {"metric": "loss"}}, "analyze.metric"),
+    ({"seeds": [0], "grid": [{}], "analyze": {"study_measures": "yes"}}, "analyze.study_measures"),
 ])
 def test_bad_spec_values(values, match):
     with pytest.raises(SweepSpecError, match=match.replace("[", r"\[").replace("]", r"\]")):
@@ -90,6 +96,22 @@ def test_bad_specs_end_with_one_line_and_status_2(tmp_path, capsys):
     fails([*TINY, "--out", str(tmp_path / "file" / "sweep")], capsys, "cannot write")
     fails([*TINY, "--out", str(tmp_path / "file")], capsys, "not a directory")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_setting_errors_show_without_grid_flags_and_before_any_work(tmp_path, capsys):
+    """No grid flag: the default grid (AXIS_DEFAULTS), so a bad --set or --analyze-set names itself
+    rather than an empty grid; out-of-range analysis values fail before training; an address where
+    nothing answers fails at once. Nothing is written in any case."""
+    out = tmp_path / "s"
+    fails(["--set", "bogus=1", "--seeds", "0", "--out", str(out)], capsys, "unknown settings ['bogus']")
+    fails(["--set", "hidden_size=abc", "--out", str(out)], capsys, "hidden_size")
+    fails(["--analyze-set", "foo=1", "--out", str(out)], capsys, "analyze: unknown settings ['foo']")
+    fails(["--task", "parity", "--analyze-set", "steps=-1", "--out", str(out)], capsys, "analyze.steps")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fails([*TINY, "--address", f"127.0.0.1:{port}", "--out", str(out)], capsys, "nothing answers")
+    assert not out.exists()
 
 
 # one process: a failing run, the report, the lock ---------------------------------------------------

@@ -31,6 +31,43 @@ _OURS = re.compile(r"N(\d+)-N(\d+)\.pt")
 _STUDY = re.compile(r"rnn_N(\d+)_N(\d+)\.pt")
 
 
+_INT_SETTINGS = {"trials": 1, "steps": 2, "burn_in": 0, "max_lag": 1, "ablate_k": 0, "perturb_trials": 1,
+                 "eval_batches": 1, "batch_size": 1, "seed": 0, "chunk": 1, "extra_N": 0, "study_trials": 1}
+_BOOL_SETTINGS = ("study_tau_net", "study_measures", "progress")
+
+
+def check_settings(**settings) -> None:
+    """ValueError naming the first of analyze_run's settings out of range (each as its keyword), so
+    that a bad value fails before any work (a sweep checks its analyze table before training)."""
+    for name, value in settings.items():
+        if name in _INT_SETTINGS:
+            low = _INT_SETTINGS[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}; got {value!r}")
+        elif name in _BOOL_SETTINGS:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: expected true or false; got {value!r}")
+        elif name == "eps":
+            if (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not list(value)
+                    or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e)
+                               and e >= 0 for e in value)):
+                raise ValueError(f"eps: expected a non-empty list of finite numbers >= 0; got {value!r}")
+        elif name == "length_factors":
+            if (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not list(value)
+                    or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in value)):
+                raise ValueError(f"length_factors: expected a non-empty list of integers >= 1; got {value!r}")
+        elif name == "metric":
+            if value not in ("task", "stream"):
+                raise ValueError(f"metric: expected 'task' or 'stream'; got {value!r}")
+        elif name == "backend":
+            from ..ops import BACKENDS
+            if value is not None and value not in BACKENDS:
+                raise ValueError(f"backend: expected one of {list(BACKENDS)}; got {value!r}")
+    steps, max_lag = settings.get("steps"), settings.get("max_lag")
+    if isinstance(steps, int) and isinstance(max_lag, int) and steps <= max_lag:  # measured after the burn-in
+        raise ValueError(f"steps: expected more than max_lag ({max_lag}) measured steps; got {steps}")
+
+
 @dataclass
 class Checkpoint:
     label: str           # "N2-N11"
@@ -191,6 +228,11 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
         accuracy per trained N, ablation and perturbation (ours) and ablation_study and perturbation_study
         (the study's measures; each says which in "measure"), generalisation.
     """
+    check_settings(trials=trials, steps=steps, burn_in=burn_in, max_lag=max_lag, ablate_k=ablate_k, eps=eps,
+                   perturb_trials=perturb_trials, eval_batches=eval_batches, batch_size=batch_size, seed=seed,
+                   metric=metric, chunk=chunk, backend=backend, length_factors=length_factors, extra_N=extra_N,
+                   study_tau_net=study_tau_net, study_measures=study_measures, study_trials=study_trials,
+                   progress=progress)
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "analysis"
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -201,6 +243,7 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
     if task is None:
         raise ValueError(f"task: {run_dir}/config.json names no task; pass task=")
     get_task(task)
+    _check_only(only, ckpts)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to analyse
     s = {"trials": trials, "steps": steps, "burn_in": burn_in, "max_lag": max_lag, "ablate_k": ablate_k,
          "eps": [float(e) for e in eps], "perturb_trials": perturb_trials, "eval_batches": eval_batches,
@@ -213,6 +256,21 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
     from .report import run_markdown
     atomic_write_text(out_dir / "analysis.md", run_markdown(summary))
     return summary
+
+
+def _check_only(only, ckpts) -> None:
+    """ValueError for a label ("N2-N11") that names no checkpoint, or an `only` that picks none. A
+    largest N without a checkpoint of its own is passed over (a sweep asks for the same N's of every
+    run, and each run reaches its own)."""
+    if only is None:
+        return
+    labels = [c.label for c in ckpts]
+    missing = [o for o in only if isinstance(o, str) and not o.isdigit() and o not in labels]
+    asked = {str(o) for o in only}
+    picked = [c for c in ckpts if c.label in asked or c.label.rpartition("-N")[2] in asked]  # "N2-N11": 11
+    if missing or not picked:
+        raise ValueError(f"only: {missing or list(only)} names no checkpoint of this run; its checkpoints are "
+                         f"{', '.join(labels)} (a label, or the largest N of one)")
 
 
 def _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s) -> dict:

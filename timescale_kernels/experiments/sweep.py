@@ -107,6 +107,10 @@ def run_sweep(spec: SweepSpec, out, *, address=None, use_ray=True, num_cpus=None
         report: write DIR/report when done.
     Raises SweepError (directory), SweepLockError (another driver holds it), RayMissingError.
     """
+    if use_ray and address is not None:  # before anything is written
+        from .sweep_ray import check_reachable, import_ray
+        import_ray()
+        check_reachable(address)
     out = prepare_dir(out, spec)
     lock = SweepLock(out)
     lock.acquire()

@@ -77,7 +77,8 @@ def build_spec(args):
              args.gpus_per_run] + args.set + args.analyze_set + [args.skip_analysis or None]
     if args.preset is None and args.spec is None and all(f is None for f in flags):
         return load_spec(args.out)
-    values = preset_spec(args.preset) if args.preset else (read_spec_file(args.spec) if args.spec else {"seeds": [0]})
+    values = preset_spec(args.preset) if args.preset else (read_spec_file(args.spec) if args.spec else
+                                                           {"seeds": [0], "grid": [{}]})  # AXIS_DEFAULTS
     values = dict(values)
     axes = {k: getattr(args, k) for k in ("task", "curriculum", "model") if getattr(args, k)}
     if args.tau:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def import_ray():
         raise RayMissingError("sweep: Ray is not installed; pip install 'timescale_kernels[sweep]' "
                               "(or run the runs one after another with --no-ray)") from None
     return ray
+
+
+def check_reachable(address, timeout: float = 10.0) -> None:
+    """RayMissingError unless something answers at a HOST:PORT or ray://HOST:PORT address within
+    timeout seconds (Ray itself would retry for minutes). "auto" and other forms are left to Ray."""
+    if not isinstance(address, str):
+        return
+    text = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise RayMissingError(f"address: nothing answers at {address!r} ({err.strerror or err}); is the Ray head "
+                              "running there, and is the port open from this machine?") from None
 
 
 def local_temp_dir(sweep_dir) -> str:

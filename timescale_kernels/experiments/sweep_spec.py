@@ -214,6 +214,12 @@ def _check_analyze(analyze: dict) -> None:
         raise SweepSpecError(f"analyze.only: expected 'all', 'last' or a list of N's >= 1; got {only!r}")
     if not isinstance(analyze.get("skip", False), bool):
         raise SweepSpecError(f"analyze.skip: expected true or false; got {analyze['skip']!r}")
+    from ..analysis.analyze import analyze_run, check_settings
+    defaults = {k: p.default for k, p in inspect.signature(analyze_run).parameters.items()}
+    try:  # with analyze_run's defaults for the rest, so that e.g. steps is checked against max_lag
+        check_settings(**{k: analyze.get(k, defaults[k]) for k in analyze_options() - {"only", "skip"}})
+    except ValueError as err:
+        raise SweepSpecError(f"analyze.{err}") from None
 
 
 def read_spec_file(path) -> dict:
