@@ -107,7 +107,12 @@ def test_score_reads_ours_and_rejects_damaged_or_foreign_files(tmp_path, capsys)
     save_checkpoint(tmp_path / "ours.pt", model, {"Ns": [2, 3], "head_for_N": {2: 0, 3: 1}, "task": "parity"})
     assert main(["score", str(tmp_path / "ours.pt"), "--batch-size", "8"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["accuracy"]) == {"2", "3"}
+    assert set(result["accuracy"]) == {"2", "3"} and result["untrained"] == []
+    assert main(["score", str(tmp_path / "ours.pt"), "--batch-size", "8", "--N", "3", "5"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["untrained"] == [5] and result["head_for_N"] == {"3": 1, "5": 1}
+    assert "N = 5 not trained (trained: 2, 3)" in captured.err
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     _fails(["score", str(tmp_path / "bad.pt")], capsys, "cannot read")
     torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")

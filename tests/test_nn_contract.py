@@ -179,3 +179,15 @@ def test_dropout_on_one_layer_warns_as_torch_does():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tk.LeakyRNN(3, 4, num_layers=2, dropout=0.2)
+
+
+def test_assigning_either_spelling_replaces_the_registered_tensor():
+    one = tk.LeakyRNN(3, 4)
+    w = nn.Parameter(torch.zeros(4, 4))
+    one.weight_hh_l0 = w
+    assert one.weight_hh is w and "weight_hh_l0" not in dict(one.named_parameters())
+    stacked = tk.LeakyRNN(3, 4, num_layers=2)
+    v = nn.Parameter(torch.ones(4, 3))
+    stacked.weight_ih = v
+    assert stacked.weight_ih_l0 is v and "weight_ih" not in dict(stacked.named_parameters())
+    assert stacked(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)

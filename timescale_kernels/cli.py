@@ -281,10 +281,15 @@ def _score(args) -> int:
         _fail(f"score: --N expected integers >= 1; got {Ns}")
     # N's the network was not trained on are read by the head of the nearest lower trained N (head 0 if none).
     heads = {n: head_for_N.get(n, max((h for m, h in head_for_N.items() if m <= n), default=0)) for n in Ns}
+    untrained = [n for n in Ns if n not in head_for_N]
+    if untrained and head_for_N:
+        sys.stderr.write(f"timescale-kernels: note: N = {', '.join(map(str, untrained))} not trained (trained: "
+                         f"{', '.join(map(str, sorted(head_for_N)))}); each is read with the head of the nearest "
+                         "lower trained N\n")
     acc = score(model, args.task or meta.get("task", "parity"), heads, batch_size=args.batch_size,
                 batches=args.batches, seed=args.seed)
     print(json.dumps({"checkpoint": str(args.checkpoint), "accuracy": {str(n): a for n, a in acc.items()},
-                      "head_for_N": {str(n): h for n, h in heads.items()}}))
+                      "head_for_N": {str(n): h for n, h in heads.items()}, "untrained": untrained}))
     return 0
 
 
@@ -311,7 +316,8 @@ def _analyze(args) -> int:
                     max_lag=args.max_lag, ablate_k=args.ablate_k, perturb_trials=args.perturb_trials,
                     eval_batches=args.eval_batches, batch_size=args.batch_size, backend=args.backend,
                     study_tau_net=args.study_tau_net, study_measures=args.study_measures,
-                    study_trials=args.study_trials, progress=not args.quiet and sys.stderr.isatty())
+                    study_trials=args.study_trials, progress=not args.quiet and sys.stderr.isatty(),
+                    log=None if args.quiet or sys.stderr.isatty() else lambda line: print(line, file=sys.stderr))
     except FileNotFoundError as err:
         _fail(str(err))
     if not args.quiet:

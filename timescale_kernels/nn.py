@@ -160,6 +160,15 @@ class LeakyRNN(LeakyBase):
             self.initial_state = None
         self.reset_parameters()
 
+    def __setattr__(self, name, value):
+        # Assigning either spelling of layer 0's forward tensors (weight_hh_l0 = Parameter(...) on a
+        # one-layer module, or weight_hh on a stacked one) replaces the registered tensor.
+        if "_groups" in self.__dict__ and name not in self._parameters and name not in self._buffers:
+            other = name[:-3] if name.endswith("_l0") else name + "_l0"
+            if other.split("_l0")[0] in ROLES and (other in self._parameters or other in self._buffers):
+                name = other
+        super().__setattr__(name, value)
+
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1

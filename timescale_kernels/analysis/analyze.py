@@ -198,7 +198,7 @@ def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, e
 def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, burn_in=500, max_lag=30,
                 ablate_k=10, eps=DEFAULT_EPS, perturb_trials=5, eval_batches=10, batch_size=256, seed=0,
                 device=None, metric="task", only=None, chunk=2048, backend=None, length_factors=(1, 2, 4),
-                extra_N=3, study_tau_net=True, study_measures=True, study_trials=10, progress=True) -> dict:
+                extra_N=3, study_tau_net=True, study_measures=True, study_trials=10, progress=True, log=None) -> dict:
     """Every analysis of every checkpoint of a run; writes out_dir/analysis.json, analysis.md, PNGs.
 
     Args:
@@ -219,7 +219,8 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
         study_tau_net: also fit tau_net with the study's estimator (tau_net_study).
         study_measures: also measure ablation and perturbation as the study does (ablation_study,
             perturbation_study: in-time streams, chance-corrected), with study_trials streams each.
-        progress: tqdm bars.
+        progress: tqdm bars. log: a callable given one line per checkpoint analysed (for logs that are
+            not a terminal, where the bars are off), or None.
 
     Returns:
         The dict written to analysis.json: source, task, curriculum, settings, forgetting matrix, and
@@ -251,7 +252,7 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
          "backend": backend, "length_factors": list(length_factors), "extra_N": extra_N,
          "study_tau_net": bool(study_tau_net), "study_measures": bool(study_measures),
          "study_trials": study_trials, "progress": progress}
-    summary = _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s)
+    summary = _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s, log)
     atomic_write_json(out_dir / "analysis.json", summary)
     from .report import run_markdown
     atomic_write_text(out_dir / "analysis.md", run_markdown(summary))
@@ -273,7 +274,7 @@ def _check_only(only, ckpts) -> None:
                          f"{', '.join(labels)} (a label, or the largest N of one)")
 
 
-def _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s) -> dict:
+def _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s, log=None) -> dict:
     """The forgetting matrix over every checkpoint, then every chosen checkpoint in depth."""
     eval_kwargs = {"batches": s["eval_batches"], "batch_size": s["batch_size"], "seed": s["seed"]}
     start = time.perf_counter()
@@ -292,6 +293,9 @@ def _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s) -> 
         row = forgetting["accuracy"][i]
         res["accuracy"] = {str(n): row[all_Ns.index(n)] for n in c.Ns}
         results.append(res)
+        if log:
+            log(f"analyze {run_dir.name}: {c.label} done ({len(results)} of {len(chosen)}, "
+                f"{time.perf_counter() - start:.0f} s)")
     summary = {"run_dir": str(run_dir), "source": source, "task": task, "curriculum": config.get("curriculum"),
                "seed_of_run": config.get("seed"), "settings": s, "forgetting": forgetting, "checkpoints": results,
                "seconds": time.perf_counter() - start, "version": __version__}

@@ -124,7 +124,7 @@ def run_sweep(spec: SweepSpec, out, *, address=None, use_ray=True, num_cpus=None
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
             configs = _configs(spec, record, todo)
-            if use_ray:
+            if use_ray and todo:  # a finished sweep starts no Ray: it only rewrites its report
                 _run_on_ray(spec, out, record, todo, configs, bar, log, address, num_cpus, num_gpus)
             else:
                 _run_here(spec, out, record, todo, configs, bar, log)

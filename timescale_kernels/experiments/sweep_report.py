@@ -35,13 +35,14 @@ def condition_table(runs: dict) -> list[str]:
     by = defaultdict(list)
     for r in runs.values():
         by[r["condition"]].append(r)
-    lines = ["| condition | runs done / failed / all | N reached | epochs | training time per run (s) | stopped by |",
+    lines = ["| condition | runs done / failed / all | N reached (0: none passed) | epochs | training time per run (s) "
+             "| stopped by |",
              "| --- | --- | --- | --- | --- | --- |"]
     for cond, rs in by.items():
         done = [r for r in rs if r["status"] == "done"]
         failed = sum(r["status"] == "failed" for r in rs)
         reasons = sorted({str(r.get("stop_reason")) for r in done})
-        lines.append(f"| {cond} | {len(done)} / {failed} / {len(rs)} | {fmt([r.get('N_reached') for r in done], 1)} | "
+        lines.append(f"| {cond} | {len(done)} / {failed} / {len(rs)} | {fmt([r.get('N_reached') or 0 for r in done], 1)} | "
                      f"{fmt([r.get('epochs') for r in done], 0)} | {fmt([r.get('wall_time') for r in done], 0)} | "
                      f"{', '.join(reasons) or '-'} |")
     return lines

@@ -199,7 +199,7 @@ def analyze_options() -> set:
     """analyze_run's keyword arguments a spec may set (plus "only" and "skip")."""
     from ..analysis.analyze import analyze_run
     params = inspect.signature(analyze_run).parameters
-    return (set(params) - {"run_dir", "out_dir", "device", "progress", "only", "task"}) | {"only", "skip"}
+    return (set(params) - {"run_dir", "out_dir", "device", "progress", "log", "only", "task"}) | {"only", "skip"}
 
 
 def _check_analyze(analyze: dict) -> None:
