@@ -245,7 +245,8 @@ def test_forgetting_matrix_and_head_choice():
 # -- end to end -------------------------------------------------------------------------------------
 
 TINY = dict(trials=2, steps=1000, burn_in=50, max_lag=30, ablate_k=2, eps=(0.0, 0.215), perturb_trials=1,
-            eval_batches=1, batch_size=48, length_factors=(1, 2), extra_N=1, study_trials=2, progress=False)
+            eval_batches=1, batch_size=48, length_factors=(1, 2), extra_N=1, study_trials=2, study_ablate_k=3,
+            progress=False)
 
 
 
@@ -319,6 +320,7 @@ def test_analyze_run_on_the_study_checkpoints(analysed):
     assert len(ck["tau_net_study"]["values"]) == 500 and "tau_net_study" not in single["checkpoints"][0]
     assert ck["ablation"]["measure"] == "ours" and ck["ablation_study"]["measure"] == "study"
     assert ck["ablation_study"]["ablated_head"] == 0 and ck["ablation_study"]["metric"] == "stream"
+    assert len(ck["ablation_study"]["long"]["accuracy"]) == 3  # study_ablate_k, apart from ours (ablate_k)
     assert ck["perturbation_study"]["measure"] == "study" and len(ck["perturbation_study"]["tau"]["accuracy"][0]) == 2
     assert "0.5" in ck["perturbation_study"]["relative_definition"]
     assert ck["generalisation"]["length"]["lengths"] == [45, 90] and ck["generalisation"]["N"]["Ns"] == [12]
@@ -387,3 +389,14 @@ def test_fit_timescales_at_the_study_recording_length():
         x[:, t] = a * x[:, t - 1] + noise[:, t]
     tau = fit_timescales(x, max_lag=30)
     np.testing.assert_allclose(tau, -1.0 / np.log(a), rtol=0.03)
+
+
+def test_the_study_settings_are_the_studys():
+    """LevinaLab/rnn_timescale_public: 20 neurons ablated from each end (compute_ablate_tau.py); tau
+    perturbed at 0 and 13 strengths from 0.001 to 10, the weights at 0 and 10 from 0.01 to 10."""
+    import inspect
+    from timescale_kernels.analysis import STUDY_EPS, STUDY_EPS_TAU
+    assert inspect.signature(analyze_run).parameters["study_ablate_k"].default == 20
+    assert len(STUDY_EPS_TAU) == 14 and STUDY_EPS_TAU[0] == 0 and STUDY_EPS_TAU[1] == pytest.approx(1e-3)
+    assert STUDY_EPS_TAU[-1] == pytest.approx(10) and any(abs(e - 0.0464) < 1e-4 for e in STUDY_EPS_TAU)
+    assert len(STUDY_EPS) == 11 and any(abs(e - 0.215) < 1e-3 for e in STUDY_EPS)

@@ -23,7 +23,8 @@ TINY = ["--task", "parity", "--curriculum", "single", "multi", "--seeds", "0", "
         "--set", "hidden_size=24", "--set", "steps_per_epoch=30", "--set", "test_batches=2", "--quiet"]
 TINY_ANALYSIS = ["--analyze-set", "only=last", "--analyze-set", "steps=300", "--analyze-set", "trials=1",
                  "--analyze-set", "perturb_trials=1", "--analyze-set", "eval_batches=1", "--analyze-set",
-                 "batch_size=16", "--analyze-set", "eps=[0, 0.215]", "--analyze-set", "ablate_k=2"]
+                 "batch_size=16", "--analyze-set", "eps=[0, 0.215]", "--analyze-set", "ablate_k=2", "--analyze-set",
+                 "study_ablate_k=2"]
 TIMING = ("epoch_time", "wall_time", "steps_per_s")
 
 

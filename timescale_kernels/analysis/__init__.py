@@ -14,7 +14,7 @@ from .accuracy import MEASURES, accuracy, chance_corrected, evaluate, head_for, 
 from .dimensionality import components_for, dimensionality, explained_variance_ratio
 from .forgetting import forgetting_matrix
 from .generalisation import length_generalisation, n_generalisation
-from .perturbation import STUDY_EPS, perturb, perturbation_study
+from .perturbation import STUDY_EPS, STUDY_EPS_TAU, perturb, perturbation_study
 from .simulate import NetworkTimescales, Simulation, StreamMoments, fit_simulation, network_timescales, simulate
 from .timescales import (ESTIMATORS, TimescaleFit, autocorrelation, double_exp, effective_tau, fit_autocorrelation,
                          fit_timescales, population_activity, single_exp, tau_stats)
@@ -22,7 +22,7 @@ from .timescales import (ESTIMATORS, TimescaleFit, autocorrelation, double_exp, 
 __all__ = ["ablate", "ablation_study", "MEASURES", "accuracy", "chance_corrected", "evaluate", "head_for",
            "stream_accuracy", "stream_trials", "ESTIMATORS", "fit_simulation", "analyze_run",
            "find_checkpoints", "components_for", "dimensionality", "explained_variance_ratio", "forgetting_matrix",
-           "length_generalisation", "n_generalisation", "STUDY_EPS", "perturb", "perturbation_study",
+           "length_generalisation", "n_generalisation", "STUDY_EPS", "STUDY_EPS_TAU", "perturb", "perturbation_study",
            "write_report", "NetworkTimescales", "Simulation", "StreamMoments", "network_timescales", "simulate",
            "TimescaleFit", "autocorrelation", "double_exp", "effective_tau", "fit_autocorrelation",
            "fit_timescales", "population_activity", "single_exp", "tau_stats"]

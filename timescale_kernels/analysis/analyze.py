@@ -32,7 +32,8 @@ _STUDY = re.compile(r"rnn_N(\d+)_N(\d+)\.pt")
 
 
 _INT_SETTINGS = {"trials": 1, "steps": 2, "burn_in": 0, "max_lag": 1, "ablate_k": 0, "perturb_trials": 1,
-                 "eval_batches": 1, "batch_size": 1, "seed": 0, "chunk": 1, "extra_N": 0, "study_trials": 1}
+                 "eval_batches": 1, "batch_size": 1, "seed": 0, "chunk": 1, "extra_N": 0, "study_trials": 1,
+                 "study_ablate_k": 0}
 _BOOL_SETTINGS = ("study_tau_net", "study_measures", "progress")
 
 
@@ -172,7 +173,7 @@ def _robustness(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, eval_kwar
     figs["perturbation"] = plots.perturbation_curves(
         res["perturbation"], out_dir / f"perturbation_{ckpt.label}.png", f"{ckpt.label}: perturbation at N = {N}").name
     if s["study_measures"]:
-        res["ablation_study"] = ablation_study(model, task, N, head, s["ablate_k"], measure="study",
+        res["ablation_study"] = ablation_study(model, task, N, head, s["study_ablate_k"], measure="study",
                                                trials=s["study_trials"], progress=s["progress"], seed=s["seed"])
         res["perturbation_study"] = perturbation_study(model, task, N, head, s["eps"], s["study_trials"],
                                                        direction_seed=s["seed"], measure="study",
@@ -198,7 +199,8 @@ def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, e
 def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, burn_in=500, max_lag=30,
                 ablate_k=10, eps=DEFAULT_EPS, perturb_trials=5, eval_batches=10, batch_size=256, seed=0,
                 device=None, metric="task", only=None, chunk=2048, backend=None, length_factors=(1, 2, 4),
-                extra_N=3, study_tau_net=True, study_measures=True, study_trials=10, progress=True, log=None) -> dict:
+                extra_N=3, study_tau_net=True, study_measures=True, study_trials=10, study_ablate_k=20, progress=True,
+                log=None) -> dict:
     """Every analysis of every checkpoint of a run; writes out_dir/analysis.json, analysis.md, PNGs.
 
     Args:
@@ -218,7 +220,8 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
         length_factors: generalisation to T = factor * (4N + 1). extra_N: N's beyond the trained range.
         study_tau_net: also fit tau_net with the study's estimator (tau_net_study).
         study_measures: also measure ablation and perturbation as the study does (ablation_study,
-            perturbation_study: in-time streams, chance-corrected), with study_trials streams each.
+            perturbation_study: in-time streams, chance-corrected), with study_trials streams each;
+            the study's ablation silences study_ablate_k neurons from each end (its code: 20).
         progress: tqdm bars. log: a callable given one line per checkpoint analysed (for logs that are
             not a terminal, where the bars are off), or None.
 
@@ -233,7 +236,7 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
                    perturb_trials=perturb_trials, eval_batches=eval_batches, batch_size=batch_size, seed=seed,
                    metric=metric, chunk=chunk, backend=backend, length_factors=length_factors, extra_N=extra_N,
                    study_tau_net=study_tau_net, study_measures=study_measures, study_trials=study_trials,
-                   progress=progress)
+                   study_ablate_k=study_ablate_k, progress=progress)
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "analysis"
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -251,7 +254,7 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
          "batch_size": batch_size, "seed": seed, "device": str(device), "metric": metric, "chunk": chunk,
          "backend": backend, "length_factors": list(length_factors), "extra_N": extra_N,
          "study_tau_net": bool(study_tau_net), "study_measures": bool(study_measures),
-         "study_trials": study_trials, "progress": progress}
+         "study_trials": study_trials, "study_ablate_k": study_ablate_k, "progress": progress}
     summary = _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s, log)
     atomic_write_json(out_dir / "analysis.json", summary)
     from .report import run_markdown

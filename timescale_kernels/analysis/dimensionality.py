@@ -22,7 +22,8 @@ def components_for(ratios, threshold: float = 0.9) -> np.ndarray:
 
 
 def dimensionality(activity=None, *, covariance=None, threshold: float = 0.9) -> dict:
-    """Principal components needed for threshold of the variance, per trial, as in the study.
+    """Principal components needed for threshold of the variance, per trial (the study's code
+    reports one less: the first index whose cumulative share exceeds threshold; see components_for).
 
     Args:
         activity: (trials, T, H) or (T, H), numpy or torch; or

@@ -16,8 +16,12 @@ from ..progress import tqdm
 from ..tasks import make_generator
 from .accuracy import MEASURES, chance_corrected, evaluate, stream_trials
 
-# The study's grid: 0 and 10 log-spaced strengths from 0.01 to 10 (0.215 is one of them).
+# The study's grids (LevinaLab/rnn_timescale_public): for the weights 0 and 10 log-spaced strengths
+# from 0.01 to 10 (compute_perturb_rnn_normalized.py; 0.215 is one of them), for tau 0 and 13 from
+# 0.001 to 10 (compute_perturb_tau_normalized_abs.py; 0.0464 is one). perturbation_study takes one
+# grid for all targets: STUDY_EPS by default; analyze_run's DEFAULT_EPS holds both reported strengths.
 STUDY_EPS = (0.0,) + tuple(float(e) for e in np.geomspace(1e-2, 1e1, 10))
+STUDY_EPS_TAU = (0.0,) + tuple(float(e) for e in np.geomspace(1e-3, 1e1, 13))
 TARGETS = ("weights", "tau")
 
 
