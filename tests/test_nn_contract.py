@@ -191,3 +191,14 @@ def test_assigning_either_spelling_replaces_the_registered_tensor():
     stacked.weight_ih = v
     assert stacked.weight_ih_l0 is v and "weight_ih" not in dict(stacked.named_parameters())
     assert stacked(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)
+
+
+def test_autocast_and_empty_batches_under_torch_compile():
+    rnn = tk.LeakyRNN(3, 8)
+    compiled = torch.compile(rnn, fullgraph=True)
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = compiled(x)
+        want, _ = rnn(x)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert compiled(torch.randn(5, 0, 3))[0].shape == (5, 0, 8)
