@@ -131,3 +131,12 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
     atomic_write_text(tmp_path / "atomic.txt", "y")
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "atomic.txt") == mode(plain)
+
+
+def test_first_line_cuts_long_messages_at_a_word():
+    from timescale_kernels.files import first_line
+    assert first_line(ValueError("short\nsecond line")) == "short"
+    assert first_line(ValueError("")) == ""
+    long = ValueError("word " * 100)
+    cut = first_line(long, 50)
+    assert len(cut) <= 54 and cut.endswith(" ...") and cut[:-4].split(" ")[-1] == "word"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_torch_save
+from .files import atomic_torch_save, first_line
 from .models import MemoryNet
 
 FORMAT = "timescale_kernels/checkpoint"
@@ -29,12 +29,12 @@ def _load(path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        first = str(err).splitlines()[0] if str(err) else ""
+        first = first_line(err, 10**6)
         if "Weights only load failed" in first or not first:
             # torch's message suggests weights_only=False, which would run arbitrary pickled code.
             detail = "not a PyTorch checkpoint of tensors, or damaged"
         else:
-            detail = f"{type(err).__name__}: {first[:200]}"
+            detail = f"{type(err).__name__}: {first_line(err)}"
         raise CheckpointError(f"{what}: cannot read {path} ({detail})") from None
 
 
@@ -61,7 +61,7 @@ def load_checkpoint(path, device=None, backend: str | None = None) -> tuple[Memo
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint: {path} does not match its own config ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint: {path} does not match its own config ({first_line(err, 300)})") from None
     return model, dict(blob.get("meta", {}))
 
 

@@ -200,7 +200,7 @@ def _train_in(args, overrides, progress, log, locks) -> int:
     from .experiments.plots import write_plots
     from .experiments.rundir import RunDir, RunDirError, check_resume_config, run_lock
     from .experiments.trainer import Trainer
-    from .files import atomic_write_json, writable_dir
+    from .files import atomic_write_json, first_line, writable_dir
 
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
@@ -222,7 +222,7 @@ def _train_in(args, overrides, progress, log, locks) -> int:
                 trainer = Trainer.from_state(wanted, state, run_dir, progress=progress, log=log)
             except (KeyError, RuntimeError, TypeError) as err:
                 raise RunDirError(f"resume: {run_dir.state_path} does not match {run_dir.config_path} "
-                                  f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
+                                  f"({type(err).__name__}: {first_line(err, 160)})") from None
         run_dir.write_config(wanted, args.argv)  # a resumed run may carry new stop settings
         if log:
             log(f"resuming {run_dir.path} after epoch {trainer.epoch} at {trainer.curriculum.describe()}")

@@ -14,6 +14,14 @@ from pathlib import Path
 import torch
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message for a one-line report, cut at a word boundary with " ..."
+    when longer than limit ("" for an empty message)."""
+    lines = str(err).splitlines()
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 @functools.lru_cache(maxsize=None)
 def _file_mode() -> int:
     """The mode open() gives a new file under the process's umask (mkstemp's own is 0600, which would

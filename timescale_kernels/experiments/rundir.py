@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..files import DirLock, DirLockError, atomic_torch_save, atomic_write_json, atomic_write_text
+from ..files import DirLock, DirLockError, atomic_torch_save, atomic_write_json, atomic_write_text, first_line
 from ..ops import resolve_backend
 from .config import ConfigError, RunConfig
 
@@ -143,7 +143,7 @@ class RunDir:
             blob = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a damaged file
             raise RunDirError(f"resume: cannot read {self.state_path} "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
+                              f"({type(err).__name__}: {first_line(err)})") from None
         if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
             raise RunDirError(f"resume: {self.state_path} is not a timescale_kernels run state")
         if blob.get("version") != STATE_VERSION:

@@ -17,6 +17,7 @@ import socket
 import tempfile
 from pathlib import Path
 
+from ..files import first_line
 from .sweep_procs import LocalRayProcesses
 from .sweep_run import run_one_safely
 
@@ -102,7 +103,7 @@ class RaySession:
             try:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as err:
-                first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+                first = first_line(err, 300) or type(err).__name__
                 raise RayMissingError(f"address: cannot join the Ray cluster at {self.address!r} ({first})") from None
         self._task = ray.remote(run_one_safely).options(**self.options)
         return self
@@ -136,7 +137,7 @@ class RaySession:
         try:
             return self.ray.get(ref)
         except Exception as err:  # e.g. WorkerCrashedError after MAX_RETRIES lost workers
-            first = str(err).splitlines()[0][:300] if str(err) else ""
+            first = first_line(err, 300)
             return {"status": "failed", "error": f"{type(err).__name__}: {first}"}
 
     def note_processes(self) -> None:

@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..files import atomic_write_json
+from ..files import atomic_write_json, first_line
 from .config import RunConfig
 from .rundir import RunDir, check_resume_config
 
@@ -124,7 +124,7 @@ def run_one_safely(path, config_dict: dict, analyze: dict) -> dict:
     try:
         return run_one(path, config_dict, analyze)
     except Exception as err:
-        first = str(err).splitlines()[0][:300] if str(err) else ""
+        first = first_line(err, 300)
         return {"status": "failed", "error": f"{type(err).__name__}: {first}",
                 "traceback": "".join(traceback.format_exc().splitlines(keepends=True)[-12:]),
                 "host": socket.gethostname(), "pid": os.getpid()}
