@@ -230,7 +230,19 @@ def test_perturbation_sizes_and_eps_zero_gives_relative_one():
     res = perturbation_study(model, "parity", 2, 0, eps=(0.0, 0.5), trials=2, batches=1, batch_size=16)
     for target in ("weights", "tau"):
         assert res[target]["relative"][0] == [1.0, 1.0]
-        assert len(res[target]["relative_mean"]) == 2
+        assert len(res[target]["relative_mean"]) == 2 and res[target]["eps"] == [0.0, 0.5]
+    # a grid per target, read per target by the report and the sweep's CSV
+    res = perturbation_study(model, "parity", 2, 0, eps={"weights": (0.0, 0.215), "tau": (0.0, 0.0464, 0.215)},
+                             trials=1, batches=1, batch_size=16)
+    assert res["eps"] == [0.0, 0.215] and res["tau"]["eps"] == [0.0, 0.0464, 0.215]
+    assert len(res["weights"]["relative_mean"]) == 2 and len(res["tau"]["relative_mean"]) == 3
+    from timescale_kernels.analysis.report import _perturbed
+    from timescale_kernels.experiments.sweep_results import _perturb
+    assert _perturbed({"p": res}, "p", "tau", 0.0464) == res["tau"]["relative_mean"][1]
+    assert _perturb(res, "tau", 0.0464) == res["tau"]["relative_mean"][1]
+    assert _perturb(res, "weights", 0.0464) is None  # not in the weights' grid
+    with pytest.raises(ValueError, match="every target"):
+        perturbation_study(model, "parity", 2, 0, eps={"weights": (0.0,)}, trials=1, batches=1, batch_size=16)
 
 
 def test_forgetting_matrix_and_head_choice():
@@ -322,6 +334,10 @@ def test_analyze_run_on_the_study_checkpoints(analysed):
     assert ck["ablation_study"]["ablated_head"] == 0 and ck["ablation_study"]["metric"] == "stream"
     assert len(ck["ablation_study"]["long"]["accuracy"]) == 3  # study_ablate_k, apart from ours (ablate_k)
     assert ck["perturbation_study"]["measure"] == "study" and len(ck["perturbation_study"]["tau"]["accuracy"][0]) == 2
+    # the study's grid per target (0 and 10 strengths up to 10 for W, 0 and 13 for tau), ours shared
+    assert len(ck["perturbation_study"]["weights"]["eps"]) == 11 and len(ck["perturbation_study"]["tau"]["eps"]) == 14
+    assert ck["perturbation_study"]["tau"]["eps"][-1] == pytest.approx(10) and ck["perturbation"]["tau"]["eps"] == [0.0,
+                                                                                                                 0.215]
     assert "0.5" in ck["perturbation_study"]["relative_definition"]
     assert ck["generalisation"]["length"]["lengths"] == [45, 90] and ck["generalisation"]["N"]["Ns"] == [12]
     # Forgetting: every checkpoint on every N; the single-head run is analysed in depth only at N = 11.

@@ -24,7 +24,7 @@ TINY = ["--task", "parity", "--curriculum", "single", "multi", "--seeds", "0", "
 TINY_ANALYSIS = ["--analyze-set", "only=last", "--analyze-set", "steps=300", "--analyze-set", "trials=1",
                  "--analyze-set", "perturb_trials=1", "--analyze-set", "eval_batches=1", "--analyze-set",
                  "batch_size=16", "--analyze-set", "eps=[0, 0.215]", "--analyze-set", "ablate_k=2", "--analyze-set",
-                 "study_ablate_k=2"]
+                 "study_ablate_k=2", "--analyze-set", "study_eps=[0, 0.215]"]
 TIMING = ("epoch_time", "wall_time", "steps_per_s")
 
 

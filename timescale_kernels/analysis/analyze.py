@@ -22,7 +22,7 @@ from .ablation import ablation_study
 from .dimensionality import dimensionality
 from .forgetting import forgetting_matrix
 from .generalisation import length_generalisation, n_generalisation
-from .perturbation import perturbation_study
+from .perturbation import STUDY_EPS, STUDY_EPS_TAU, perturbation_study
 from .simulate import fit_simulation, network_timescales
 from .timescales import effective_tau, tau_stats
 
@@ -48,11 +48,11 @@ def check_settings(**settings) -> None:
         elif name in _BOOL_SETTINGS:
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: expected true or false; got {value!r}")
-        elif name == "eps":
+        elif name == "eps" or (name == "study_eps" and value is not None):
             if (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not list(value)
                     or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e)
                                and e >= 0 for e in value)):
-                raise ValueError(f"eps: expected a non-empty list of finite numbers >= 0; got {value!r}")
+                raise ValueError(f"{name}: expected a non-empty list of finite numbers >= 0; got {value!r}")
         elif name == "length_factors":
             if (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not list(value)
                     or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in value)):
@@ -175,7 +175,8 @@ def _robustness(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, eval_kwar
     if s["study_measures"]:
         res["ablation_study"] = ablation_study(model, task, N, head, s["study_ablate_k"], measure="study",
                                                trials=s["study_trials"], progress=s["progress"], seed=s["seed"])
-        res["perturbation_study"] = perturbation_study(model, task, N, head, s["eps"], s["study_trials"],
+        study_eps = s["study_eps"] or {"weights": STUDY_EPS, "tau": STUDY_EPS_TAU}
+        res["perturbation_study"] = perturbation_study(model, task, N, head, study_eps, s["study_trials"],
                                                        direction_seed=s["seed"], measure="study",
                                                        progress=s["progress"], seed=s["seed"])
 
@@ -199,8 +200,8 @@ def _analyze_checkpoint(model, ckpt: Checkpoint, task, out_dir: Path, s: dict, e
 def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, burn_in=500, max_lag=30,
                 ablate_k=10, eps=DEFAULT_EPS, perturb_trials=5, eval_batches=10, batch_size=256, seed=0,
                 device=None, metric="task", only=None, chunk=2048, backend=None, length_factors=(1, 2, 4),
-                extra_N=3, study_tau_net=True, study_measures=True, study_trials=10, study_ablate_k=20, progress=True,
-                log=None) -> dict:
+                extra_N=3, study_tau_net=True, study_measures=True, study_trials=10, study_ablate_k=20, study_eps=None,
+                progress=True, log=None) -> dict:
     """Every analysis of every checkpoint of a run; writes out_dir/analysis.json, analysis.md, PNGs.
 
     Args:
@@ -221,7 +222,8 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
         study_tau_net: also fit tau_net with the study's estimator (tau_net_study).
         study_measures: also measure ablation and perturbation as the study does (ablation_study,
             perturbation_study: in-time streams, chance-corrected), with study_trials streams each;
-            the study's ablation silences study_ablate_k neurons from each end (its code: 20).
+            the study's ablation silences study_ablate_k neurons from each end (its code: 20), and its
+            perturbation runs study_eps (None: the study's grids, STUDY_EPS for W, STUDY_EPS_TAU for tau).
         progress: tqdm bars. log: a callable given one line per checkpoint analysed (for logs that are
             not a terminal, where the bars are off), or None.
 
@@ -236,7 +238,7 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
                    perturb_trials=perturb_trials, eval_batches=eval_batches, batch_size=batch_size, seed=seed,
                    metric=metric, chunk=chunk, backend=backend, length_factors=length_factors, extra_N=extra_N,
                    study_tau_net=study_tau_net, study_measures=study_measures, study_trials=study_trials,
-                   study_ablate_k=study_ablate_k, progress=progress)
+                   study_ablate_k=study_ablate_k, study_eps=study_eps, progress=progress)
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "analysis"
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -254,7 +256,8 @@ def analyze_run(run_dir, out_dir=None, *, task=None, trials=10, steps=100_000, b
          "batch_size": batch_size, "seed": seed, "device": str(device), "metric": metric, "chunk": chunk,
          "backend": backend, "length_factors": list(length_factors), "extra_N": extra_N,
          "study_tau_net": bool(study_tau_net), "study_measures": bool(study_measures),
-         "study_trials": study_trials, "study_ablate_k": study_ablate_k, "progress": progress}
+         "study_trials": study_trials, "study_ablate_k": study_ablate_k,
+         "study_eps": None if study_eps is None else [float(e) for e in study_eps], "progress": progress}
     summary = _analyze(run_dir, out_dir, source, config, ckpts, task, only, device, s, log)
     atomic_write_json(out_dir / "analysis.json", summary)
     from .report import run_markdown

@@ -19,7 +19,7 @@ from .accuracy import MEASURES, chance_corrected, evaluate, stream_trials
 # The study's grids (LevinaLab/rnn_timescale_public): for the weights 0 and 10 log-spaced strengths
 # from 0.01 to 10 (compute_perturb_rnn_normalized.py; 0.215 is one of them), for tau 0 and 13 from
 # 0.001 to 10 (compute_perturb_tau_normalized_abs.py; 0.0464 is one). perturbation_study takes one
-# grid for all targets: STUDY_EPS by default; analyze_run's DEFAULT_EPS holds both reported strengths.
+# grid or a grid per target; analyze_run's study measure runs these two, its own DEFAULT_EPS.
 STUDY_EPS = (0.0,) + tuple(float(e) for e in np.geomspace(1e-2, 1e1, 10))
 STUDY_EPS_TAU = (0.0,) + tuple(float(e) for e in np.geomspace(1e-3, 1e1, 13))
 TARGETS = ("weights", "tau")
@@ -66,22 +66,26 @@ def perturbation_study(model, task: str, N: int, head: int, eps=STUDY_EPS, trial
     Ours is the default for its paired comparison; the study's sets our figures beside its own.
 
     Args:
-        eps: strengths (n_eps,). trials: random directions per strength. targets: "weights", "tau".
+        eps: strengths (n_eps,), or {target: strengths} for a grid per target (the study's:
+            {"weights": STUDY_EPS, "tau": STUDY_EPS_TAU}). trials: random directions per strength.
+            targets: "weights", "tau".
         direction_seed: seeds the directions. eval_kwargs: the evaluation's settings (for "study" only
             seed is read: it seeds the streams).
 
     Returns:
-        JSON-able dict: measure, metric, relative_definition, baseline, eps (n_eps,), and per target:
-        accuracy (n_eps, trials), relative (n_eps, trials), relative_mean (n_eps,), relative_std (n_eps,)
-        (over trials); "study" adds per target its baseline and baseline_trials (trials,) (the
-        top-level baseline is the first target's).
+        JSON-able dict: measure, metric, relative_definition, baseline, eps (the first target's), and per
+        target: eps (n_eps,), accuracy (n_eps, trials), relative (n_eps, trials), relative_mean (n_eps,),
+        relative_std (n_eps,) (over trials); "study" adds per target its baseline and baseline_trials
+        (trials,) (the top-level baseline is the first target's).
     """
     if measure not in MEASURES:
         raise ValueError(f"measure: expected one of {MEASURES}; got {measure!r}")
-    eps = [float(e) for e in eps]
+    if isinstance(eps, dict) and set(targets) - set(eps):
+        raise ValueError(f"eps: expected a grid for every target {list(targets)}; got one for {list(eps)}")
+    grids = {t: [float(e) for e in (eps[t] if isinstance(eps, dict) else eps)] for t in targets}
     out = {"N": N, "head": head, "measure": measure, "metric": "stream" if measure == "study" else metric,
-           "eps": eps, "trials": trials}
-    bar = tqdm(total=len(targets) * len(eps) * trials, desc="perturbation", disable=not progress, leave=False)
+           "eps": grids[targets[0]] if targets else [], "trials": trials}
+    bar = tqdm(total=sum(map(len, grids.values())) * trials, desc="perturbation", disable=not progress, leave=False)
     if measure == "study":
         gen = make_generator(eval_kwargs.get("seed", 0), next(model.parameters()).device)
         score = lambda m, n=1: stream_trials(m, task, N, head, n, generator=gen)  # noqa: E731
@@ -89,6 +93,7 @@ def perturbation_study(model, task: str, N: int, head: int, eps=STUDY_EPS, trial
         out["baseline"] = evaluate(model, task, N, head, metric, **eval_kwargs)
         score = lambda m: evaluate(m, task, N, head, metric, **eval_kwargs)  # noqa: E731
     for t_i, target in enumerate(targets):
+        eps = grids[target]
         directions = torch.Generator().manual_seed(direction_seed * 1000 + t_i)
         acc = np.zeros((len(eps), trials))
         for i, e in enumerate(eps):
@@ -101,7 +106,7 @@ def perturbation_study(model, task: str, N: int, head: int, eps=STUDY_EPS, trial
             rel = chance_corrected(acc, out[target]["baseline"])
         else:
             rel = acc / out["baseline"] if out["baseline"] > 0 else np.full_like(acc, np.nan)
-        out[target] = {**out.get(target, {}), "accuracy": acc.tolist(), "relative": rel.tolist(),
+        out[target] = {**out.get(target, {}), "eps": eps, "accuracy": acc.tolist(), "relative": rel.tolist(),
                        "relative_mean": rel.mean(1).tolist(), "relative_std": rel.std(1).tolist()}
     bar.close()
     if measure == "study":

@@ -96,10 +96,10 @@ def perturbation_curves(perturbation: dict, path, title: str = "") -> Path:
     runs = perturbation if "eps" not in perturbation else {"": perturbation}
     fig, ax = _new((5, 3.5))
     for i, (label, run) in enumerate(runs.items()):
-        eps = np.asarray(run["eps"], dtype=float)
-        x = np.where(eps > 0, eps, np.nan)
         for target, style in (("weights", "-o"), ("tau", "--s")):
             if target in run:
+                eps = np.asarray(run[target].get("eps", run["eps"]), dtype=float)  # a grid per target, or one
+                x = np.where(eps > 0, eps, np.nan)
                 ax.errorbar(x, run[target]["relative_mean"], yerr=run[target]["relative_std"], fmt=style, ms=3,
                             color=f"C{i}", label=f"{label} {target}".strip(), capsize=2)
     ax.set(xscale="log", xlabel="eps", ylabel="relative accuracy", title=title)

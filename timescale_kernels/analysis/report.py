@@ -38,8 +38,9 @@ def _fmt(x, digits=3) -> str:
     return str(x)
 
 
-def _eps_index(pert: dict, eps: float):
-    e = np.asarray(pert["eps"], dtype=float)
+def _eps_index(pert: dict, eps: float, target: str | None = None):
+    """The index of the strength nearest eps (log scale) in target's grid (or the shared one)."""
+    e = np.asarray((pert.get(target) or {}).get("eps", pert["eps"]), dtype=float)
     i = int(np.argmin(np.abs(np.log(np.where(e > 0, e, 1e-12)) - np.log(eps))))
     return i if e[i] > 0 else None
 
@@ -62,10 +63,10 @@ def run_markdown(summary: dict) -> str:
         abl = (f"{_fmt(r['ablation']['short']['mean_relative'])} / {_fmt(r['ablation']['long']['mean_relative'])}"
                if "ablation" in r else "-")
         pert = "-"
-        if "perturbation" in r and (i := _eps_index(r["perturbation"], 0.215)) is not None:
+        if "perturbation" in r and (i := _eps_index(r["perturbation"], 0.215, "weights")) is not None:
             p = r["perturbation"]
-            pert = (f"{_fmt(p['weights']['relative_mean'][i])} / {_fmt(p['tau']['relative_mean'][i])} "
-                    f"(eps {p['eps'][i]:.3g})")
+            pert = (f"{_fmt(_perturbed(r, 'perturbation', 'weights', 0.215))} / "
+                    f"{_fmt(_perturbed(r, 'perturbation', 'tau', 0.215))} (eps {p['eps'][i]:.3g})")
         lines.append(f"| {r['label']} | {r['N']} | {_fmt(r['accuracy'].get(str(r['N'])))} | {tau} | "
                      f"{_fmt(tn['median'])} ({tn['n_ok']}/{tn['n']}) | {_fmt(r['tau_net']['population_tau'])} | "
                      f"{_fmt(r['dimensionality']['mean'])} | {abl} | {pert} |")
@@ -373,7 +374,7 @@ def _ablation_section(runs, figures: _Figures) -> list[str]:
 def _perturbed(c, field, target, eps):
     """relative_mean of c[field][target] at the eps nearest eps, or None."""
     p = c.get(field)
-    i = _eps_index(p, eps) if p and target in p else None
+    i = _eps_index(p, eps, target) if p and target in p else None
     return p[target]["relative_mean"][i] if i is not None else None
 
 

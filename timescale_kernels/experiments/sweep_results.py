@@ -58,7 +58,7 @@ def _perturb(block, target, eps):
     """relative_mean at the eps closest to `eps` (within 10%), or None."""
     if not isinstance(block, dict) or target not in block or "eps" not in block:
         return None
-    eps_list = [float(e) for e in block["eps"]]
+    eps_list = [float(e) for e in block[target].get("eps", block["eps"])]  # a grid per target, or one
     best = min(range(len(eps_list)), key=lambda i: abs(eps_list[i] - eps))
     if abs(eps_list[best] - eps) > 0.1 * eps:
         return None
