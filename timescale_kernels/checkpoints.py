@@ -29,12 +29,12 @@ def _load(path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        first = first_line(err, 10**6)
+        first = first_line(err)
         if "Weights only load failed" in first or not first:
             # torch's message suggests weights_only=False, which would run arbitrary pickled code.
             detail = "not a PyTorch checkpoint of tensors, or damaged"
         else:
-            detail = f"{type(err).__name__}: {first_line(err)}"
+            detail = f"{type(err).__name__}: {first}"
         raise CheckpointError(f"{what}: cannot read {path} ({detail})") from None
 
 

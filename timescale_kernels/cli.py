@@ -14,6 +14,7 @@ completed epoch, writes the plots and exits with 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -186,16 +187,12 @@ def _train(args) -> int:
                                           "nonlinearity", "placement", "device", "backend")
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     progress, log = _messages(args.quiet)
-    locks = []
-    try:
-        return _train_in(args, overrides, progress, log, locks)
-    finally:
-        for lock in locks:
-            lock.release()
+    with contextlib.ExitStack() as held:  # the run directory's lock, released however the run ends
+        return _train_in(args, overrides, progress, log, held)
 
 
-def _train_in(args, overrides, progress, log, locks) -> int:
-    """_train with the run directory's lock appended to locks once taken (released by the caller)."""
+def _train_in(args, overrides, progress, log, held: contextlib.ExitStack) -> int:
+    """_train; the run directory's lock, once taken, is released by held."""
     from .experiments.config import PRESETS, RunConfig, make_config
     from .experiments.plots import write_plots
     from .experiments.rundir import RunDir, RunDirError, check_resume_config, run_lock
@@ -207,9 +204,7 @@ def _train_in(args, overrides, progress, log, locks) -> int:
             _fail(f"train: --out {args.out} and --resume {args.resume} name different directories")
         run_dir = RunDir(args.resume)
         saved = run_dir.read_config()
-        lock = run_lock(run_dir.path)
-        lock.acquire()  # before the state is read: another train may be writing it
-        locks.append(lock)
+        held.enter_context(run_lock(run_dir.path))  # before the state is read: another train may be writing it
         wanted = RunConfig.from_dict({**saved.to_dict(), **(PRESETS[args.preset] if args.preset else {}),
                                       **overrides}).validate()
         check_resume_config(saved, wanted)
@@ -233,9 +228,7 @@ def _train_in(args, overrides, progress, log, locks) -> int:
         run_dir = RunDir(args.out)
         trainer = Trainer(config, run_dir, progress=progress, log=log)  # fails before anything is written
         writable_dir(run_dir.path, RunDirError)
-        lock = run_lock(run_dir.path)
-        lock.acquire()
-        locks.append(lock)
+        held.enter_context(run_lock(run_dir.path))
         run_dir.prepare_new(args.overwrite)
         run_dir.write_config(config, args.argv)
     if log:

@@ -99,15 +99,13 @@ class DirLockError(RuntimeError):
 
 class DirLock:
     """DIR/name, held while one process works in DIR: it holds the owner's pid, host and start time.
-    acquire() raises `error` while the owner lives, and takes over a lock whose owner (on this host)
-    is gone, so a killed process leaves nothing to clean up by hand. `user` names the command in
-    the refusal ("sweep", "train")."""
+    acquire() (or `with`) raises `error` while the owner lives, and takes over a lock whose owner
+    (on this host) is gone, so a killed process leaves nothing to clean up by hand. `user` names the
+    command in the refusal ("sweep", "train"); `error` is the DirLockError subclass a refusal raises."""
 
-    error = DirLockError
-
-    def __init__(self, directory, name: str, user: str):
+    def __init__(self, directory, name: str, user: str, error: type = DirLockError):
         self.path = Path(directory) / name
-        self.user = user
+        self.user, self.error = user, error
         self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def acquire(self) -> None:
@@ -122,6 +120,13 @@ class DirLock:
                 json.dump(self.owner, f)
             return
         raise self.error(self._refusal())
+
+    def __enter__(self) -> "DirLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def _holder(self) -> dict:
         try:

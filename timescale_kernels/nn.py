@@ -255,9 +255,8 @@ class LeakyRNN(LeakyBase):
             batched = input.dim() == 3
             if not batched and lengths is not None:
                 raise ValueError("lengths: an unbatched input (T, I) takes no lengths; got lengths")
-            check_input_features(input, self.input_size)
             x = input.unsqueeze(1) if not batched else input.transpose(0, 1) if self.batch_first else input
-        check_input_features(x, self.input_size)
+        check_input_features(input if isinstance(input, torch.Tensor) else x, self.input_size)  # the caller's shape
         self.check_input_dtype(x)
         if lengths is not None:
             lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)

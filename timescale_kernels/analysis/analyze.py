@@ -49,13 +49,10 @@ def check_settings(**settings) -> None:
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: expected true or false; got {value!r}")
         elif name == "eps" or (name == "study_eps" and value is not None):
-            if (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not list(value)
-                    or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e)
-                               and e >= 0 for e in value)):
+            if not _list_of(value, lambda e: isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
                 raise ValueError(f"{name}: expected a non-empty list of finite numbers >= 0; got {value!r}")
         elif name == "length_factors":
-            if (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not list(value)
-                    or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in value)):
+            if not _list_of(value, lambda f: isinstance(f, int) and f >= 1):
                 raise ValueError(f"length_factors: expected a non-empty list of integers >= 1; got {value!r}")
         elif name == "metric":
             if value not in ("task", "stream"):
@@ -67,6 +64,12 @@ def check_settings(**settings) -> None:
     steps, max_lag = settings.get("steps"), settings.get("max_lag")
     if isinstance(steps, int) and isinstance(max_lag, int) and steps <= max_lag:  # measured after the burn-in
         raise ValueError(f"steps: expected more than max_lag ({max_lag}) measured steps; got {steps}")
+
+
+def _list_of(value, ok) -> bool:
+    """value is a non-empty list (or tuple) of non-bool items each passing ok."""
+    return (isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0
+            and all(not isinstance(v, bool) and ok(v) for v in value))
 
 
 @dataclass

@@ -47,9 +47,7 @@ class RunLockError(RunDirError, DirLockError):
 
 def run_lock(path) -> DirLock:
     """The lock a `train` command holds on its run directory while it works there."""
-    lock = DirLock(path, "run.lock", "train")
-    lock.error = RunLockError
-    return lock
+    return DirLock(path, "run.lock", "train", RunLockError)
 
 
 def versions() -> dict:

@@ -30,10 +30,8 @@ class SweepLockError(DirLockError):
 class SweepLock(DirLock):
     """Held while a driver works on a sweep directory. acquire() raises SweepLockError when held."""
 
-    error = SweepLockError
-
     def __init__(self, sweep_dir):
-        super().__init__(sweep_dir, LOCK_NAME, "sweep")
+        super().__init__(sweep_dir, LOCK_NAME, "sweep", SweepLockError)
 
 
 # processes ------------------------------------------------------------------------------------------
