@@ -1,20 +1,45 @@
-"""Builds the C++ CPU kernels as timescale_kernels._C.
+"""Builds the package; with torch in the build environment also the C++ CPU kernels ahead of time
+(timescale_kernels._C).
 
-If torch's C++ extension tooling is missing, the package is installed without the
-extension and falls back to the reference backend (with one warning at import).
+Every wheel carries the C++ sources as package data (timescale_kernels/csrc, copied from the
+repository's csrc/ at build time, so csrc/ stays their only copy): where no prebuilt extension loads
+(an isolated build has no torch, or torch was upgraded since), the kernel is compiled at first use
+against the installed torch and cached (timescale_kernels/ops/cpu_build.py).
 """
+import importlib.util
 import os
+import shutil
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(HERE, "csrc")
 
 
-def _cpu_has(flag):
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and f" {flag} " in line + " " for line in f)
-    except OSError:
-        return False
+def _cpu_flags():
+    # By path: importing the package would import torch, which the build environment may lack.
+    spec = importlib.util.spec_from_file_location("cpu_flags", os.path.join(HERE, "timescale_kernels", "ops",
+                                                                            "cpu_flags.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildPyWithSources(build_py):
+    """Copies csrc/*.cpp and *.h into the built package as timescale_kernels/csrc (not in editable
+    installs, which read the repository's csrc/ in place)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = os.path.join(self.build_lib, "timescale_kernels", "csrc")
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(CSRC)):
+            if name.endswith((".cpp", ".h")):
+                shutil.copy2(os.path.join(CSRC, name), os.path.join(target, name))
 
 
 def _ext_modules():
@@ -23,27 +48,16 @@ def _ext_modules():
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
-        print("torch is not importable: building without the C++ extension", file=sys.stderr)
+        print("torch is not importable: the C++ kernel will be compiled at first use", file=sys.stderr)
         return [], {}
-    here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(
-        os.path.join("csrc", f) for f in os.listdir(os.path.join(here, "csrc")) if f.endswith(".cpp")
-    )
-    # C++20: torch's own headers use it. No trapping math / errno (value-preserving, as torch itself is
-    # built): lets the compiler turn the element-wise selects into vector blends instead of branches.
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
-    if _cpu_has("avx2") and _cpu_has("fma") and not os.environ.get("TIMESCALE_KERNELS_PORTABLE"):
-        cxx += ["-mavx2", "-mfma"]
-    ext = CppExtension(
-        name="timescale_kernels._C",
-        sources=sources,
-        extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
-    )
+    sources = sorted(os.path.join("csrc", f) for f in os.listdir(CSRC) if f.endswith(".cpp"))
+    flags = _cpu_flags()
+    ext = CppExtension(name="timescale_kernels._C", sources=sources,
+                       extra_compile_args={"cxx": flags.compile_args()}, extra_link_args=list(flags.LINK_ARGS))
 
     class OptionalBuildExtension(BuildExtension.with_options(use_ninja=True)):
-        """A failed compile leaves the package installable: it then runs on the reference backend
-        and says at import how to build the kernel."""
+        """A failed compile leaves the package installable: the kernel is then compiled at first use
+        (or, without a compiler there either, CPU runs use the reference loop and say why)."""
 
         def run(self):
             try:
@@ -51,11 +65,11 @@ def _ext_modules():
             except Exception as err:  # compiler missing or failing: report, do not abort the install
                 if os.environ.get("TIMESCALE_KERNELS_REQUIRE_EXT") == "1":
                     raise
-                print(f"WARNING: timescale_kernels._C was not built ({err}); the CPU backend will be "
-                      "unavailable", file=sys.stderr)
+                print(f"WARNING: timescale_kernels._C was not built ({err}); the kernel will be compiled at "
+                      "first use", file=sys.stderr)
 
     return [ext], {"build_ext": OptionalBuildExtension}
 
 
 ext_modules, cmdclass = _ext_modules()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass={"build_py": BuildPyWithSources, **cmdclass})

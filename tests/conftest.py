@@ -12,7 +12,7 @@ from helpers import rel_err  # noqa: F401  (tests that import it from here)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-warnings.filterwarnings("ignore", message="timescale_kernels: the C\\+\\+ CPU kernel is not built")
+warnings.filterwarnings("ignore", message="timescale_kernels: the C\\+\\+ CPU kernel is not available")
 
 # The files that need the plotting and fitting packages are not collected where those are missing
 # (a GPU machine's python with only torch, triton and pytest; none of these files has GPU tests).

@@ -7,25 +7,11 @@
 """
 from __future__ import annotations
 
-import warnings
-
 from .models import MultiHeadReadout
 from .nn import LeakyRNN, LeakyRNNCell
 from .ops import BACKENDS, NONLINEARITIES, PLACEMENTS, available_backends, empty_cache, leaky_rnn, leaky_rnn_step
 
 __version__ = "0.1.0"
-
-
-def _warn_if_cpu_kernel_missing() -> None:
-    from .ops import _compiled_available, _unavailable_reason
-    if not _compiled_available("cpu"):
-        warnings.warn(
-            "timescale_kernels: the C++ CPU kernel is not built, CPU runs use the slow reference loop "
-            f"({_unavailable_reason('cpu')})",
-            RuntimeWarning, stacklevel=2)
-
-
-_warn_if_cpu_kernel_missing()
 
 __all__ = ["LeakyRNN", "LeakyRNNCell", "MultiHeadReadout", "leaky_rnn", "leaky_rnn_step", "available_backends", "BACKENDS",
            "NONLINEARITIES", "PLACEMENTS", "empty_cache", "__version__"]

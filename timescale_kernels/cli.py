@@ -7,6 +7,7 @@
     timescale-kernels analyze runs/multi                   # the study's analyses of every checkpoint
     timescale-kernels report runs/multi runs/single --out report.md
     timescale-kernels retrain CKPT_A CKPT_B --N 12 --epochs 20 --out retrain_out   # learn a new N
+    timescale-kernels info                                  # versions, backends, CPU kernel, GPU
 
 Bad input ends with one line on stderr and exit status 2; Ctrl-C during training keeps the last
 completed epoch, writes the plots and exits with 130.
@@ -363,7 +364,19 @@ def _commands() -> tuple[Command, ...]:
             Command("analyze", _add_analyze, _analyze),
             Command("report", _add_report, _report),
             Command("retrain", _add_retrain, _retrain),
-            Command("sweep", _add_sweep, _sweep))
+            Command("sweep", _add_sweep, _sweep),
+            Command("info", _add_info, _info))
+
+
+def _add_info(sub) -> None:
+    from . import info
+    info.add_arguments(sub.add_parser("info", help="versions, backends, where the CPU kernel came from, the GPU "
+                                      "(what a bug report needs); compiles the CPU kernel where it is not cached"))
+
+
+def _info(args) -> int:
+    from . import info
+    return info.run(args)
 
 
 def _add_sweep(sub) -> None:

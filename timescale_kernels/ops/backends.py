@@ -61,7 +61,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if device.type in ("cuda", "cpu") and compiled_available(wanted):
         return wanted
     if wanted == "cpu":
-        return "reference"  # the package said so once, at import, with the command that builds it
+        return "reference"  # cpu.py said why once, when it looked for the kernel, with the fix
     _warn_once(f"fallback-{wanted}",
                f"timescale_kernels: the fast {wanted!r} backend is not available "
                f"({unavailable_reason(wanted)}); using the slow reference loop")

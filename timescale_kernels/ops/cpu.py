@@ -2,39 +2,96 @@
 
 Each time step is one BLAS GEMM plus one fused element-wise pass over torch's intra-op threads;
 see core.py for the contract. With lengths the kernel orders the rows by length inside the call,
-so that each step computes only the rows still running. Importing this module never fails:
-without the compiled extension is_available() is False and unavailable_reason() says how to
-build it.
+so that each step computes only the rows still running.
+
+The kernel is looked for once per process, at first use (the first is_available()): the prebuilt
+extension timescale_kernels._C where it loads (a build ahead of time against this torch), else the
+one compiled for this torch in the user's cache, compiled there first if absent (cpu_build.py). Only
+where it cannot be compiled (no compiler, no ninja) do CPU runs fall back to the reference loop,
+with one warning that says why and the command that fixes it. Importing this module never fails
+and compiles nothing.
 """
 from __future__ import annotations
 
 import importlib
+import threading
+import warnings
+from dataclasses import dataclass
 
 import torch
 
+from . import cpu_build
 from .choices import nonlinearity_code, placement_code
 
-_BUILD_HINT = "build it with: pip install --no-build-isolation -e ."
 NATIVE_REVERSE = True  # the loops run reverse time order in place (core.py flips for backends without)
+PREBUILT = "timescale_kernels._C"
 
-try:
-    importlib.import_module("timescale_kernels._C")  # registers torch.ops.timescale_kernels_cpu
-    _LOAD_ERROR: str | None = None
-except (ImportError, OSError) as err:  # OSError: a stale build against another torch
-    _LOAD_ERROR = f"timescale_kernels._C could not be loaded ({err}); {_BUILD_HINT}"
+
+@dataclass(frozen=True)
+class KernelSource:
+    """Where this process's kernel came from. origin: "prebuilt" (timescale_kernels._C), "cache"
+    (compiled earlier for this torch), "compiled" (compiled by this process), "waited" (compiled by
+    another process while this one waited) or "" (not loaded: error says why and how to fix it).
+    prebuilt: why timescale_kernels._C was not used ('' where it was)."""
+    origin: str
+    path: str
+    error: str
+    prebuilt: str
+
+
+_lock = threading.Lock()
+_source: KernelSource | None = None
+
+
+def _short(err: Exception, lines: int = 8) -> str:
+    """An error's message cut to its last lines (a failed compile's message holds its whole log)."""
+    text = str(err).strip().splitlines() or [type(err).__name__]
+    tail = text[-lines:] if len(text) > lines else text
+    more = " (TIMESCALE_KERNELS_BUILD_VERBOSE=1 shows the compiler's whole output)" if len(text) > lines else ""
+    return " | ".join(line.strip() for line in tail) + more
+
+
+def _find_kernel() -> KernelSource:
+    try:
+        module = importlib.import_module(PREBUILT)  # registers torch.ops.timescale_kernels_cpu
+        return KernelSource("prebuilt", str(module.__file__), "", "")
+    except ModuleNotFoundError:
+        prebuilt = f"no prebuilt {PREBUILT}"
+    except (ImportError, OSError) as err:  # OSError: a build against another torch
+        prebuilt = f"the prebuilt {PREBUILT} did not load ({err})"
+    try:
+        path, how = cpu_build.load_or_compile()
+    except cpu_build.BuildUnavailable as err:  # no compiler or ninja: the reference loop runs instead
+        return KernelSource("", "", f"{prebuilt}, and {err}", prebuilt)
+    except Exception as err:  # the compile failed (its message holds the compiler's log)
+        return KernelSource("", "", f"{prebuilt}, and compiling it failed: {_short(err)}", prebuilt)
+    return KernelSource(how, str(path), "", prebuilt)
+
+
+def kernel_source() -> KernelSource:
+    """Finds (loads, compiles) the kernel on the first call; warns once if there is none."""
+    global _source
+    with _lock:
+        if _source is None:
+            _source = _find_kernel()
+            if _source.error:
+                warnings.warn("timescale_kernels: the C++ CPU kernel is not available, CPU runs use the slow "
+                              f"reference loop ({_source.error})", RuntimeWarning, stacklevel=4)
+    return _source
 
 
 def is_available() -> bool:
-    """True when the compiled kernels are loaded and registered."""
-    return _LOAD_ERROR is None and hasattr(torch.ops.timescale_kernels_cpu, "forward")
+    """True when the compiled kernels are loaded and registered (loading or compiling them first)."""
+    return not kernel_source().error and hasattr(torch.ops.timescale_kernels_cpu, "forward")
 
 
 def unavailable_reason() -> str:
     """Why is_available() is False (empty when it is True), with the command that fixes it."""
-    if _LOAD_ERROR is not None:
-        return _LOAD_ERROR
+    source = kernel_source()
+    if source.error:
+        return source.error
     if not is_available():
-        return f"timescale_kernels._C loaded but registered no kernels; {_BUILD_HINT}"
+        return f"{source.path} loaded but registered no kernels"
     return ""
 
 
@@ -47,7 +104,7 @@ def empty_cache() -> None:
     """Frees the memory blocks the cpu backend keeps for reuse by the next call (csrc/output_pool.h):
     blocks of 8 MB and more (outputs, input projections, a stacked layer's input), at most 16 of them
     and 4 GB, as torch.cuda.empty_cache() does for CUDA's caching allocator."""
-    if is_available():
+    if _source is not None and is_available():  # nothing to free (and nothing to compile) before first use
         torch.ops.timescale_kernels_cpu.empty_cache()
 
 
