@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.timescale_kernels-installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: all install demo test test-fast bench gpu-check gpu-tune triton-3.6 clean
+.PHONY: all install demo test test-install test-fast bench gpu-check gpu-tune triton-3.6 clean
 
 all: test
 
@@ -37,8 +37,22 @@ $(TRITON_SIDE)/.installed: $(VPY)
 
 triton-3.6: $(TRITON_SIDE)/.installed
 
-test: $(STAMP) $(TRITON_SIDE)/.installed
+test: $(STAMP) $(TRITON_SIDE)/.installed test-install
 	TIMESCALE_KERNELS_TRITON36=$(abspath $(TRITON_SIDE)) $(VPY) -m pytest -q tests
+
+# The install as users do it: the sdist and the wheel built with plain commands (an isolated build,
+# no torch in it), the wheel installed into a fresh venv holding only torch and the wheel's own
+# dependencies, and tests/install_smoke.py run there on an empty kernel cache, so that the first
+# use compiles the kernel (a few minutes on 2 cores).
+INSTALL_CHECK ?= build/install-check
+test-install: $(STAMP)
+	rm -rf $(INSTALL_CHECK)
+	$(VPY) -m pip install -q build
+	$(VPY) -m build --outdir $(INSTALL_CHECK)/dist .
+	$(PYTHON) -m venv $(INSTALL_CHECK)/venv
+	$(INSTALL_CHECK)/venv/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(INSTALL_CHECK)/venv/bin/python -m pip install -q $(INSTALL_CHECK)/dist/*.whl
+	cd $(INSTALL_CHECK) && TIMESCALE_KERNELS_CACHE_DIR=$$PWD/cache venv/bin/python $(CURDIR)/tests/install_smoke.py
 
 # The CPU benchmarks, each written to benchmarks/results/ as JSON (a few minutes on 2 cores).
 bench: $(STAMP)
