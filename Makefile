@@ -54,26 +54,29 @@ test-install: $(STAMP)
 	$(INSTALL_CHECK)/venv/bin/python -m pip install -q $(INSTALL_CHECK)/dist/*.whl
 	cd $(INSTALL_CHECK) && TIMESCALE_KERNELS_CACHE_DIR=$$PWD/cache venv/bin/python $(CURDIR)/tests/install_smoke.py
 
-# The CPU benchmarks, each written to benchmarks/results/ as JSON (a few minutes on 2 cores).
+# The CPU benchmarks (benchmarks/cpu, pytest-benchmark; a few minutes on 2 cores): each run is saved
+# as JSON under BENCH_STORAGE and compared with the previous run saved there from this machine's
+# Python (nothing to compare on the first). BENCH_ARGS passes more options, e.g. -k training.
+BENCH_STORAGE ?= benchmarks/results/pytest-benchmark
 bench: $(STAMP)
-	$(VPY) benchmarks/bench_cpu.py --repeats 5 --json benchmarks/results/cpu-2core-epyc.json
-	$(VPY) benchmarks/bench_training.py --json benchmarks/results/training-cpu-2core.json
-	$(VPY) benchmarks/bench_tau_net.py --steps 10000 --repeats 2 --json benchmarks/results/tau_net-cpu-2core.json
+	$(VPY) -m pytest benchmarks/cpu --benchmark-only -p no:cacheprovider --benchmark-storage=$(BENCH_STORAGE) \
+		--benchmark-autosave --benchmark-compare $(BENCH_ARGS)
 
 # On a machine with CUDA, torch and triton (no network, no C++ build): GPU benchmarks, GPU tests and one
 # compact table, in at most about 6 minutes on an H100/H200. Result files (gpu-<device>.json, .md, .log)
 # go to OUT_DIR (or GPU_CHECK_OUT_DIR; default benchmarks/results/). GPU_CHECK_ARGS=--dry-run
-# rehearses the command on the CPU.
+# rehearses the command on the CPU. TIMESCALE_KERNELS_JIT=0: the CPU kernel is not compiled there (GPU
+# time is scarce and nothing in it measures the CPU kernel); its tests skip, as without a build.
 GPU_CHECK_BUDGET ?= 330
 gpu-check:
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py --budget-s $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)
+	TIMESCALE_KERNELS_JIT=0 PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py --budget-s $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)
 
 # After gpu-check, in the GPU time left (about 3.5 minutes): the launchers' choices measured (the default
 # family's tiles, the persistent tilings, the family by shape, a bidirectional layer on two streams).
 # Files gpu-tune-<device>.json, .md, .log go where gpu-check's go; GPU_TUNE_ARGS=--dry-run rehearses it.
 GPU_TUNE_BUDGET ?= 210
 gpu-tune:
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_tune.py --budget-s $(GPU_TUNE_BUDGET) $(GPU_TUNE_ARGS)
+	TIMESCALE_KERNELS_JIT=0 PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_tune.py --budget-s $(GPU_TUNE_BUDGET) $(GPU_TUNE_ARGS)
 
 clean:
 	rm -rf build *.egg-info timescale_kernels/*.so $(DEMO_OUT)
