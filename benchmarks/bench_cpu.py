@@ -13,6 +13,10 @@ With --mixed-lengths, one batch whose rows have lengths uniform in T/4..T (25..1
 against the same batch padded to T (every row runs all T steps):
   cpu backend, padded / cpu backend, mixed lengths   leaky_rnn without and with lengths=
   torch.nn.RNN, padded / torch.nn.RNN, packed        the padded tensor, and a PackedSequence of it
+
+benchmarks/cpu/test_bench_op.py times the same step functions on pytest-benchmark (saved runs,
+comparison with the last). This script stays for what that harness does not do: rounds interleaved
+across the rows, so that a busy moment of a shared machine hits every row alike, and the ratios.
 """
 from __future__ import annotations
 

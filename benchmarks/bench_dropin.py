@@ -8,6 +8,9 @@ One forward + backward (loss = output.sum()) per call, default (T, B, H) = (100,
 repeats:
   LeakyRNN      timescale_kernels.LeakyRNN(..., nonlinearity="tanh", backend="cpu"), tau trained
   torch.nn.RNN  the same layers and directions (tanh, oneDNN)
+
+A hand-written harness rather than pytest-benchmark: the rounds interleave the two modules (and runs
+of it alternate with a previous version of the package), an A/B comparison on a shared machine.
 """
 from __future__ import annotations
 

@@ -20,6 +20,11 @@ GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every mea
               layers bidirectional with nn.RNN's weights
 --dry-run runs the same code on the CPU at tiny shapes under the Triton interpreter (timings
 meaningless; it rehearses the command and its output).
+
+A hand-written harness rather than pytest-benchmark: GPU times come from triton's do_bench (CUDA
+events; gpu_results.time_ms), each group runs in its own process under gpu_check's time limit, and
+every measurement is written to the JSON as it is taken, so that a group killed on a scarce GPU
+keeps what it measured.
 """
 from __future__ import annotations
 

@@ -15,6 +15,10 @@ multi-head checkpoint when present, else a random one with H neurons):
 "vs study": op rows against the study loop, tau_net rows against the study loop + FFT ac.
 --steps shortens the run; the table extrapolates linearly to the full 100,500 steps. Each row is the
 best of --repeats interleaved rounds.
+
+benchmarks/cpu/test_bench_tau_net.py times the same functions on pytest-benchmark. This script stays
+for the interleaved rounds (a shared machine's load hits every row alike), the extrapolation to the
+study's 100,500 steps, the fit's time and the GPU rows.
 """
 from __future__ import annotations
 

@@ -18,6 +18,10 @@ Default shapes are small (H=128, B=64) so that it ends in a couple of minutes on
 --paper uses the study's H=500, B=256. The projection of the study's headline run (multi-head parity
 from N=2 to N=100) assumes 1000 epochs with N growing linearly from 2 to 100, and an epoch cost
 linear in N through the two measured points.
+
+benchmarks/cpu/test_bench_training.py times the same runners on pytest-benchmark. This script stays
+for what that harness does not do: alternating rounds of both implementations, the epoch and headline
+projections, and --per-step's aten-call counts from torch.profiler.
 """
 from __future__ import annotations
 
