@@ -175,3 +175,54 @@ def test_a_built_package_carries_the_sources(tmp_path):
     assert sorted(p.name for p in shipped.iterdir()) == expected
     assert all((shipped / name).read_bytes() == (REPO / "csrc" / name).read_bytes() for name in expected)
     assert (tmp_path / "timescale_kernels" / "ops" / "cpu_flags.py").is_file()
+
+
+class _Loaded:
+    __file__ = "/site/timescale_kernels/_C.so"
+
+
+def _find_with(monkeypatch, prebuilt, built):
+    """cpu._find_kernel with the prebuilt import and the cache replaced: prebuilt is a module or an
+    exception to raise, built a (path, how) pair or an exception. Returns (KernelSource, cache calls)."""
+    from timescale_kernels.ops import cpu
+    calls = []
+
+    def import_module(name):
+        assert name == cpu.PREBUILT
+        if isinstance(prebuilt, BaseException):
+            raise prebuilt
+        return prebuilt
+
+    def load_or_compile():
+        calls.append(1)
+        if isinstance(built, BaseException):
+            raise built
+        return built
+    monkeypatch.setattr(cpu.importlib, "import_module", import_module)
+    monkeypatch.setattr(cpu_build, "load_or_compile", load_or_compile)
+    return cpu._find_kernel(), calls
+
+
+def test_a_prebuilt_extension_that_loads_is_used_first(monkeypatch):
+    source, calls = _find_with(monkeypatch, _Loaded(), AssertionError("not reached"))
+    assert (source.origin, source.path, source.error, calls) == ("prebuilt", _Loaded.__file__, "", [])
+
+
+def test_a_stale_prebuilt_extension_gives_way_to_the_cache(monkeypatch):
+    stale = OSError("_C.so: undefined symbol: _ZN3c104impl8GPUTrace")  # built against another torch
+    source, calls = _find_with(monkeypatch, stale, (Path("/cache/k/timescale_kernels_cpu.so"), "compiled"))
+    assert source.origin == "compiled" and source.error == "" and calls == [1]
+    assert "did not load" in source.prebuilt and "undefined symbol" in source.prebuilt
+    source, _ = _find_with(monkeypatch, ModuleNotFoundError("No module named 'timescale_kernels._C'"),
+                           (Path("/cache/k/timescale_kernels_cpu.so"), "cache"))
+    assert (source.origin, source.prebuilt) == ("cache", "no prebuilt timescale_kernels._C")
+
+
+def test_a_failed_compile_is_reported_by_the_end_of_its_log(monkeypatch):
+    log = "\n".join(f"line {i}" for i in range(40)) + "\nloops.h:12: error: expected ';'"
+    source, _ = _find_with(monkeypatch, ModuleNotFoundError("no"), RuntimeError(log))
+    assert source.origin == "" and "compiling it failed" in source.error
+    assert "loops.h:12: error" in source.error and "line 0 " not in source.error
+    assert cpu_build.VERBOSE_ENV + "=1" in source.error
+    source, _ = _find_with(monkeypatch, ModuleNotFoundError("no"), cpu_build.BuildUnavailable("no C++ compiler: x"))
+    assert source.error == "no prebuilt timescale_kernels._C, and no C++ compiler: x"

@@ -47,7 +47,7 @@ def _short(err: Exception, lines: int = 8) -> str:
     """An error's message cut to its last lines (a failed compile's message holds its whole log)."""
     text = str(err).strip().splitlines() or [type(err).__name__]
     tail = text[-lines:] if len(text) > lines else text
-    more = " (TIMESCALE_KERNELS_BUILD_VERBOSE=1 shows the compiler's whole output)" if len(text) > lines else ""
+    more = f" ({cpu_build.VERBOSE_ENV}=1 shows the compiler's whole output)" if len(text) > lines else ""
     return " | ".join(line.strip() for line in tail) + more
 
 
