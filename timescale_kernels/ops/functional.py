@@ -103,18 +103,26 @@ def leaky_rnn(
     tensors = (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau)
     if name == "reference":
         return _run_reference(tensors, nonlinearity, placement, self_connections, lengths, drive_noise, reverse)
-    if backend != "auto" or name != "triton" or torch.compiler.is_compiling():
-        return _run_compiled(name, *tensors, nonlinearity, placement, self_connections, precision, lengths,
-                             drive_noise, reverse)
-    key = _kernel_key(input, hx, nonlinearity, placement, precision, lengths)
+    if backend == "auto" and name == "triton" and not torch.compiler.is_compiling():
+        return _run_triton_or_reference(tensors, nonlinearity, placement, self_connections, precision, lengths,
+                                        drive_noise, reverse)
+    return _run_compiled(name, *tensors, nonlinearity, placement, self_connections, precision, lengths,
+                         drive_noise, reverse)
+
+
+def _run_triton_or_reference(tensors, nonlinearity, placement, self_connections, precision, lengths, drive_noise,
+                             reverse):
+    """The triton backend, chosen by "auto": on the reference instead where a kernel of the same key failed
+    before, or fails now (recorded, with one warning: backends.record_triton_failure)."""
+    key = _kernel_key(tensors[0], tensors[1], nonlinearity, placement, precision, lengths)
     if not triton_failed(key):
         try:
-            return _run_compiled(name, *tensors, nonlinearity, placement, self_connections, precision, lengths,
+            return _run_compiled("triton", *tensors, nonlinearity, placement, self_connections, precision, lengths,
                                  drive_noise, reverse)
         except Exception as err:
             if not fall_back_from(err):
                 raise
-            record_triton_failure(key, input.device, err)
+            record_triton_failure(key, tensors[0].device, err)
     return _run_reference(tensors, nonlinearity, placement, self_connections, lengths, drive_noise, reverse)
 
 
