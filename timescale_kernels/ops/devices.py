@@ -9,10 +9,11 @@ would pick on a card nobody here has.
 
 The numbers are NVIDIA's: the per-architecture limits (shared memory per SM and the most a block
 may opt in to, registers and threads per SM) from the CUDA C++ Programming Guide's table
-"Technical Specifications per Compute Capability" and the architectures' tuning guides (Turing:
-64 KB per block; Ampere GA100: 164 KB per SM, 163 KB per block; GA10x and Ada: 100 KB per SM, 99 KB
-per block; Hopper: 228 KB per SM, 227 KB per block; Blackwell compute capability 12.0: 100 KB per
-SM, 99 KB per block); the SM counts from each product's datasheet or architecture whitepaper.
+"Technical Specifications per Compute Capability" and the architectures' tuning guides (Volta: 96
+KB per block; Turing: 64 KB; Ampere GA100: 164 KB per SM, 163 KB per block; GA10x and Ada: 100 KB
+per SM, 99 KB per block; Hopper: 228 KB per SM, 227 KB per block; Blackwell compute capability
+12.0: 100 KB per SM, 99 KB per block); the SM counts from each product's datasheet or
+architecture whitepaper. Not checked here against a card: the tests run on none.
 """
 from __future__ import annotations
 
@@ -68,8 +69,10 @@ def _optin_by_arch(major: int, minor: int) -> int:
         return 227 * KB
     if (major, minor) in ((8, 0), (8, 7)):
         return 163 * KB
-    if major == 7 and minor == 5:
-        return 64 * KB
+    if major == 7:
+        return 64 * KB if minor == 5 else 96 * KB  # Turing; Volta
+    if major < 7:
+        return 48 * KB
     return 99 * KB  # 8.6, 8.9, 12.x
 
 
