@@ -1,5 +1,6 @@
 """A triton kernel that fails at first use under backend="auto": the call runs on the reference, with one
-warning naming the card, the kernel and the error, and later calls of that kernel key skip triton.
+warning naming the card, the kernel and the error, and later calls of that kernel key skip triton. A
+backward kernel that fails after its forward ran gives the reference's gradients.
 
 Runs without CUDA: under TRITON_INTERPRET=1 the triton backend runs on CPU tensors, and "auto" is made to
 resolve to it on the CPU (backends.AUTO_BY_DEVICE), as it does on CUDA.
@@ -32,6 +33,7 @@ def auto_is_triton(monkeypatch):
     """'auto' resolves to triton on this device; a fresh failure record and fresh once-only warnings."""
     monkeypatch.setitem(backends.AUTO_BY_DEVICE, DEVICE, "triton")
     monkeypatch.setattr(backends, "_triton_failures", {})
+    monkeypatch.setattr(backends, "_auto_triton", set())
     monkeypatch.setattr(backends, "_warned", set())
 
 
@@ -121,3 +123,31 @@ def test_without_failures_auto_runs_triton(auto_is_triton, monkeypatch):
     got, got_grads = grads_of("auto", tensors)
     want, want_grads = grads_of("reference", tensors)
     assert calls and rel_err(got, want) <= 1e-5 and triton_failures() == []
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]])
+def test_a_failing_backward_kernel_gives_the_reference_gradients(auto_is_triton, monkeypatch, lengths):
+    """The forward ran on triton; its backward kernel fails: the gradients are the reference's, one
+    warning names the backward kernel, and the next call runs on the reference from its forward on."""
+    launches = []
+
+    def run(*args, **kwargs):
+        launches.append(1)
+        raise KernelBug("PTX .version 9.9 does not support .target sm_75")
+
+    monkeypatch.setattr(triton_kernels.recurrence_bwd_kernel, "run", run)
+    forwards = []
+    real = tr.forward
+    monkeypatch.setattr(tr, "forward", lambda *a, **k: forwards.append(1) or real(*a, **k))
+    tensors = inputs()
+    extra = {} if lengths is None else {"lengths": torch.tensor(lengths, device=DEVICE)}
+    want, want_grads = grads_of("reference", tensors, **extra)
+    with pytest.warns(RuntimeWarning, match="recurrence_bwd_kernel on .*KernelBug: PTX"):
+        got, got_grads = grads_of("auto", tensors, **extra)
+    assert rel_err(got, want) <= 1e-5 and all(rel_err(a, b) <= 1e-5 for a, b in zip(got_grads, want_grads))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        again, again_grads = grads_of("auto", tensors, **extra)
+    assert rel_err(again, want) == 0.0 and all(rel_err(a, b) == 0.0 for a, b in zip(again_grads, want_grads))
+    assert len(launches) == 1 and len(forwards) == 1
+    assert [f.kernel for f in triton_failures()] == ["recurrence_bwd_kernel"]

@@ -88,6 +88,48 @@ class TritonFailure:
 
 
 _triton_failures: dict[tuple, TritonFailure] = {}
+_auto_triton: set[tuple] = set()  # kernel keys whose forward "auto" ran on triton (their backward may fall back)
+
+
+def kernel_key(device, dtype, nonlinearity: str, placement: str, precision: str, has_lengths: bool,
+               state_shape) -> tuple:
+    """What selects the triton kernels and their plan for a call: the device, the dtype computed in,
+    the constexpr choices, whether lengths are given, and the state's shape (B, H) (with any leading
+    dimensions), which the persistent plan and the kernels' specialisation read."""
+    return (str(device), str(dtype), nonlinearity, placement, precision, bool(has_lengths), tuple(state_shape))
+
+
+def note_auto_triton(key: tuple) -> None:
+    """Records that "auto" ran this key's forward on triton: its backward falls back as the forward would."""
+    _auto_triton.add(key)
+
+
+def backward_or_reference(backend: str, key: tuple):
+    """The module whose backward a call's gradient runs: COMPILED[backend], or, where "auto" chose triton
+    for this key, one that runs the reference backward (reference.recurrence_reference_backward) when the
+    triton kernel fails (recorded and warned once, as at the forward)."""
+    if backend != "triton" or key not in _auto_triton:
+        return COMPILED[backend]
+    return _TritonBackwardOrReference(key)
+
+
+class _TritonBackwardOrReference:
+    """triton_recurrence.backward's contract; the reference's result where the triton kernel fails."""
+
+    def __init__(self, key: tuple):
+        self.key = key
+
+    def backward(self, grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision, lengths=None):
+        from .reference import recurrence_reference_backward
+        if not triton_failed(self.key):
+            try:
+                return triton_recurrence.backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, precision,
+                                                  lengths=lengths)
+            except Exception as err:
+                if not fall_back_from(err):
+                    raise
+                record_triton_failure(self.key, h.device, err)
+        return recurrence_reference_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, lengths)
 
 
 def triton_failures() -> list[TritonFailure]:

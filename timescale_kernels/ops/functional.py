@@ -6,15 +6,14 @@ torch.compile) or eager.py's autograd Function (otherwise).
 
 Where backend="auto" resolves to triton, a kernel that fails to compile or launch at its first use
 runs the call on the reference instead, with one warning, and every later call with the same
-kernel key goes straight to the reference (backends.triton_failures() lists them). The forward's
-launch is where a kernel first meets a card; a backward kernel that fails after its forward ran
-raises, as backend="triton" always does.
+kernel key goes straight to the reference (backends.triton_failures() lists them); a backward kernel
+that fails after its forward ran gives the reference's backward (backends.backward_or_reference).
 """
 from __future__ import annotations
 
 import torch
 
-from .backends import fall_back_from, record_triton_failure, resolve_backend, triton_failed
+from .backends import fall_back_from, kernel_key, note_auto_triton, record_triton_failure, resolve_backend, triton_failed
 from .checks import check_drive_noise, check_lengths, check_op_args
 from .core import reverse_in_time
 from .eager import input_projection, run_recurrence
@@ -114,8 +113,11 @@ def _run_triton_or_reference(tensors, nonlinearity, placement, self_connections,
                              reverse):
     """The triton backend, chosen by "auto": on the reference instead where a kernel of the same key failed
     before, or fails now (recorded, with one warning: backends.record_triton_failure)."""
-    key = _kernel_key(tensors[0], tensors[1], nonlinearity, placement, precision, lengths)
+    input, hx = tensors[:2]
+    key = kernel_key(input.device, torch.float32 if input.dtype in _LOW_PRECISION else input.dtype, nonlinearity,
+                     placement, precision, lengths is not None, hx.shape)
     if not triton_failed(key):
+        note_auto_triton(key)
         try:
             return _run_compiled("triton", *tensors, nonlinearity, placement, self_connections, precision, lengths,
                                  drive_noise, reverse)
@@ -124,14 +126,6 @@ def _run_triton_or_reference(tensors, nonlinearity, placement, self_connections,
                 raise
             record_triton_failure(key, tensors[0].device, err)
     return _run_reference(tensors, nonlinearity, placement, self_connections, lengths, drive_noise, reverse)
-
-
-def _kernel_key(input, hx, nonlinearity, placement, precision, lengths) -> tuple:
-    """What selects the triton kernels and their plan for a call: the device, the dtype, the
-    constexpr choices, whether lengths are given, and the state's shape (B, H) (with any leading
-    dimensions), which the persistent plan and the kernels' specialisation read."""
-    return (str(input.device), str(input.dtype), nonlinearity, placement, precision, lengths is not None,
-            tuple(hx.shape))
 
 
 def _run_reference(tensors, nonlinearity, placement, self_connections, lengths, drive_noise, reverse):
