@@ -17,8 +17,9 @@ placement or family is compiled on every card once it is in them:
   - the persistent family: at each of TABLE_SHAPES where the rule picks it, the fp32 plan's forward
     and backward; at the study shape, every other precision's plan the rule picks, forward and backward.
 A precision the card cannot run (the tensor-core ones before sm_80) is captured too and must be
-refused by the launcher (a row with "refused"). sm_90 compiles these beside triton_compile.py's full
-set; the other cards compile only these (their hot loops are not read: the SASS readers know sm_90).
+refused by the launcher (a row with "refused"). On sm_90 the cases triton_compile.py's full set already
+compiles with the same plan are left out (compiled_by_triton_compile); the other cards compile only
+these, and their hot loops are not read (the SASS readers know sm_90's instructions).
 """
 from __future__ import annotations
 
