@@ -28,8 +28,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m timescale_kernels.cli demo --out $(DEMO_OUT)
 
-# The GPU machine's triton (3.6.0), installed beside the newest for the sm_90 compile tests
-# (tests/test_triton_compile.py puts this folder first on PYTHONPATH in a subprocess).
+# The GPU machine's triton (3.6.0), installed beside the newest for the compile tests: sm_90's and every
+# card's (tests/test_triton_compile.py and test_triton_cards.py put this folder first on PYTHONPATH in a subprocess).
 TRITON_SIDE := $(VENV)/triton-3.6.0
 $(TRITON_SIDE)/.installed: $(VPY)
 	$(VPY) -m pip install -q --no-deps --upgrade --target $(TRITON_SIDE) triton==3.6.0

@@ -1,13 +1,17 @@
-"""Capture the Triton launches the launchers make, and compile them for sm_90 as the JIT would, without a GPU.
+"""Capture the Triton launches the launchers make, and compile them for sm_90 (or another card) as the JIT
+would, without a GPU.
 
-capturing(): inside, the launchers see one CUDA H200 (torch.cuda and triton_recurrence's
+capturing(card): inside, the launchers see one CUDA H200 (or the card given, a
+timescale_kernels.ops.devices.DeviceProperties: its SM count and shared memory set the persistent
+plan, its compute capability the compile target) (torch.cuda and triton_recurrence's
 device_properties / check_device patched) and tensors made by stand_in() are StandIns, which
 report device "cuda" but live on the meta device (no memory, no GPU); every
 `kernel[grid](*args, **kwargs)` is recorded as a Launch instead of running. compile_launch()
 specialises a Launch's arguments with the installed triton's own launch-time code (its binder and
 JITFunction._pack_args: a stride of 1 becomes the constant 1, integers and pointers divisible by 16
 get tt.divisibility = 16; pointers are 256-byte aligned plus their storage offset, as CUDA
-allocations are) and compiles for GPUTarget("cuda", 90, 32): the same ASTSource, options and cache
+allocations are) and compiles for GPUTarget("cuda", launch.arch, 32) (90 unless captured for another
+card): the same ASTSource, options and cache
 key as the JIT's own compile on an H100/H200. resources() reads registers, spills and shared memory
 from `ptxas -v` (the ptxas triton ships). Used by triton_compile.py (and through it by the tests and
 gpu_check.py).
@@ -101,11 +105,13 @@ class Pointer:
 
 @dataclasses.dataclass
 class Launch:
-    """One recorded `kernel[grid](*args, **kwargs)`; tensors recorded as Pointers."""
+    """One recorded `kernel[grid](*args, **kwargs)`; tensors recorded as Pointers; arch: the sm_XX
+    number of the card it was captured for (the compile target)."""
     kernel: object
     grid: tuple
     args: tuple
     kwargs: dict
+    arch: int = ARCH
 
     @property
     def name(self) -> str:
@@ -117,10 +123,12 @@ def _as_pointer(value):
 
 
 @contextlib.contextmanager
-def capturing():
-    """Inside: the launchers see one CUDA H200 (torch.cuda and triton_recurrence.device_properties /
-    check_device patched, tensors are StandIns) and every JITFunction launch is recorded into the
-    yielded list instead of running."""
+def capturing(card=None):
+    """Inside: the launchers see one CUDA H200, or card (a devices.DeviceProperties) (torch.cuda and
+    triton_recurrence.device_properties / check_device patched, tensors are StandIns) and every
+    JITFunction launch is recorded into the yielded list, with the card's arch, instead of running."""
+    props = card or DEVICE_PROPERTIES
+    arch = 10 * props.major + props.minor
     from triton.runtime.jit import JITFunction
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("capturing(): unset TRITON_INTERPRET (the launchers would take the interpreter's path)")
@@ -129,16 +137,16 @@ def capturing():
     def record(self, *args, grid, warmup, **kwargs):
         grid = grid(dict(zip(self.arg_names, args))) if callable(grid) else tuple(grid)
         launches.append(Launch(self, tuple(grid), tuple(_as_pointer(a) for a in args),
-                               {k: _as_pointer(v) for k, v in kwargs.items()}))
+                               {k: _as_pointer(v) for k, v in kwargs.items()}, arch))
         return None
 
     patches = {"is_available": lambda: True, "device_count": lambda: 1, "current_device": lambda: 0,
-               "get_device_properties": lambda device=None: DEVICE_PROPERTIES,
-               "get_device_capability": lambda device=None: (DEVICE_PROPERTIES.major, DEVICE_PROPERTIES.minor),
-               "get_device_name": lambda device=None: DEVICE_PROPERTIES.name,
+               "get_device_properties": lambda device=None: props,
+               "get_device_capability": lambda device=None: (props.major, props.minor),
+               "get_device_name": lambda device=None: props.name,
                "device": lambda device=None: contextlib.nullcontext(), "synchronize": lambda device=None: None}
     from timescale_kernels.ops import triton_recurrence as tr
-    backend = {"device_properties": lambda device: DEVICE_PROPERTIES, "check_device": lambda u_like: None}
+    backend = {"device_properties": lambda device: props, "check_device": lambda u_like: None}
     saved = {name: getattr(torch.cuda, name) for name in patches}
     saved_backend = {name: getattr(tr, name) for name in backend}
     saved_run = JITFunction.run
@@ -160,16 +168,16 @@ def capturing():
 
 # ---- specialise and compile ---------------------------------------------------------------------------
 
-def target():
+def target(arch: int = ARCH):
     from triton.backends.compiler import GPUTarget
-    return GPUTarget("cuda", ARCH, 32)
+    return GPUTarget("cuda", arch, 32)
 
 
 def specialise(launch: Launch):
     """(signature, constexprs, attrs, options) as JITFunction.run derives them from these arguments."""
     from triton.compiler.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
-    backend = make_backend(target())
+    backend = make_backend(target(launch.arch))
     kernel = launch.kernel
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     from triton import knobs
@@ -183,11 +191,11 @@ def specialise(launch: Launch):
 
 
 def compile_launch(launch: Launch):
-    """The kernel the JIT would compile for this launch on an sm_90 device (asm: ttgir, ptx, cubin)."""
+    """The kernel the JIT would compile for this launch on its card (sm_90 by default; asm: ttgir, ptx, cubin)."""
     import triton
     options, signature, constexprs, attrs = specialise(launch)
     source = triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs)
-    return triton.compile(source, target=target(), options=options.__dict__)
+    return triton.compile(source, target=target(launch.arch), options=options.__dict__)
 
 
 def specialised_arguments(launch: Launch) -> dict:
@@ -202,13 +210,14 @@ def specialised_arguments(launch: Launch) -> dict:
     return out
 
 
-def resources(compiled) -> dict:
-    """{'registers', 'spills' (bytes stored + loaded), 'smem' (bytes, ptxas static + triton's dynamic)}."""
+def resources(compiled, arch: int = ARCH) -> dict:
+    """{'registers', 'spills' (bytes stored + loaded), 'smem' (bytes, ptxas static + triton's dynamic)}
+    of a kernel compiled for sm_<arch>."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "kernel.ptx"
         ptx.write_text(compiled.asm["ptx"])
-        run = subprocess.run([get_ptxas(ARCH).path, "-v", f"--gpu-name={sm_arch_from_capability(ARCH)}", str(ptx),
+        run = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}", str(ptx),
                               "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True, check=True)
     log = run.stderr + run.stdout
     registers = int(re.search(r"Used (\d+) registers", log).group(1))

@@ -57,6 +57,8 @@ class Case:
     lengths: bool = False            # per-row lengths (HAS_LENGTHS) as the study's variable-length batches
     contiguous_wt: bool = True       # False: the forward reads W through its strides (defect 1's control)
     batch: int = 0                   # B; 0: the direction's shape's
+    hidden: int = 0                  # H; 0: the direction's shape's
+    card: str = ""                   # a key of devices.CARDS (its arch and properties); "": the H200 stand-in
 
     @property
     def label(self) -> str:
@@ -65,12 +67,14 @@ class Case:
         extra += "/lengths" if self.lengths else ""
         extra += "" if self.contiguous_wt else "/strided-W"
         extra += f"/B={self.batch}" if self.batch else ""
+        extra += f"/H={self.hidden}" if self.hidden else ""
+        extra += f"@{self.card}" if self.card else ""
         return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{extra}"
 
     @property
     def shape(self):
         T, B, H = ANALYSIS_SHAPE if self.direction == "simulate" else STUDY_SHAPE
-        return T, self.batch or B, H
+        return T, self.batch or B, self.hidden or H
 
 
 def all_cases(quick: bool = False) -> list[Case]:
@@ -127,13 +131,14 @@ def capture(case: Case) -> list[Launch]:
     """The launches the launchers make for one case at its shape (usually one), through
     triton_recurrence.forward / backward with family= pinned and, for contiguous_wt=False, the
     GPU config with the strided W read."""
+    from timescale_kernels.ops import devices
     from timescale_kernels.ops import triton_recurrence as tr
     T, B, H = case.shape
     dtype = getattr(torch, case.dtype)
     config = dataclasses.replace(tr.GPU_CONFIG, contiguous_wt=case.contiguous_wt)
     common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision,
                   config=config, family=case.family)
-    with capturing() as launches:
+    with capturing(devices.CARDS[case.card] if case.card else None) as launches:
         u, h0 = stand_in((T, B, H), dtype), stand_in((B, H), dtype)
         w, alpha = stand_in((H, H), dtype), stand_in(H, dtype)
         lengths = stand_in(B, torch.int64) if case.lengths else None
@@ -210,8 +215,9 @@ def compile_case(case: Case) -> list[dict]:
                      "options": {k: launch.kwargs[k] for k in LAUNCH_OPTIONS if k in launch.kwargs},
                      "ptx": ptx_facts(compiled.asm["ptx"], 32 * compiled.metadata.num_warps),
                      "dynamic_smem": int(compiled.metadata.shared),
-                     "arguments": specialised_arguments(launch), **resources(compiled),
-                     "hot_loop": hot_loop_of(compiled.asm["cubin"]),
+                     "arguments": specialised_arguments(launch), **resources(compiled, launch.arch),
+                     # the SASS readers know sm_90's instructions (the hot-loop tests read sm_90 only)
+                     "hot_loop": hot_loop_of(compiled.asm["cubin"]) if launch.arch == ARCH else None,
                      "unswizzled_reduction_operands": unswizzled_reduction_operands(
                          compiled.asm["ttgir"], ("f32",) if case.dtype == "float32" else ("f64",))})
     return rows

@@ -2,14 +2,20 @@
 
 Local: ray.init(address="local") with a temp dir of this sweep's own (so it never joins or ends
 another Ray on the machine); its processes are recorded in the sweep directory (sweep_procs) and
-ended at the end, or by the next driver if this one was killed. Cluster: ray.init(address=...),
-nothing is started or ended; the sweep directory must be on storage every node shares.
+ended at the end, or by the next driver if this one was killed. A local Ray never leaves the
+machine, so it listens on loopback only: its node address is 127.0.0.1, which its GCS, raylet,
+object manager, agents and workers bind to (Ray binds its servers to the node's address); its
+dashboard is off and its token authentication on (Ray's default for a new local cluster, which the
+sweep leaves alone; RAY_AUTH_MODE in the environment would turn it off). Cluster:
+ray.init(address=...), nothing is started or ended and nothing of the above is set; the sweep
+directory must be on storage every node shares.
 
 A task that loses its worker (the process or its node dies) is retried by Ray (max_retries) and
 resumes from the run's saved state; an exception inside a run is returned as its result, not retried.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -22,6 +28,7 @@ from .sweep_procs import LocalRayProcesses
 from .sweep_run import run_one_safely
 
 MAX_RETRIES = 3
+LOOPBACK = "127.0.0.1"
 
 
 class RayMissingError(RuntimeError):
@@ -59,6 +66,33 @@ def local_temp_dir(sweep_dir) -> str:
     return os.path.join(tempfile.gettempdir(), f"tk-sweep-ray-{digest}")
 
 
+@contextlib.contextmanager
+def local_ray_environment(ray):
+    """Inside: what a local Ray started by ray.init inherits. PYTHONPATH leads with this copy of the
+    package (e.g. one run from a source tree, uninstalled), which its workers must import; and Ray
+    takes 127.0.0.1 as the node's address: on Linux ray.init replaces a loopback
+    _node_ip_address by the machine's outward address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is
+    off (read into ray_constants at import, so the driver's copy is set too), and its servers bind
+    to the node's address."""
+    from ray._private import ray_constants
+    package_root = str(Path(__file__).resolve().parents[2])
+    values = {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+              ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}
+    saved = {name: os.environ.get(name) for name in values}
+    saved_cluster = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(values)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class RaySession:
     """A connection to Ray for one sweep; use as a context manager.
 
@@ -86,18 +120,10 @@ class RaySession:
         ray = self.ray
         if self.local:
             self.processes.end_recorded()  # what a killed driver of this sweep left behind
-            # The local workers inherit the environment of the Ray processes started here: make sure
-            # they import this copy of the package (e.g. one run from a source tree, uninstalled).
-            saved = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), saved]))
-            try:
+            with local_ray_environment(ray):
                 ray.init(address="local", _temp_dir=self.temp_dir, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
-                         include_dashboard=False, log_to_driver=False, configure_logging=False)
-            finally:
-                if saved is None:
-                    del os.environ["PYTHONPATH"]
-                else:
-                    os.environ["PYTHONPATH"] = saved
+                         _node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
             self.processes.note(self.temp_dir)
         else:
             try:

@@ -7,7 +7,7 @@ specification every backend is tested against; choices.py holds the tables of na
 """
 from __future__ import annotations
 
-from .backends import BACKENDS, available_backends, resolve_backend
+from .backends import BACKENDS, available_backends, resolve_backend, triton_failures
 from .backends import compiled_available as _compiled_available
 from .backends import unavailable_reason as _unavailable_reason
 from .choices import NONLINEARITIES, PLACEMENTS, PRECISIONS
@@ -17,4 +17,5 @@ from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_wei
 from .step import leaky_rnn_step
 
 __all__ = ["leaky_rnn", "leaky_rnn_step", "available_backends", "resolve_backend", "BACKENDS", "NONLINEARITIES", "PLACEMENTS",
-           "PRECISIONS", "alpha_from_tau", "masked_recurrent_weight", "leaky_rnn_reference", "empty_cache"]
+           "PRECISIONS", "alpha_from_tau", "masked_recurrent_weight", "leaky_rnn_reference", "empty_cache",
+           "triton_failures"]

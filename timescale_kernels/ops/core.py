@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from .backends import COMPILED
+from .backends import COMPILED, backward_or_reference, kernel_key
 
 
 def reverse_in_time(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -164,7 +164,8 @@ def serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, bac
     grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies what
     it needs. grad_last (B, H) or None: the gradient of last_state(h), which a backend with
     GRAD_LAST takes apart and the others receive folded into grad_h."""
-    module = COMPILED[backend]
+    module = backward_or_reference(backend, kernel_key(h.device, h.dtype, nonlinearity, placement, precision,
+                                                       lengths is not None, h0.shape))
     h0, w, alpha = h0.contiguous(), w.contiguous(), alpha.contiguous()
     rest = (nonlinearity, placement, precision)
     last = {}

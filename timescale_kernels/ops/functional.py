@@ -3,12 +3,17 @@
 The reference backend runs reference.py's loop; a compiled one runs the input projection here, as
 one GEMM before the loop, then the serial core of the backend's module through core.py's op (under
 torch.compile) or eager.py's autograd Function (otherwise).
+
+Where backend="auto" resolves to triton, a kernel that fails to compile or launch at its first use
+runs the call on the reference instead, with one warning, and every later call with the same
+kernel key goes straight to the reference (backends.triton_failures() lists them); a backward kernel
+that fails after its forward ran gives the reference's backward (backends.backward_or_reference).
 """
 from __future__ import annotations
 
 import torch
 
-from .backends import resolve_backend
+from .backends import fall_back_from, kernel_key, note_auto_triton, record_triton_failure, resolve_backend, triton_failed
 from .checks import check_drive_noise, check_lengths, check_op_args
 from .core import reverse_in_time
 from .eager import input_projection, run_recurrence
@@ -94,16 +99,44 @@ def leaky_rnn(
     if precision != "fp32" and name != "triton":
         raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r} "
                          f"(the {name!r} backend computes exactly in the input dtype: use 'fp32')")
-    if name == "reference" and reverse:
-        noise = None if drive_noise is None else reverse_in_time(drive_noise, lengths)
-        output, h_n = leaky_rnn_reference(reverse_in_time(input, lengths), hx, weight_ih, weight_hh, bias_ih, bias_hh,
-                                          tau, nonlinearity, placement, self_connections, lengths, noise)
-        return reverse_in_time(output, lengths), h_n
+    tensors = (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau)
     if name == "reference":
-        return leaky_rnn_reference(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
-                                   nonlinearity, placement, self_connections, lengths, drive_noise)
-    return _run_compiled(name, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
-                         self_connections, precision, lengths, drive_noise, reverse)
+        return _run_reference(tensors, nonlinearity, placement, self_connections, lengths, drive_noise, reverse)
+    if backend == "auto" and name == "triton" and not torch.compiler.is_compiling():
+        return _run_triton_or_reference(tensors, nonlinearity, placement, self_connections, precision, lengths,
+                                        drive_noise, reverse)
+    return _run_compiled(name, *tensors, nonlinearity, placement, self_connections, precision, lengths,
+                         drive_noise, reverse)
+
+
+def _run_triton_or_reference(tensors, nonlinearity, placement, self_connections, precision, lengths, drive_noise,
+                             reverse):
+    """The triton backend, chosen by "auto": on the reference instead where a kernel of the same key failed
+    before, or fails now (recorded, with one warning: backends.record_triton_failure)."""
+    input, hx = tensors[:2]
+    key = kernel_key(input.device, torch.float32 if input.dtype in _LOW_PRECISION else input.dtype, nonlinearity,
+                     placement, precision, lengths is not None, hx.shape)
+    if not triton_failed(key):
+        note_auto_triton(key)
+        try:
+            return _run_compiled("triton", *tensors, nonlinearity, placement, self_connections, precision, lengths,
+                                 drive_noise, reverse)
+        except Exception as err:
+            if not fall_back_from(err):
+                raise
+            record_triton_failure(key, tensors[0].device, err)
+    return _run_reference(tensors, nonlinearity, placement, self_connections, lengths, drive_noise, reverse)
+
+
+def _run_reference(tensors, nonlinearity, placement, self_connections, lengths, drive_noise, reverse):
+    """leaky_rnn on the reference backend; tensors = (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau)."""
+    input, *rest = tensors
+    if reverse:
+        noise = None if drive_noise is None else reverse_in_time(drive_noise, lengths)
+        output, h_n = leaky_rnn_reference(reverse_in_time(input, lengths), *rest, nonlinearity, placement,
+                                          self_connections, lengths, noise)
+        return reverse_in_time(output, lengths), h_n
+    return leaky_rnn_reference(input, *rest, nonlinearity, placement, self_connections, lengths, drive_noise)
 
 
 def _autocast_dtype(input) -> torch.dtype | None:

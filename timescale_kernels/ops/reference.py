@@ -113,3 +113,29 @@ def recurrence_reference(u, h0, w, alpha, nonlinearity, placement):
             h = (1.0 - alpha) * h + alpha * f(drive)
         outputs.append(h)
     return torch.stack(outputs, 0)
+
+
+def recurrence_reference_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, lengths=None):
+    """The compiled backends' backward contract (core.py) computed by autograd through the loop above:
+    d_drive (T, B, H), dh0 (B, H), d_alpha (H,) from grad_h, h, drive (T, B, H), h0 (B, H), w (H, H),
+    alpha (H,) and lengths (B,) or None. The inputs u = drive - h_{t-1} W^T are recovered from the
+    saved drive (exact where the row runs; held steps pass the state through and read nothing), and
+    d_drive = du since drive = u + h_{t-1} W^T. A compiled backward's last resort (backends.py)."""
+    steps = h.shape[0]
+    h_prev = torch.cat([h0.unsqueeze(0), h[:-1]]) if steps > 1 else h0.unsqueeze(0)
+    u = drive - h_prev @ w.t()
+    f = activation(nonlinearity)
+    with torch.enable_grad():
+        u, h0, alpha = (t.detach().requires_grad_() for t in (u, h0, alpha))
+        state, outputs = h0, []
+        for t in range(steps):
+            z = state @ w.t() + u[t]
+            new = f((1.0 - alpha) * state + alpha * z) if placement == "outside" else (1.0 - alpha) * state + alpha * f(z)
+            if lengths is not None:
+                running = (lengths.to(h.device) > t).unsqueeze(1)
+                new, out = torch.where(running, new, state), torch.where(running, new, torch.zeros_like(new))
+            else:
+                out = new
+            outputs.append(out)
+            state = new
+        return torch.autograd.grad(torch.stack(outputs), (u, h0, alpha), grad_h)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from . import devices
 from .choices import nonlinearity_code
 
 try:
@@ -113,14 +114,28 @@ def launch_config() -> LaunchConfig:
 
 
 def device_properties(device: torch.device):
-    """torch.cuda.get_device_properties of a CUDA device; None for any other device."""
-    return torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+    """The devices.DeviceProperties of a CUDA device (from torch.cuda.get_device_properties); None
+    for any other device."""
+    return devices.from_torch(torch.cuda.get_device_properties(device)) if device.type == "cuda" else None
 
 
 def _smem_per_block(props) -> int:
-    # torch exposes the opt-in limit (227 KB on sm_90) from 2.4 on; older: the sm_80/sm_90 values.
+    # torch exposes the opt-in limit (227 KB on sm_90) from 2.4 on; older: the architecture's value.
     optin = getattr(props, "shared_memory_per_block_optin", 0)
-    return optin or (227 if props.major >= 9 else 163) * 1024
+    return optin or devices.from_torch(props).shared_memory_per_block_optin
+
+
+def check_precision(device_props, precision: str) -> None:
+    """ValueError when a card's tensor cores cannot run the precision's dots: tf32x3, tf32 and bf16
+    need compute capability 8.0 or newer (a T4's tensor cores take fp16 and integers only, and
+    triton would otherwise compile those dots to fp32 FMA without saying so: the caller asked for
+    tensor-core speed, so say so and name the precision that runs). device_props None: the
+    interpreter, where every precision runs."""
+    if device_props is None or precision not in MMA_PRECISIONS:
+        return
+    if not devices.from_torch(device_props).tensor_core_float:
+        raise ValueError(f"precision: {precision!r} needs tf32/bf16 tensor cores (compute capability 8.0 or "
+                         f"newer); {device_props.name} is sm_{device_props.major}{device_props.minor}: use 'fp32'")
 
 
 def _operand_bytes(precision: str, dtype: torch.dtype) -> int:
@@ -200,6 +215,8 @@ def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement:
     """Checks the tensors' dtype and device (names arrive validated); returns the kernels'
     constexprs ACT, INSIDE, HAS_LENGTHS, DOT_PRECISION, DOT_BF16."""
     check_device(u_like)
+    if not _interpreting():
+        check_precision(device_properties(u_like.device), precision)
     if u_like.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"triton backend: expected float32 or float64 tensors; got {u_like.dtype} "
                         "(leaky_rnn upcasts float16/bfloat16 to float32 before calling it)")
