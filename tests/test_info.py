@@ -53,16 +53,16 @@ def _fake_h100(monkeypatch):
 def test_a_gpu_is_reported_with_its_capability_and_the_family_at_the_study_shape(monkeypatch):
     props = _fake_h100(monkeypatch)
     monkeypatch.delenv(triton_recurrence.FAMILY_ENV, raising=False)
-    gpu = info.collect()["gpu"]
+    gpu = info.collect(trial=False)["gpu"]
     assert gpu["name"] == props.name and gpu["compute_capability"] == "9.0" and gpu["multiprocessors"] == 132
     expected = triton_recurrence.choose_family(props, 256, 500, "fp32")
     assert gpu["triton_family_at_study_shape"] == expected and expected in triton_recurrence.FAMILIES
-    text = info.format_report(info.collect())
+    text = info.format_report(info.collect(trial=False))
     assert "  compute_capability 9.0\n" in text and f"  name             {props.name}\n" in text
     assert f"triton family at (B, H) = (256, 500): {expected}" in text
     other = next(f for f in triton_recurrence.FAMILIES if f != expected)
     monkeypatch.setenv(triton_recurrence.FAMILY_ENV, other)
-    pinned = info.collect()["gpu"]["triton_family_at_study_shape"]
+    pinned = info.collect(trial=False)["gpu"]["triton_family_at_study_shape"]
     assert pinned == f"{expected} ({triton_recurrence.FAMILY_ENV}={other} pins another)"
 
 
@@ -70,4 +70,4 @@ def test_a_gpu_without_triton_says_why_there_is_no_family(monkeypatch):
     _fake_h100(monkeypatch)
     monkeypatch.setattr(triton_recurrence, "is_available", lambda: False)
     monkeypatch.setattr(triton_recurrence, "unavailable_reason", lambda: "triton is not importable (test)")
-    assert info.collect()["gpu"]["triton_family_at_study_shape"] == "- (triton is not importable (test))"
+    assert info.collect(trial=False)["gpu"]["triton_family_at_study_shape"] == "- (triton is not importable (test))"

@@ -151,3 +151,22 @@ def test_a_failing_backward_kernel_gives_the_reference_gradients(auto_is_triton,
     assert rel_err(again, want) == 0.0 and all(rel_err(a, b) == 0.0 for a, b in zip(again_grads, want_grads))
     assert len(launches) == 1 and len(forwards) == 1
     assert [f.kernel for f in triton_failures()] == ["recurrence_bwd_kernel"]
+
+
+def test_info_reports_the_kernel_that_failed_at_first_use(auto_is_triton, failing_forward):
+    from timescale_kernels import info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = info.collect()
+    trial = report["first_use"]
+    assert trial["ran"] == "reference (a triton kernel failed)"
+    assert len(trial["failures"]) == 1 and "recurrence_fwd_kernel" in trial["failures"][0]
+    assert "KernelBug: out of resource" in trial["failures"][0]
+    text = info.format_report(report)
+    assert "triton failed" in text and "recurrence_fwd_kernel" in text
+
+
+def test_info_reports_the_backend_that_ran_when_nothing_failed(auto_is_triton):
+    from timescale_kernels import info
+    trial = info.first_use_trial(DEVICE)
+    assert trial == {"ran": "triton", "failures": []}

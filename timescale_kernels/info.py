@@ -3,8 +3,10 @@ the C++ CPU kernel came from, and the GPU with the Triton kernel family chosen f
 
     timescale-kernels info            # or: python -m timescale_kernels.info   (--json: the same as JSON)
 
-Looking for the CPU kernel loads it, compiling it first where it is neither prebuilt nor cached, so
-running this once also builds the cache ahead of time (e.g. before a sweep starts its workers).
+A small forward and backward with backend="auto" (first_use_trial) shows what runs at first use and
+which triton kernel, if any, failed there and fell back to the reference. Looking for the CPU kernel
+loads it, compiling it first where it is neither prebuilt nor cached, so running this once also builds
+the cache ahead of time (e.g. before a sweep starts its workers).
 """
 from __future__ import annotations
 
@@ -66,8 +68,35 @@ def _gpu() -> dict | str:
     return gpu
 
 
-def collect() -> dict:
-    """Everything the report shows, as plain values (the --json output)."""
+TRIAL_SHAPE = (4, 8, 64)  # (T, B, H) of the first-use trial: small, but every kernel of a training step
+
+
+def first_use_trial(device: str) -> dict:
+    """One forward and backward with backend="auto" on `device` at TRIAL_SHAPE: what ran ("triton",
+    "cpu", "reference") and every triton kernel that failed at first use in this process (each such call
+    runs on the reference from then on, with one warning). A compiled backend that raises a bad-argument
+    error is reported as it is, not hidden."""
+    from .ops import leaky_rnn, resolve_backend
+    steps, batch, hidden = TRIAL_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(steps, batch, 1, generator=gen), torch.zeros(batch, hidden),
+               torch.randn(hidden, 1, generator=gen), 0.1 * torch.randn(hidden, hidden, generator=gen),
+               torch.zeros(hidden), torch.zeros(hidden), 1 + torch.rand(hidden, generator=gen)]
+    tensors = [t.to(device).requires_grad_() for t in tensors]
+    before = len(backends.triton_failures())
+    try:
+        output, h_n = leaky_rnn(*tensors, backend="auto")
+        (output.sum() + h_n.sum()).backward()
+    except Exception as err:  # reported, not raised: info must exit 0 on a broken install
+        return {"ran": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                "failures": []}
+    failures = backends.triton_failures()
+    ran = "reference (a triton kernel failed)" if len(failures) > before else resolve_backend("auto", torch.device(device))
+    return {"ran": ran, "failures": [f"{f.kernel} on {f.device}: {f.error}" for f in failures]}
+
+
+def collect(trial: bool = True) -> dict:
+    """Everything the report shows, as plain values (the --json output); trial: run first_use_trial."""
     return {
         "versions": {"timescale_kernels": __version__, "python": f"{platform.python_version()} ({sys.executable})",
                      "torch": torch.__version__, "triton": _version("triton"), "numpy": _version("numpy")},
@@ -75,6 +104,7 @@ def collect() -> dict:
         "backends": _backend_rows(),
         "cpu_kernel": _cpu_kernel(),
         "gpu": _gpu(),
+        "first_use": first_use_trial("cuda" if torch.cuda.is_available() else "cpu") if trial else {},
     }
 
 
@@ -95,6 +125,13 @@ def format_report(info: dict) -> str:
         lines += ["", "GPU"] + [f"  {name:<16} {value}" for name, value in gpu.items()
                                 if name != "triton_family_at_study_shape"]
         lines.append(f"  triton family at (B, H) = ({b}, {h}): {gpu.get('triton_family_at_study_shape', '-')}")
+    trial = info.get("first_use") or {}
+    if trial:
+        t, b, h = TRIAL_SHAPE
+        lines += ["", f"first use, backend='auto' at (T, B, H) = ({t}, {b}, {h})", f"  {'ran on':<16} {trial['ran']}"]
+        if trial.get("error"):
+            lines.append(f"  {'error':<16} {trial['error']}")
+        lines += [f"  {'triton failed':<16} {failure}" for failure in trial["failures"]]
     return "\n".join(lines)
 
 
