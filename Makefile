@@ -69,14 +69,14 @@ bench: $(STAMP)
 # time is scarce and nothing in it measures the CPU kernel); its tests skip, as without a build.
 GPU_CHECK_BUDGET ?= 330
 gpu-check:
-	TIMESCALE_KERNELS_JIT=0 PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py --budget-s $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)
+	TIMESCALE_KERNELS_JIT=0 PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu/gpu_check.py --budget-s $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)
 
 # After gpu-check, in the GPU time left (about 3.5 minutes): the launchers' choices measured (the default
 # family's tiles, the persistent tilings, the family by shape, a bidirectional layer on two streams).
 # Files gpu-tune-<device>.json, .md, .log go where gpu-check's go; GPU_TUNE_ARGS=--dry-run rehearses it.
 GPU_TUNE_BUDGET ?= 210
 gpu-tune:
-	TIMESCALE_KERNELS_JIT=0 PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_tune.py --budget-s $(GPU_TUNE_BUDGET) $(GPU_TUNE_ARGS)
+	TIMESCALE_KERNELS_JIT=0 PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/kernel_tools/gpu_tune.py --budget-s $(GPU_TUNE_BUDGET) $(GPU_TUNE_ARGS)
 
 clean:
 	rm -rf build *.egg-info timescale_kernels/*.so $(DEMO_OUT)

@@ -13,11 +13,12 @@ from conftest import REPO
 
 SCRIPTS = ["bench_cpu.py", "bench_gpu.py", "bench_steps.py", "bench_training.py", "bench_tau_net.py", "gpu_check.py",
            "triton_compile.py"]
+BENCH_FOLDER = {script.name: script.parent.name for script in (REPO / "benchmarks").glob("*/*.py")}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_help(script):
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / BENCH_FOLDER[script] / script), "--help"], capture_output=True,
                           text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage" in proc.stdout
@@ -25,7 +26,7 @@ def test_script_help(script):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_check_refuses_without_cuda(tmp_path):
-    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out-dir", str(tmp_path)],
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu" / "gpu_check.py"), "--out-dir", str(tmp_path)],
                              capture_output=True, text=True, timeout=120, cwd=REPO)
     assert refused.returncode == 1 and "no CUDA device" in refused.stderr and "--dry-run" in refused.stderr
     assert not list(tmp_path.iterdir())
@@ -33,7 +34,7 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
 
 def test_gpu_check_group_time_limit_ends_the_group(tmp_path):
     """A group past its limit is killed with its subprocesses; its output so far is kept in the log."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
     import gpu_check
     log = tmp_path / "log.txt"
     script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
@@ -46,7 +47,7 @@ def test_gpu_check_group_time_limit_ends_the_group(tmp_path):
 
 
 def test_results_are_rewritten_whole_after_every_measurement(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
     from gpu_results import load, record
     path = tmp_path / "results.json"
     record(path, ["table", "400,256,500", "eager"], {"fwd_ms": 1.5})
@@ -58,7 +59,7 @@ def test_results_are_rewritten_whole_after_every_measurement(tmp_path):
 
 
 def test_gpu_check_rejects_unknown_groups(tmp_path):
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--groups",
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu" / "gpu_check.py"), "--dry-run", "--groups",
                           "table,tabel", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
                          cwd=REPO)
     assert run.returncode == 2 and "--groups" in run.stderr and "tabel" in run.stderr
@@ -67,8 +68,9 @@ def test_gpu_check_rejects_unknown_groups(tmp_path):
 def dry_run(script: str, prefix: str, out_dir, timeout: int):
     """(the finished process, its results JSON) of one GPU command's --dry-run into out_dir, after
     checking that it exited 0 and wrote exactly its three files, flat, with plain names."""
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--dry-run", "--out-dir", str(out_dir)],
-                         capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    path = REPO / "benchmarks" / BENCH_FOLDER[script] / script
+    run = subprocess.run([sys.executable, str(path), "--dry-run", "--out-dir", str(out_dir)], capture_output=True,
+                         text=True, timeout=timeout, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == [f"{prefix}-dry-run-cpu.{ext}" for ext in ("json", "log", "md")]
@@ -80,7 +82,7 @@ def dry_run(script: str, prefix: str, out_dir, timeout: int):
 def test_gpu_check_dry_run_contract(tmp_path):
     """The rehearsal on the CPU: every group runs in its own subprocess, the files land flat in
     --out-dir (at most 8, plain names), and the JSON and the table hold every kind of figure."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
     import gpu_check
     run, results = dry_run("gpu_check.py", "gpu", tmp_path, timeout=900)
     assert set(results["groups"]) == {name for name, _, _ in gpu_check.GROUPS}
@@ -126,7 +128,7 @@ def results_table(results):
 
 def test_cpu_benchmark_runs_at_a_tiny_shape(tmp_path):
     out = tmp_path / "cpu.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cpu.py"), "--repeats", "1",
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu" / "bench_cpu.py"), "--repeats", "1",
                            "--steps", "3", "--batch", "2", "--hidden", "8", "--json", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -135,7 +137,7 @@ def test_cpu_benchmark_runs_at_a_tiny_shape(tmp_path):
 
 JOBS_SCRIPT = """
 import json, sys
-sys.path.insert(0, "benchmarks")
+sys.path[:0] = ["benchmarks/kernel_tools", "benchmarks/gpu"]
 import bench_tune
 from timescale_kernels.ops import triton_recurrence as tr
 from triton_capture import DEVICE_PROPERTIES
@@ -188,7 +190,7 @@ def test_gpu_tune_compiles_what_each_group_launches():
 def test_gpu_tune_dry_run_contract(tmp_path):
     """The tuning command rehearsed on the CPU: three flat files, every group ok, every candidate
     timed and equal to the tiles in use, the report generated from the JSON."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
     import gpu_tune
     _, results = dry_run("gpu_tune.py", "gpu-tune", tmp_path, timeout=600)
     assert set(results["groups"]) == {name for name, _, _ in gpu_tune.GROUPS}
@@ -223,7 +225,7 @@ def test_measure_holds_a_rows_setting_over_the_backward(name):
     backward too: autograd runs the backward after the row's function has returned, and both the
     triton launchers and cuDNN's RNN backward read their settings when they run."""
     import os
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
     import bench_gpu
     from timescale_kernels.ops import triton_recurrence as tr
     seen = []
@@ -257,7 +259,7 @@ def test_epoch_timing_gives_both_implementations_the_same_lengths(monkeypatch):
     """bench_training.measure (gpu-check's epoch figures): our trainer and the study's code run
     the same sequence lengths call by call, within the curriculum's range, and the row records them."""
     import types
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
     import bench_training
     seen = {"ours": [], "study": []}
     study_batch, our_batch = bench_training.study_batch, bench_training.Trainer._batch

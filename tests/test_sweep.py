@@ -283,7 +283,7 @@ def _kill_and_rerun(out, drivers, tmp_path):
         assert sorted(p.name for p in RunDir(r).checkpoints()) == sorted(p.name for p in RunDir(twin).checkpoints())
 
 def test_benchmark_script_parses():
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_sweep.py"), "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu" / "bench_sweep.py"), "--help"], capture_output=True,
                           text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
 

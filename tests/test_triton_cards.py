@@ -1,6 +1,6 @@
 """The kernels compile for every card of devices.CARDS (sm_75, 80, 86, 89, 90, 120) as launched there.
 
-benchmarks/triton_cards.py captures the launchers with each card's DeviceProperties (so the persistent
+benchmarks/kernel_tools/triton_cards.py captures the launchers with each card's DeviceProperties (so the persistent
 plan is the one the rule picks on that card), compiles for its sm_XX with triton's bundled ptxas (no GPU)
 and reports registers, spills and shared memory; it runs in a subprocess under triton 3.6.0 (the GPU
 machine's, `make triton-3.6`) for every case and under the newest triton for the quick ones.
@@ -18,7 +18,7 @@ from conftest import REPO
 from timescale_kernels.ops import choices, devices
 from timescale_kernels.ops import triton_recurrence as tr
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
 import triton_cards  # noqa: E402
 
 SIDE = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
@@ -29,7 +29,7 @@ def card_rows(tmp_path, side=None, quick=False) -> dict:
     out = tmp_path / "cards.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (side, REPO) if p] + [env.get("PYTHONPATH", "")])
-    argv = [sys.executable, str(REPO / "benchmarks" / "triton_cards.py"), "--jobs", "2", "--json", str(out)]
+    argv = [sys.executable, str(REPO / "benchmarks" / "kernel_tools" / "triton_cards.py"), "--jobs", "2", "--json", str(out)]
     run = subprocess.run(argv + (["--quick"] if quick else []), env=env, capture_output=True, text=True,
                          timeout=1200, cwd=REPO)
     assert out.is_file(), run.stderr[-3000:]

@@ -1,6 +1,6 @@
 """The kernels compile for sm_90 as they launch, under the GPU machine's triton (3.6.0) and the newest.
 
-benchmarks/triton_compile.py runs the real launchers on stand-in CUDA tensors, records each
+benchmarks/kernel_tools/triton_compile.py runs the real launchers on stand-in CUDA tensors, records each
 `kernel[grid](...)`, specialises the arguments with triton's own launch-time code and compiles for
 sm_90 (no GPU needed: triton ships ptxas). Triton 3.6.0 is installed beside the newest by
 `make triton-3.6` (into .venv/triton-3.6.0, or the folder named by TIMESCALE_KERNELS_TRITON36); the
@@ -20,7 +20,7 @@ from conftest import REPO
 from timescale_kernels.ops import triton_persistent as tp
 from timescale_kernels.ops import triton_recurrence as tr
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
 import ptx_checks  # noqa: E402
 import sass_loops  # noqa: E402
 import triton_compile as tc  # noqa: E402
@@ -33,7 +33,7 @@ def compile_rows(tmp_path, side=None, quick=False, jobs=2) -> dict:
     out = tmp_path / "rows.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (side, REPO) if p] + [env.get("PYTHONPATH", "")])
-    argv = [sys.executable, str(REPO / "benchmarks" / "triton_compile.py"), "--json", str(out), "--jobs", str(jobs)]
+    argv = [sys.executable, str(REPO / "benchmarks" / "kernel_tools" / "triton_compile.py"), "--json", str(out), "--jobs", str(jobs)]
     run = subprocess.run(argv + (["--quick"] if quick else []), env=env, capture_output=True, text=True,
                          timeout=900, cwd=REPO)
     assert out.is_file(), run.stderr[-3000:]
@@ -181,7 +181,7 @@ def test_hot_loops_do_the_dot_once_under_newest(rows_newest):
 
 MISALIGNED_SCRIPT = """
 import dataclasses, json, re, sys
-sys.path[:0] = ["benchmarks"]
+sys.path[:0] = ["benchmarks/kernel_tools", "benchmarks/gpu"]
 import triton_compile as tc
 from triton_capture import Pointer, compile_launch
 launch = tc.capture(tc.Case(family="default", direction="forward"))[0]
@@ -350,7 +350,7 @@ def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program
     out = tmp_path / "tune.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(SIDE), str(REPO), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_tune.py"), "compile", "--only",
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_tools" / "bench_tune.py"), "compile", "--only",
                           "persistent", "--jobs", "2", "--json", str(out)], env=env, capture_output=True, text=True,
                          timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_cpu, bench_training, bench_tau_net
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_cpu, bench_training, bench_tau_net
 
 warnings.filterwarnings("ignore", message="timescale_kernels: the")  # a missing kernel skips its rows instead
 

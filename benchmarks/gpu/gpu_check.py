@@ -1,11 +1,11 @@
 """The one GPU command: warm compile, benchmarks, GPU tests, one compact table (`make gpu-check`).
 
-    python benchmarks/gpu_check.py [--out-dir DIR] [--budget-s 330] [--dry-run]
+    python benchmarks/gpu/gpu_check.py [--out-dir DIR] [--budget-s 330] [--dry-run]
 
 Runs from the checkout (PYTHONPATH=., no C++ build, no network). Each group runs in its own
 subprocess under its own time limit (cut further to what is left of --budget-s), in this order:
 
-  compile      benchmarks/triton_compile.py --warm-cache: every kernel the benchmarks launch, compiled
+  compile      benchmarks/kernel_tools/triton_compile.py --warm-cache: every kernel the benchmarks launch, compiled
                in parallel into triton's cache (and the static check of the TTGIR)
   table        bench_gpu.py table: default kernel family x precision, eager loops, CUDA graph, cuDNN
   defect-ab    bench_gpu.py defect-ab: the forward with strided W against a contiguous W^T
@@ -45,13 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_report import markdown  # noqa: E402
 from gpu_results import REPO, load, record, write_atomic  # noqa: E402
 
-BENCH = REPO / "benchmarks"
+BENCH, TOOLS = REPO / "benchmarks" / "gpu", REPO / "benchmarks" / "kernel_tools"
 # A test file that cannot import here (a package the GPU machine lacks) must not stop the GPU tests.
 PYTEST = ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-m", "gpu"]
 # (group, seconds on an H100/H200, argv after the interpreter). {results} is the JSON file, {tmp} a
 # folder of the run's own.
 GROUPS = (
-    ("compile", 40, [str(BENCH / "triton_compile.py"), "--warm-cache", "--json", "{tmp}/compile.json"]),
+    ("compile", 40, [str(TOOLS / "triton_compile.py"), "--warm-cache", "--json", "{tmp}/compile.json"]),
     ("table", 70, [str(BENCH / "bench_gpu.py"), "table", "--results", "{results}"]),
     ("defect-ab", 20, [str(BENCH / "bench_gpu.py"), "defect-ab", "--results", "{results}"]),
     ("persistent", 40, [str(BENCH / "bench_gpu.py"), "persistent", "--results", "{results}"]),

@@ -1,7 +1,7 @@
 """Ray's overhead in a sweep: runs per hour of a small grid through Ray against the same runs one after
 another in one process.
 
-    python benchmarks/bench_sweep.py --json benchmarks/results/sweep-cpu-2core.json
+    python benchmarks/cpu/bench_sweep.py --json benchmarks/results/sweep-cpu-2core.json
 
 Three ways, each from a fresh sweep directory, --repeats times in alternating order (median), wall time from the call to its return (Ray's start,
 its workers' imports and its shutdown included):
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from timescale_kernels.experiments.sweep import run_sweep  # noqa: E402
 from timescale_kernels.experiments.sweep_spec import SweepSpec, preset_spec  # noqa: E402

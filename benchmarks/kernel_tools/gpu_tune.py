@@ -1,9 +1,9 @@
 """The second GPU command: the triton backend's tuning choices, measured (`make gpu-tune`).
 
-    python benchmarks/gpu_tune.py [--out-dir DIR] [--budget-s 210] [--dry-run] [--groups a,b]
+    python benchmarks/kernel_tools/gpu_tune.py [--out-dir DIR] [--budget-s 210] [--dry-run] [--groups a,b]
 
 Run it after `make gpu-check`, in the GPU time left: it measures what the launchers choose without
-a GPU, so that each choice can be set from measurements. Groups (benchmarks/bench_tune.py), each in
+a GPU, so that each choice can be set from measurements. Groups (benchmarks/kernel_tools/bench_tune.py), each in
 its own subprocess under its own time limit (cut to what is left of --budget-s):
 
   compile     every candidate below compiled in parallel into triton's cache (registers, spills)
@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "gpu")]
 from gpu_check import run_command  # noqa: E402
 from gpu_report import fmt  # noqa: E402
 from gpu_results import load  # noqa: E402

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "benchmarks"):
+REPO = Path(__file__).resolve().parents[2]
+for path in (REPO, *(REPO / "benchmarks" / d for d in ("gpu", "kernel_tools", "cpu"))):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

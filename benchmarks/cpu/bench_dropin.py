@@ -1,6 +1,6 @@
 """A stacked bidirectional LeakyRNN against torch.nn.RNN of the same configuration, on the CPU.
 
-    python benchmarks/bench_dropin.py [--repeats N] [--threads 2] [--json PATH]
+    python benchmarks/cpu/bench_dropin.py [--repeats N] [--threads 2] [--json PATH]
                                       [--steps T] [--batch B] [--hidden H] [--inputs I] [--layers L]
 
 One forward + backward (loss = output.sum()) per call, default (T, B, H) = (100, 256, 500), I = 1,

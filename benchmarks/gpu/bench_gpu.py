@@ -1,6 +1,6 @@
 """The triton backend against the GPU baselines: the benchmark groups of `make gpu-check`.
 
-    python benchmarks/bench_gpu.py GROUP --results PATH [--dry-run] [--budget-s S]
+    python benchmarks/gpu/bench_gpu.py GROUP --results PATH [--dry-run] [--budget-s S]
 
 GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every measurement):
   table       per (T, B, H): fwd and fwd+bwd ms of the default kernel family in each precision and of
@@ -74,7 +74,7 @@ def eager_loop(x, h0, p, mask, step=study_step):
 
 
 def study_loop(x, h0, p, mask):
-    """The loop as the study writes it (see benchmarks/bench_cpu.py): (T, B, 1) -> (T, B, H)."""
+    """The loop as the study writes it (see benchmarks/cpu/bench_cpu.py): (T, B, 1) -> (T, B, H)."""
     w = p["weight_hh"] * mask
     inp = x @ p["weight_ih"].T + p["bias_ih"]
     h, outputs = h0, []

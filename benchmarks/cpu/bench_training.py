@@ -1,6 +1,6 @@
 """Epochs per hour of the multi-head parity curriculum: our trainer against the study's training code.
 
-    python benchmarks/bench_training.py [--paper] [--device cpu|cuda] [--Ns 10 30] [--steps 3] [--json PATH]
+    python benchmarks/cpu/bench_training.py [--paper] [--device cpu|cuda] [--Ns 10 30] [--steps 3] [--json PATH]
 
 For each N (the curriculum holds N' = 2..N, one head each) both implementations run a few training
 steps and test batches at the same shape in this process; the time of one epoch is projected to

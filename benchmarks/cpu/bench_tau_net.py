@@ -1,6 +1,6 @@
 """The tau_net simulation of one network: our op in chunks against the study's per-step loop.
 
-    python benchmarks/bench_tau_net.py [--steps T] [--trials B] [--hidden H] [--device cpu|cuda|all]
+    python benchmarks/cpu/bench_tau_net.py [--steps T] [--trials B] [--hidden H] [--device cpu|cuda|all]
                                        [--backends auto,cpu,triton,reference] [--threads N] [--repeats R] [--json PATH]
 
 The study drives each trained network with 10 trials of 100,500 random bits (500 burn-in) without
@@ -35,14 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from timescale_kernels import available_backends, leaky_rnn  # noqa: E402
 from timescale_kernels.analysis import autocorrelation, fit_autocorrelation, simulate  # noqa: E402
 from timescale_kernels.checkpoints import load_study_checkpoint  # noqa: E402
 from timescale_kernels.models import MemoryNet  # noqa: E402
 
 FULL_STEPS = 100_500
-STUDY_FILE = (Path(__file__).resolve().parents[2] / "shared" / "reference_checkpoints" / "multi_head_parity"
+STUDY_FILE = (Path(__file__).resolve().parents[3] / "shared" / "reference_checkpoints" / "multi_head_parity"
               / "rnn_N2_N11.pt")
 
 

@@ -1,7 +1,7 @@
 """The triton backend's tuning choices, measured: the groups of `make gpu-tune` (run after `make gpu-check`).
 
-    python benchmarks/bench_tune.py GROUP --results PATH [--dry-run] [--budget-s S]
-    python benchmarks/bench_tune.py compile [--jobs N] [--json PATH]      (no GPU needed)
+    python benchmarks/kernel_tools/bench_tune.py GROUP --results PATH [--dry-run] [--budget-s S]
+    python benchmarks/kernel_tools/bench_tune.py compile [--jobs N] [--json PATH]      (no GPU needed)
 
 GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every measurement):
   compile     every candidate below compiled for sm_90 as it launches (the JIT's specialisation, in
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "gpu")]
 from gpu_results import deadline_passed, family_pinned, record, short_error, sync, time_ms  # noqa: E402
 
 import torch  # noqa: E402

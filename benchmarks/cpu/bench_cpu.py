@@ -1,6 +1,6 @@
 """One forward + backward of a leaky RNN on the CPU: the cpu backend against its baselines.
 
-    python benchmarks/bench_cpu.py [--repeats N] [--json PATH] [--steps T] [--batch B] [--hidden H]
+    python benchmarks/cpu/bench_cpu.py [--repeats N] [--json PATH] [--steps T] [--batch B] [--hidden H]
                                    [--mixed-lengths]
 
 Rows, all at the same shape (default T=100, B=256, H=500, I=1, float32), timed in one process,

@@ -1,10 +1,10 @@
 """The training group of `make gpu-check`: whole training steps of the multi-head parity curriculum.
 
-    python benchmarks/bench_steps.py --results PATH [--dry-run] [--budget-s S]
+    python benchmarks/gpu/bench_steps.py --results PATH [--dry-run] [--budget-s S]
 
 results['training'] holds
   epochs/<N>      seconds per epoch (600 steps + 50 test batches) of our trainer and of the study's
-                  code at N' = 2..N (benchmarks/bench_training.py's measure), at N = 30 and N = 100
+                  code at N' = 2..N (benchmarks/cpu/bench_training.py's measure), at N = 30 and N = 100
   headline_hours  the study's headline run (multi-head parity to N = 100: 1000 epochs, N rising
                   linearly) projected from those two epochs
   launches/<N>    per training step at N' = 2..N (N = 10 and 100), from torch.profiler: GPU kernels,
