@@ -163,3 +163,26 @@ def test_torch_compile_traces_an_ensemble(backend):
     got, want = grads(args, out, h_n), grads(args, want_out, want_h_n)
     for name in NAMES:
         assert rel_err(got[name], want[name]) <= 1e-5, name
+
+
+@pytest.mark.parametrize("backend", ["cpu"])
+def test_vmap_of_the_registered_op(backend):
+    """The torch.library op (what torch.compile traces) has its own vmap rule, forward and backward."""
+    from timescale_kernels.ops import core
+    args = ensemble_args(3, shared=("input",))
+    c = dict(u=torch.randn(3, 5, 2, 7, dtype=torch.float64), h0=torch.randn(2, 7, dtype=torch.float64),
+             w=args["weight_hh"].detach(), alpha=1.0 / args["tau"].detach().clamp(min=1.0))
+    lengths = torch.tensor([5, 2])
+
+    def run(u, w, alpha):
+        return core.recurrence(u, c["h0"], w, alpha, "tanh", "outside", backend, "fp32", True, lengths, False)[0]
+    u, w, alpha = (c[k].clone().requires_grad_() for k in ("u", "w", "alpha"))
+    h = vmap(run, in_dims=(0, 0, 0))(u, w, alpha)
+    h.square().sum().backward()
+    for k in range(3):
+        uk, wk, ak = (c[n][k].clone().requires_grad_() for n in ("u", "w", "alpha"))
+        want = run(uk, wk, ak)
+        want.square().sum().backward()
+        assert rel_err(h[k], want) <= 1e-12
+        for got, ref in ((u.grad[k], uk.grad), (w.grad[k], wk.grad), (alpha.grad[k], ak.grad)):
+            assert rel_err(got, ref) <= 1e-12

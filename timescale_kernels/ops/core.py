@@ -317,3 +317,21 @@ def _double_backward(ctx, grad_d_drive, grad_dh0, grad_d_alpha):
 # The compiled backward kernels are not differentiable: a second derivative through them raises,
 # naming the backend that has one.
 recurrence_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)
+
+
+@recurrence.register_vmap
+def _recurrence_vmap(info, in_dims, u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive,
+                     lengths=None, reverse=False):
+    """torch.func.vmap of the op: its mapped networks (times any K of the call's own) as one ensemble."""
+    tensors, unflatten = as_ensemble(info.batch_size, in_dims[:4] + in_dims[9:10], (u, h0, w, alpha, lengths))
+    h, drive = recurrence(*tensors[:4], nonlinearity, placement, backend, precision, save_drive, tensors[4], reverse)
+    return (unflatten(h), unflatten(drive)), (0, 0)
+
+
+@recurrence_backward.register_vmap
+def _recurrence_backward_vmap(info, in_dims, grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend,
+                              precision, lengths=None, reverse=False):
+    tensors, unflatten = as_ensemble(info.batch_size, in_dims[:6] + in_dims[10:11],
+                                     (grad_h, h, h0, drive, w, alpha, lengths))
+    results = recurrence_backward(*tensors[:6], nonlinearity, placement, backend, precision, tensors[6], reverse)
+    return tuple(unflatten(r) for r in results), (0, 0, 0)
