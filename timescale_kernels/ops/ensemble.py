@@ -33,10 +33,14 @@ def ensemble_projection(input, weight_ih, bias_ih, bias_hh, drive_noise) -> torc
         bias = bias_ih + bias_hh
     else:
         bias = bias_ih if bias_ih is not None else bias_hh
-    if bias is None:
-        u = torch.bmm(flat, weight_ih.transpose(1, 2))
+    w_t = weight_ih.transpose(1, 2)
+    if in_size == 1:  # an outer product per network: one element-wise pass (MKL's batched k = 1 GEMM
+        # costs 10x more: 0.8 against 0.08 ms at K = 8 of (20, 64, 64))
+        u = flat * w_t if bias is None else torch.addcmul(bias.unsqueeze(1), flat, w_t)
+    elif bias is None:
+        u = torch.bmm(flat, w_t)
     else:
-        u = torch.baddbmm(bias.unsqueeze(1), flat, weight_ih.transpose(1, 2))
+        u = torch.baddbmm(bias.unsqueeze(1), flat, w_t)
     u = u.view(count, steps, batch, hidden)
     return u if drive_noise is None else u + drive_noise
 
