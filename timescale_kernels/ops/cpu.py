@@ -1,8 +1,10 @@
 """The C++ CPU backend: binds the serial core in csrc/ (torch.ops.timescale_kernels_cpu).
 
-Each time step is one BLAS GEMM plus one fused element-wise pass over torch's intra-op threads;
-see core.py for the contract. With lengths the kernel orders the rows by length inside the call,
-so that each step computes only the rows still running.
+Each thread owns blocks of (network, batch rows) for the whole sequence; each step of a block is
+one direct BLAS call and one fused element-wise pass over its rows (csrc/row_blocks.h). See core.py
+for the contract; every tensor may carry a leading network dimension K (an ensemble, one call).
+With lengths the kernel orders each network's rows by length inside the call, so that each step
+computes only the rows still running.
 
 The kernel is looked for once per process, at first use (the first is_available()): the prebuilt
 extension timescale_kernels._C where it loads (a build ahead of time against this torch), else the
@@ -25,6 +27,7 @@ from .choices import nonlinearity_code, placement_code
 
 NATIVE_REVERSE = True  # the loops run reverse time order in place (core.py flips for backends without)
 PREBUILT = "timescale_kernels._C"
+ENSEMBLE = True  # K networks (a leading K on every tensor) in one call of the kernels
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def _check_precision(precision: str) -> None:
 def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str,
             lengths: torch.Tensor | None = None, reverse: bool = False):
     """u (T, B, H), h0 (B, H), w (H, H) masked, alpha (H,), all float32 or all float64, on the CPU;
-    lengths None or int64 (B,) with values in 1..T, in any order.
+    lengths None or int64 (B,) with values in 1..T, in any order. K networks at once: a leading K on
+    every tensor (u (K, T, B, H), h0 (K, B, H), w (K, H, H), alpha (K, H), lengths (K, B)).
 
     Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (an empty tensor unless save_drive). With
     lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified. reverse

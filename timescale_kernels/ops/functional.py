@@ -14,9 +14,11 @@ from __future__ import annotations
 import torch
 
 from .backends import fall_back_from, kernel_key, note_auto_triton, record_triton_failure, resolve_backend, triton_failed
-from .checks import check_drive_noise, check_lengths, check_op_args
+from .checks import (check_drive_noise, check_lengths, check_network_args, check_network_lengths, check_op_args,
+                     network_count, per_network)
 from .core import reverse_in_time
 from .eager import input_projection, run_recurrence
+from .ensemble import ARG_NAMES, run_compiled_ensemble
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -70,6 +72,14 @@ def leaky_rnn(
             length, running forwards and reversing the output back; the cpu backend runs it in place
             (lengths included), the others reverse the tensors around a forward run.
 
+    Ensembles: any tensor argument may carry a leading network dimension K (input (K, T, B, I), hx
+    (K, B, H), weight_ih (K, H, I), weight_hh (K, H, H), bias_ih and bias_hh (K, H), tau (K, H) or
+    (K, 1), lengths (K, B), drive_noise (K, T, B, H)): K independent networks, each computing the
+    equations above with its own tensors, in one call (one kernel call on the compiled backends; one
+    network after another on the reference backend). A tensor without K is shared by all networks
+    and its gradient is the sum over them. Outputs (K, T, B, H) and (K, B, H). torch.func.vmap over
+    this function runs the mapped networks as one such call.
+
     Returns:
         output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
         float16 and bfloat16 tensors are computed in float32 and returned in their own dtype.
@@ -87,6 +97,13 @@ def leaky_rnn(
                                     self_connections=self_connections, backend=backend, precision=precision,
                                     lengths=lengths, drive_noise=tensors[7], reverse=reverse)
         return output.to(cast_to), h_n.to(cast_to)
+    options = dict(nonlinearity=nonlinearity, placement=placement, self_connections=self_connections,
+                   backend=backend, precision=precision, reverse=reverse)
+    count = network_count(dict(input=input, hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                               bias_hh=bias_hh, tau=tau, lengths=lengths, drive_noise=drive_noise))
+    if count is not None:
+        return _run_ensemble(count, dict(zip(ARG_NAMES, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
+                                                         drive_noise))), lengths, **options)
     steps, batch, _, hidden = check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity,
                                             placement, precision)
     if lengths is not None:
@@ -137,6 +154,37 @@ def _run_reference(tensors, nonlinearity, placement, self_connections, lengths, 
                                           self_connections, lengths, noise)
         return reverse_in_time(output, lengths), h_n
     return leaky_rnn_reference(input, *rest, nonlinearity, placement, self_connections, lengths, drive_noise)
+
+
+def _run_ensemble(count, tensors, lengths, *, nonlinearity, placement, self_connections, backend, precision,
+                  reverse):
+    """(output (K, T, B, H), h_n (K, B, H)) of K networks; tensors by name (ensemble.ARG_NAMES), each
+    per network or shared. The reference backend runs the networks one after another (the
+    specification); a compiled one runs all K in one call of its serial core."""
+    tensors = per_network(tensors, count)
+    steps, batch, _, _ = check_network_args(tensors, nonlinearity, placement, precision)
+    device = tensors["input"].device
+    if lengths is not None:
+        lengths = check_network_lengths(lengths, count, steps, batch, device)
+    name = resolve_backend(backend, device)
+    if batch == 0:
+        name = "reference"
+    if name != "reference":
+        if precision != "fp32" and name != "triton":
+            raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r}")
+        return run_compiled_ensemble(name, tensors, nonlinearity, placement, self_connections, precision, lengths,
+                                     reverse)
+    tau = tensors["tau"]
+    outputs, finals = [], []
+    for k in range(count):
+        one = [None if tensors[n] is None else tensors[n][k] for n in ARG_NAMES]
+        one[6] = tau[k, 0] if tau.shape[1] == 1 else tau[k]
+        output, h_n = leaky_rnn(*one[:7], nonlinearity=nonlinearity, placement=placement,
+                                self_connections=self_connections, backend="reference", precision=precision,
+                                lengths=None if lengths is None else lengths[k], drive_noise=one[7], reverse=reverse)
+        outputs.append(output)
+        finals.append(h_n)
+    return torch.stack(outputs), torch.stack(finals)
 
 
 def _autocast_dtype(input) -> torch.dtype | None:
