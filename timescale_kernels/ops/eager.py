@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import last_state, recurrence, serial_backward, serial_forward, weight_gradient
+from .core import _rate_of, last_state, recurrence, serial_backward, serial_forward, weight_gradient
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -52,7 +52,7 @@ def _gradients(ctx, grad_h, grad_last=None):
                                             grad_last)
     if torch.is_grad_enabled():  # create_graph=True, or a torch.func transform: first order only
         d_drive, dh0, d_alpha = _FirstOrderOnly.apply(ctx.args[2], d_drive, dh0, d_alpha, grad_h, h, h0, w, alpha)
-    return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse), d_alpha
+    return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse, rate=_rate_of(ctx.args)), d_alpha
 
 
 class _Recurrence(torch.autograd.Function):

@@ -7,6 +7,9 @@ Every other backend is tested against this file. Autograd provides every gradien
     drive_t = h_{t-1} W^T + bias_hh + x_t weight_ih^T + bias_ih
     outside: h_t = f((1 - alpha) * h_{t-1} + alpha * drive_t)
     inside:  h_t = (1 - alpha) * h_{t-1} + alpha * f(drive_t)
+    voltage: the state is the pre-activation v (h_0 = v_0), and the drive reads the rate f(v):
+             drive_t = f(v_{t-1}) W^T + bias_hh + x_t weight_ih^T + bias_ih
+             v_t = (1 - alpha) * v_{t-1} + alpha * drive_t;  output_t = r_t = f(v_t);  h_n = v_T
 """
 from __future__ import annotations
 
@@ -63,7 +66,8 @@ def leaky_rnn_reference(
 
     Shapes: input (T, B, I), hx (B, H), weight_ih (H, I), weight_hh (H, H), bias_ih and bias_hh (H,)
     or None, tau (H,) or 0-dim; lengths (B,) integers in 1..T or None; drive_noise (T, B, H) or None,
-    added to each step's drive. Returns output (T, B, H) = h_1..h_T and h_n (B, H) = h_T.
+    added to each step's drive. Returns output (T, B, H) = h_1..h_T and h_n (B, H) = h_T; for
+    "voltage" hx is v_0, output = f(v_1)..f(v_T) and h_n = v_T (the state to continue from).
 
     With lengths, row b runs for lengths[b] steps: after that its state is held
     (h_t = h_{t-1}), its output is zero, and h_n is its last valid state.
@@ -72,10 +76,11 @@ def leaky_rnn_reference(
     hidden = weight_hh.shape[0]
     alpha = alpha_from_tau(tau, hidden)
     w = masked_recurrent_weight(weight_hh, self_connections)
+    voltage = placement == "voltage"
     h = hx
     outputs = []
     for t, x_t in enumerate(input.unbind(0)):
-        drive = h @ w.t() + x_t @ weight_ih.t()
+        drive = (f(h) if voltage else h) @ w.t() + x_t @ weight_ih.t()
         if bias_hh is not None:
             drive = drive + bias_hh
         if bias_ih is not None:
@@ -86,15 +91,18 @@ def leaky_rnn_reference(
             h_new = f((1.0 - alpha) * h + alpha * drive)
         elif placement == "inside":
             h_new = (1.0 - alpha) * h + alpha * f(drive)
+        elif voltage:
+            h_new = (1.0 - alpha) * h + alpha * drive
         else:
             raise ValueError(f"placement: unknown {placement!r}")
+        out = f(h_new) if voltage else h_new
         if lengths is None:
             h = h_new
-            outputs.append(h)
+            outputs.append(out)
         else:
             running = (lengths.to(h.device) > t).unsqueeze(1)
             h = torch.where(running, h_new, h)
-            outputs.append(torch.where(running, h_new, torch.zeros_like(h_new)))
+            outputs.append(torch.where(running, out, torch.zeros_like(out)))
     output = torch.stack(outputs, 0)
     return output, h
 
