@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .choices import nonlinearity_code
+from .choices import nonlinearity_code, placement_code
 
 try:
     import triton
@@ -198,7 +198,7 @@ def check_device(u_like: torch.Tensor) -> None:
 
 def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement: str, lengths):
     """Checks the tensors' dtype and device (names arrive validated); returns the kernels'
-    constexprs ACT, INSIDE, HAS_LENGTHS, DOT_PRECISION, DOT_BF16."""
+    constexprs ACT, PLACEMENT, HAS_LENGTHS, DOT_PRECISION, DOT_BF16."""
     check_device(u_like)
     if u_like.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"triton backend: expected float32 or float64 tensors; got {u_like.dtype} "
@@ -208,7 +208,8 @@ def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement:
     if lengths is not None:
         _check("lengths", lengths, (u_like.shape[1],), torch.int64, u_like.device)
     dot_precision, dot_bf16 = _common.dot_modes(precision)
-    return dict(ACT=nonlinearity_code(nonlinearity), INSIDE=placement == "inside", HAS_LENGTHS=lengths is not None,
+    return dict(ACT=nonlinearity_code(nonlinearity), PLACEMENT=placement_code(placement),
+                HAS_LENGTHS=lengths is not None,
                 DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16)
 
 
