@@ -109,14 +109,17 @@ def leaky_rnn_reference(
 
 def recurrence_reference(u, h0, w, alpha, nonlinearity, placement):
     """The serial core alone, for testing backends' cores: u (T, B, H) already holds the input
-    projection and both biases; w (H, H) is already masked; alpha (H,). Returns h (T, B, H)."""
+    projection and both biases; w (H, H) is already masked; alpha (H,). Returns h (T, B, H): the
+    state, which for "voltage" is v (the op's output is f(v))."""
     f = activation(nonlinearity)
     h = h0
     outputs = []
     for u_t in u.unbind(0):
-        drive = h @ w.t() + u_t
+        drive = (f(h) if placement == "voltage" else h) @ w.t() + u_t
         if placement == "outside":
             h = f((1.0 - alpha) * h + alpha * drive)
+        elif placement == "voltage":
+            h = (1.0 - alpha) * h + alpha * drive
         else:
             h = (1.0 - alpha) * h + alpha * f(drive)
         outputs.append(h)
