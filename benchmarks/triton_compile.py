@@ -76,8 +76,8 @@ class Case:
 def all_cases(quick: bool = False) -> list[Case]:
     """Each family x direction x precision in float32; float64 (fp32, default family: the persistent
     family never runs float64 on CUDA); per-row lengths (fp32 at B = 256 in each family, tf32x3 at
-    B = 10 in the persistent one); the other nonlinearities and the inside placement; and the
-    controls(). quick: the default family's fp32 forward and backward, the persistent fp32 forward
+    B = 10 in the persistent one); the other nonlinearities, the inside and voltage placements; and
+    the controls(). quick: the default family's fp32 forward and backward, the persistent fp32 forward
     and the default family's control."""
     if quick:
         return [Case(), Case(direction="backward"), Case("persistent"), Case(contiguous_wt=False)]
@@ -93,7 +93,19 @@ def all_cases(quick: bool = False) -> list[Case]:
                   Case("default", "fp32", direction=direction, nonlinearity="tanh", placement="inside"),
                   Case("default", "tf32", direction=direction, nonlinearity="sigmoid", placement="inside"),
                   Case("default", "fp32", "float64", direction, nonlinearity="relu", placement="inside")]
+        cases += voltage_cases(direction)
     return cases + controls()
+
+
+def voltage_cases(direction: str) -> list[Case]:
+    """The "voltage" placement (f applied to the state chunks before the dot, f'(v) on the product in
+    the backward): each family in fp32 (leaky_relu) and tf32x3 (tanh), and the default family's float64
+    (sigmoid); the persistent tf32x3 case at the analysis simulation's B = 10."""
+    return [Case("default", "fp32", direction=direction, placement="voltage"),
+            Case("persistent", "fp32", direction=direction, placement="voltage"),
+            Case("default", "tf32x3", direction=direction, nonlinearity="tanh", placement="voltage"),
+            Case("persistent", "tf32x3", direction=direction, nonlinearity="tanh", placement="voltage", batch=10),
+            Case("default", "fp32", "float64", direction, nonlinearity="sigmoid", placement="voltage")]
 
 
 def controls() -> list[Case]:
