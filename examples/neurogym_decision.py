@@ -112,24 +112,24 @@ def plot(curves: dict, path: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1500, help="training updates per network")
+    parser.add_argument("--steps", type=int, default=2000, help="training updates per network")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--dt", type=int, default=20, help="ms per step (the task's dt)")
-    parser.add_argument("--tau-ms", type=float, default=100.0, help="the voltage network's time constant in ms")
+    parser.add_argument("--dt", type=int, default=100, help="ms per step (the task's dt, as neurogym's examples)")
+    parser.add_argument("--tau-ms", type=float, default=200.0, help="the voltage network's time constant in ms")
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (these small networks run best on 1)")
     parser.add_argument("--out", default="neurogym_decision.png", help="the plot; the CSV goes beside it")
     args = parser.parse_args(argv)
     import neurogym as ngym
     warnings.filterwarnings("ignore", module="gymnasium")  # neurogym 2.3 reads wrapped attributes
-    if args.threads:
+    if args.threads:  # more threads than cores (or a busy machine) slows these small GEMMs down badly
         torch.set_num_threads(args.threads)
-    make = lambda seed: ngym.Dataset(TASK, env_kwargs={"dt": args.dt}, batch_size=args.batch,  # noqa: E731
-                                     seq_len=args.seq_len)
-    dataset, held_dataset = make(0), make(1)
+    make = lambda: ngym.Dataset(TASK, env_kwargs={"dt": args.dt}, batch_size=args.batch,  # noqa: E731
+                                seq_len=args.seq_len)
+    dataset, held_dataset = make(), make()
     dataset.seed(0)
     held_dataset.seed(1)
     held_out = batches(held_dataset, 8)
