@@ -24,10 +24,9 @@ def make_args(steps: int, batch: int, hidden: int, seed: int = 0) -> list[torch.
     """The op's tensors at the study's input size (I = 1), weights in torch.nn.RNN's range, all needing grad."""
     g = torch.Generator().manual_seed(seed)
     bound = hidden ** -0.5
-    tensors = [torch.rand(steps, batch, 1, generator=g).round(), torch.zeros(batch, hidden),
-               (torch.rand(hidden, 1, generator=g) * 2 - 1) * bound, (torch.rand(hidden, hidden, generator=g) * 2 - 1) * bound,
-               (torch.rand(hidden, generator=g) * 2 - 1) * bound, (torch.rand(hidden, generator=g) * 2 - 1) * bound,
-               1 + torch.rand(hidden, generator=g)]
+    uniform = lambda *shape: (torch.rand(*shape, generator=g) * 2 - 1) * bound  # noqa: E731
+    tensors = [torch.rand(steps, batch, 1, generator=g).round(), torch.zeros(batch, hidden), uniform(hidden, 1),
+               uniform(hidden, hidden), uniform(hidden), uniform(hidden), 1 + torch.rand(hidden, generator=g)]
     return [t.requires_grad_() for t in tensors]
 
 
