@@ -116,23 +116,25 @@ def controls() -> list[Case]:
 
 def warm_cases() -> list[Case]:
     """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows, the
-    strided control of defect-ab, tanh), the GPU tests' other placement ("inside") and small batch,
+    strided control of defect-ab, tanh), the GPU tests' other placements ("inside", "voltage") and small batch,
     and the drop-in modules' tanh (fp32), forward and backward: the kernels that `make gpu-check`
     launches."""
     no_drive = [Case(family, p, "float32", "simulate", batch=STUDY_SHAPE[1]) for family in FAMILIES for p in PRECISIONS]
-    inside = [Case(family, p, "float32", direction, placement="inside")
-              for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
+    inside = [Case(family, p, "float32", direction, placement=placement)
+              for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")
+              for placement in ("inside", "voltage")]
     tanh = [Case(family, "fp32", "float32", direction, nonlinearity="tanh")
             for family in FAMILIES for direction in ("forward", "backward", "simulate")]
-    # the persistent GPU test's small batch (B = 10, both placements, fp32 and tf32x3)
+    # the persistent GPU test's small batch (B = 10, every placement, fp32 and tf32x3)
     small = [Case("persistent", p, "float32", direction, placement=placement, batch=10)
-             for p in ("fp32", "tf32x3") for direction in ("forward", "backward") for placement in ("outside", "inside")]
+             for p in ("fp32", "tf32x3") for direction in ("forward", "backward")
+             for placement in ("outside", "inside", "voltage")]
     # the forward without the drive at B = 256: defect-ab's strided control, the drop-in rows' and the
     # bidirectional tuning rows' tanh forward
     more = [Case(family, "fp32", "float32", "simulate", batch=STUDY_SHAPE[1], **kind) for family in FAMILIES
             for kind in ({"contiguous_wt": False}, {"nonlinearity": "tanh"})]
     cases = all_cases()
-    return cases + no_drive + inside + [c for c in tanh + small + more if c not in cases]
+    return cases + no_drive + [c for c in inside + tanh + small + more if c not in cases]
 
 
 def capture(case: Case) -> list[Launch]:
