@@ -255,7 +255,7 @@ def test_bad_arguments_are_rejected():
     kernel = torch.ops.timescale_kernels_cpu.forward
     with pytest.raises(RuntimeError, match=f"nonlinearity: expected a code in 0..{len(NONLINEARITIES) - 1}"):
         kernel(u, h0, w, alpha, len(NONLINEARITIES), 0, True)
-    with pytest.raises(RuntimeError, match="placement: expected 0 .outside. or 1 .inside."):
+    with pytest.raises(RuntimeError, match="placement: expected 0 .outside., 1 .inside. or 2 .voltage."):
         kernel(u, h0, w, alpha, 0, len(PLACEMENTS), True)
     with pytest.raises(RuntimeError, match="dtype"):
         cpu.forward(u, h0.double(), w, alpha, "tanh", "outside", True, "fp32")
