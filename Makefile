@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create .venv if absent, install torch (keeping one that is already importable, e.g. a
-# CUDA build), this package with its C++ extension, and the test and sweep (Ray) extras.
+# CUDA build), this package with its C++ extension, and the test (pytest, triton, nn4n) and sweep
+# (Ray) extras.
 
 PYTHON ?= python3
 VENV   := .venv

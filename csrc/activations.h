@@ -31,7 +31,7 @@ inline constexpr const char* kNonlinearityNames[] = {TK_NONLINEARITIES(TK_NAME_E
 #undef TK_NAME_ENTRY
 
 // Placement codes: positions in PLACEMENTS of timescale_kernels/ops/choices.py.
-enum Placement : int64_t { kOutside = 0, kInside = 1 };
+enum Placement : int64_t { kOutside = 0, kInside = 1, kVoltage = 2 };
 
 constexpr double kLeakySlope = 0.01;
 
@@ -103,6 +103,12 @@ inline T derivative(T z, T y) {
   if constexpr (NL == kTanh) return T(1) - y * y;
   if constexpr (NL == kSigmoid) return y * (T(1) - y);
   return T(1);
+}
+
+// f'(z) from the pre-activation z alone (the "voltage" placement's state is z itself).
+template <int64_t NL, typename T>
+inline T derivative_at(T z) {
+  return derivative<NL>(z, derivative_needs_output<NL> ? activate<NL>(z) : T(0));
 }
 
 }  // namespace timescale_kernels

@@ -109,6 +109,20 @@ inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_
   return order;
 }
 
+// f(x) for a (B, H) state x: the "voltage" placement's first matmul operand f(v_0).
+template <typename T, int64_t NL>
+at::Tensor rate_of(const at::Tensor& x) {
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const at::Tensor xc = x.contiguous();
+  const T* in = xc.const_data_ptr<T>();
+  T* o = out.mutable_data_ptr<T>();
+  at::parallel_for(0, xc.numel(), kMinElementsPerTask, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) o[i] = activate<NL>(in[i]);
+  });
+  return out;
+}
+
 // The rows of grad_h[t - 1] (see incoming_gradient): row b starts at data + b * row_stride and is
 // contiguous; data is nullptr at t = 0 (no gradient reaches h_0 from outside).
 template <typename T>
@@ -121,14 +135,14 @@ struct GradRows {
 // Runs Kernel<T, NL, PL>::run(args...) for the runtime nonlinearity and placement codes.
 template <template <typename, int64_t, int64_t> class Kernel, typename T, typename... Args>
 void dispatch_activation(int64_t nonlinearity, int64_t placement, Args&&... args) {
-  TORCH_CHECK(placement == kOutside || placement == kInside,
-              "placement: expected 0 (outside) or 1 (inside); got ", placement);
-  const bool outside = placement == kOutside;
+  TORCH_CHECK(placement == kOutside || placement == kInside || placement == kVoltage,
+              "placement: expected 0 (outside), 1 (inside) or 2 (voltage); got ", placement);
   switch (nonlinearity) {
-#define TK_CASE(CODE, NAME)                                  \
-  case CODE:                                                 \
-    return outside ? Kernel<T, CODE, kOutside>::run(args...) \
-                   : Kernel<T, CODE, kInside>::run(args...);
+#define TK_CASE(CODE, NAME)                                                    \
+  case CODE:                                                                   \
+    if (placement == kOutside) return Kernel<T, CODE, kOutside>::run(args...); \
+    if (placement == kInside) return Kernel<T, CODE, kInside>::run(args...);   \
+    return Kernel<T, CODE, kVoltage>::run(args...);
     TK_NONLINEARITIES(TK_CASE)
 #undef TK_CASE
     default:
@@ -161,6 +175,9 @@ struct ForwardByLengthLoop {
     const at::Tensor w_t = w.t().contiguous();
     at::Tensor state = h0.index_select(0, order.index);
     at::Tensor product = at::empty({batch, hidden}, u.options());
+    // "voltage": the rates f(v) in row order, the matmul operand (held rows keep theirs).
+    at::Tensor rate = PL == kVoltage ? rate_of<T, NL>(state) : at::Tensor();
+    T* rate_p = PL == kVoltage ? rate.mutable_data_ptr<T>() : nullptr;
     const int64_t* index = order.index.const_data_ptr<int64_t>();
     T* s = state.mutable_data_ptr<T>();
     const T* p = product.const_data_ptr<T>();
@@ -171,7 +188,7 @@ struct ForwardByLengthLoop {
       const int64_t running = order.running[step];
       if (running > 0) {  // product = h_prev W^T over the running rows
         at::Tensor product_running = product.narrow(0, 0, running);
-        at::mm_out(product_running, state.narrow(0, 0, running), w_t);
+        at::mm_out(product_running, (PL == kVoltage ? rate : state).narrow(0, 0, running), w_t);
       }
       at::parallel_for(0, batch, row_grain(hidden), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
@@ -181,7 +198,7 @@ struct ForwardByLengthLoop {
             T* h_row = h_p + at;
             forward_row<T, NL, PL>(u_p + at, p + pos, drive_p + (save_drive ? at : row), s + pos,
                                    h_row, alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(),
-                                   hidden);
+                                   hidden, rate_p == nullptr ? nullptr : rate_p + pos);
             std::memcpy(s + pos, h_row, row_bytes);
           } else {
             std::memcpy(h_p + step * plane + row, s + pos, row_bytes);
@@ -216,6 +233,23 @@ GradRows<T> incoming_gradient(const at::Tensor& grad_h, int64_t t, at::Tensor& s
   return {scratch.const_data_ptr<T>(), scratch.size(1)};
 }
 
+// "voltage" after the reverse loop: dh0 = dh + f'(v_0) * product for the first `rows` rows of dh
+// (all of them in batch order; in row order through index, h0 being in batch order).
+template <typename T, int64_t NL>
+void voltage_initial(const at::Tensor& h0, const at::Tensor& product, at::Tensor& dh,
+                     const int64_t* index, int64_t rows) {
+  const int64_t hidden = h0.size(1);
+  const T* h0_p = h0.const_data_ptr<T>();
+  const T* p = product.const_data_ptr<T>();
+  T* g = dh.mutable_data_ptr<T>();
+  at::parallel_for(0, rows, row_grain(hidden), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = index == nullptr ? i : index[i];
+      voltage_initial_row<T, NL>(h0_p + b * hidden, p + i * hidden, g + i * hidden, hidden);
+    }
+  });
+}
+
 // The backward time loop over rows of different lengths (the forward's steps, last first): the
 // adjoint dh (B, H) lives in row order, as the forward state did, so that step s's GEMM covers only
 // the first running[s] rows. A running row's d_drive goes to a row-ordered buffer (the GEMM's
@@ -236,6 +270,9 @@ struct BackwardByLengthLoop {
     const int64_t* index = order.index.const_data_ptr<int64_t>();
     at::Tensor d_drive_rows = at::empty({batch, hidden}, h.options());
     at::Tensor grad_slice = gradient_scratch(grad_h, dh);
+    // "voltage": the later step's d_drive W in row order, valid for the rows that ran that step.
+    at::Tensor product = PL == kVoltage ? at::empty({batch, hidden}, h.options()) : at::Tensor();
+    const T* product_p = PL == kVoltage ? product.const_data_ptr<T>() : nullptr;
     T* g = dh.mutable_data_ptr<T>();
     T* dd = d_drive_rows.mutable_data_ptr<T>();
     double* partial = d_alpha_partial.mutable_data_ptr<double>();
@@ -246,6 +283,7 @@ struct BackwardByLengthLoop {
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t running = order.running[step];
       const int64_t running_prev = step > 0 ? order.running[step - 1] : 0;  // their grad_h counts
+      const int64_t running_next = step + 1 < steps ? order.running[step + 1] : 0;  // have a product
       // Forward time order: the previous step's gradient rows, one plane (copied if need be).
       const GradRows<T> grad_plane =
           order.reverse ? GradRows<T>{nullptr, 0} : incoming_gradient<T>(grad_h, step - 1, grad_slice);
@@ -264,7 +302,8 @@ struct BackwardByLengthLoop {
               const T* h_prev = step == 0 ? h0.const_data_ptr<T>() + row : h_p + t_prev * plane + row;
               backward_row<T, double, NL, PL>(drive_p + at, h_prev, h_p + at, gp, g + pos, dd + pos,
                                               partial + block * hidden, alpha.const_data_ptr<T>(),
-                                              keep.const_data_ptr<T>(), hidden);
+                                              keep.const_data_ptr<T>(), hidden,
+                                              i < running_next ? product_p + pos : nullptr);
               std::memcpy(d_drive_p + at, dd + pos, hidden * sizeof(T));
             } else {
               held_row_backward<T>(gp, g + pos, d_drive_p + step * plane + row, hidden);
@@ -272,10 +311,14 @@ struct BackwardByLengthLoop {
           }
         }
       });
-      if (running > 0) {  // dh_prev += d_drive_s W over the running rows
+      if (running > 0 && PL == kVoltage) {  // product = d_drive_s W over the running rows
+        at::Tensor product_running = product.narrow(0, 0, running);
+        at::mm_out(product_running, d_drive_rows.narrow(0, 0, running), w);
+      } else if (running > 0) {  // dh_prev += d_drive_s W over the running rows
         dh.narrow(0, 0, running).addmm_(d_drive_rows.narrow(0, 0, running), w);
       }
     }
+    if constexpr (PL == kVoltage) voltage_initial<T, NL>(h0, product, dh, index, order.running[0]);
   }
 };
 

@@ -11,12 +11,13 @@
 
 namespace timescale_kernels {
 
-// drive = u + product (product = h_{t-1} W^T), stored to drive; then h_t from drive and h_prev.
-// keep = 1 - alpha; alpha and keep (H,).
+// drive = u + product (product = h_{t-1} W^T, or f(v_{t-1}) W^T for "voltage"), stored to drive;
+// then h_t from drive and h_prev. keep = 1 - alpha; alpha and keep (H,). rate: "voltage" only, where
+// f(v_t) is written, the next step's matmul operand (nullptr for the other placements).
 template <typename T, int64_t NL, int64_t PL>
 inline void forward_row(const T* __restrict u, const T* __restrict product, T* __restrict drive,
                         const T* __restrict h_prev, T* __restrict h, const T* __restrict alpha,
-                        const T* __restrict keep, int64_t hidden) {
+                        const T* __restrict keep, int64_t hidden, T* __restrict rate = nullptr) {
 #pragma omp simd
   for (int64_t j = 0; j < hidden; ++j) {
     const T dv = product[j] + u[j];
@@ -24,6 +25,9 @@ inline void forward_row(const T* __restrict u, const T* __restrict product, T* _
     T y;
     if constexpr (PL == kOutside) {
       y = activate<NL>(keep[j] * h_prev[j] + alpha[j] * dv);
+    } else if constexpr (PL == kVoltage) {
+      y = flush(keep[j] * h_prev[j] + alpha[j] * dv);
+      rate[j] = activate<NL>(y);
     } else {
       y = keep[j] * h_prev[j] + alpha[j] * activate<NL>(dv);
     }
@@ -34,16 +38,24 @@ inline void forward_row(const T* __restrict u, const T* __restrict product, T* _
 // The element-wise half of one reverse step. On entry dh holds the adjoint of h_t; on exit it holds
 // (1 - alpha) * (dz or dh) + grad_prev (grad_prev = the gradient reaching h_{t-1} from outside;
 // nullptr at t = 0), to which the caller adds d_drive W. d_alpha_acc (H,) accumulates this row's
-// d_alpha terms in AccT.
+// d_alpha terms in AccT. "voltage": the adjoint of v_t is dh + f'(v_t) * product, product being the
+// later step's d_drive W (its f'(v_t) factor is applied here, where v_t is read anyway; nullptr
+// where no later step ran), and the caller writes d_drive W to product instead of adding it to dh.
 template <typename T, typename AccT, int64_t NL, int64_t PL>
 inline void backward_row(const T* __restrict drive, const T* __restrict h_prev,
                          const T* __restrict h, const T* __restrict grad_prev, T* __restrict dh,
                          T* __restrict d_drive, AccT* __restrict d_alpha_acc,
-                         const T* __restrict alpha, const T* __restrict keep, int64_t hidden) {
+                         const T* __restrict alpha, const T* __restrict keep, int64_t hidden,
+                         const T* __restrict product = nullptr) {
 #pragma omp simd
   for (int64_t j = 0; j < hidden; ++j) {
     T carried;
-    if constexpr (PL == kOutside) {
+    if constexpr (PL == kVoltage) {
+      const T dv = product == nullptr ? dh[j] : dh[j] + derivative_at<NL>(h[j]) * product[j];
+      d_drive[j] = flush(alpha[j] * dv);
+      d_alpha_acc[j] += static_cast<AccT>(dv * (drive[j] - h_prev[j]));
+      carried = keep[j] * dv;
+    } else if constexpr (PL == kOutside) {
       const T z = keep[j] * h_prev[j] + alpha[j] * drive[j];
       const T y = derivative_needs_output<NL> ? h[j] : T(0);
       const T dz = dh[j] * derivative<NL>(z, y);
@@ -59,6 +71,15 @@ inline void backward_row(const T* __restrict drive, const T* __restrict h_prev,
     if (grad_prev != nullptr) carried += grad_prev[j];
     dh[j] = flush(carried);
   }
+}
+
+// "voltage" after the last reverse step: dh0 = dh + f'(v_0) * product (product = the first step's
+// d_drive W), in place.
+template <typename T, int64_t NL>
+inline void voltage_initial_row(const T* __restrict h0, const T* __restrict product,
+                                T* __restrict dh, int64_t hidden) {
+#pragma omp simd
+  for (int64_t j = 0; j < hidden; ++j) dh[j] = flush(dh[j] + derivative_at<NL>(h0[j]) * product[j]);
 }
 
 // A row past its length in a reverse step: h_t = h_{t-1}, so the adjoint passes through unchanged

@@ -58,19 +58,27 @@ struct ForwardBlocksLoop {
     for_each_block(networks, batch, [&](int64_t k, int64_t r0, int64_t r1) {
       const int64_t rows = r1 - r0;
       std::vector<T> product(rows * hidden), scratch(save_drive ? 0 : rows * hidden);
+      // "voltage": the matmul operand is the rate f(v_{t-1}) of the block's rows, rewritten by each
+      // step's element-wise pass after the GEMM has read it.
+      std::vector<T> rate(PL == kVoltage ? rows * hidden : 0);
       const T* m = w_t + k * hidden * hidden;
       const T* a = alpha + k * hidden;
       const T* kp = keep + k * hidden;
       const int64_t base = k * sequence + r0 * hidden;
+      if constexpr (PL == kVoltage) {
+        const T* v0 = h0 + (k * batch + r0) * hidden;
+        for (int64_t j = 0; j < rows * hidden; ++j) rate[j] = activate<NL>(v0[j]);
+      }
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t at_t = base + time(s) * plane;
         const T* h_prev = s == 0 ? h0 + (k * batch + r0) * hidden : h + base + time(s - 1) * plane;
-        gemm_rows<T>(rows, hidden, hidden, h_prev, hidden, m, hidden, T(0), product.data(), hidden);
+        gemm_rows<T>(rows, hidden, hidden, PL == kVoltage ? rate.data() : h_prev, hidden, m, hidden, T(0),
+                     product.data(), hidden);
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = i * hidden;
           T* d = save_drive ? drive + at_t + row : scratch.data() + row;
           forward_row<T, NL, PL>(u + at_t + row, product.data() + row, d, h_prev + row, h + at_t + row, a, kp,
-                                 hidden);
+                                 hidden, PL == kVoltage ? rate.data() + row : nullptr);
         }
       }
     });
@@ -92,6 +100,8 @@ struct BackwardBlocksLoop {
     for_each_block(networks, batch, [&](int64_t k, int64_t r0, int64_t r1) {
       const int64_t rows = r1 - r0;
       std::vector<T> grad_row(rows_in_place ? 0 : hidden);
+      // "voltage": d_drive_t W lands here; the next (earlier) step's pass applies its f'(v_{t-1}) factor.
+      std::vector<T> product(PL == kVoltage ? rows * hidden : 0);
       const T* wk = w + k * hidden * hidden;
       const T* a = alpha + k * hidden;
       const T* kp = keep + k * hidden;
@@ -114,10 +124,19 @@ struct BackwardBlocksLoop {
           }
           backward_row<T, double, NL, PL>(drive + at_t + row, h_prev + row, h + at_t + row, gp, dh_k + row,
                                           d_drive + at_t + row, partial + (b / kRowsPerPartial) * hidden, a, kp,
-                                          hidden);
+                                          hidden, PL == kVoltage && s < steps - 1 ? product.data() + row : nullptr);
         }
-        // dh_prev += d_drive_t W over the block's rows
-        gemm_rows<T>(rows, hidden, hidden, d_drive + at_t, hidden, wk, hidden, T(1), dh_k, hidden);
+        if constexpr (PL == kVoltage) {  // product = d_drive_t W over the block's rows
+          gemm_rows<T>(rows, hidden, hidden, d_drive + at_t, hidden, wk, hidden, T(0), product.data(), hidden);
+        } else {  // dh_prev += d_drive_t W over the block's rows
+          gemm_rows<T>(rows, hidden, hidden, d_drive + at_t, hidden, wk, hidden, T(1), dh_k, hidden);
+        }
+      }
+      if constexpr (PL == kVoltage) {  // dh0 = dh + f'(v_0) * (the first step's d_drive W)
+        const T* v0 = h0 + (k * batch + r0) * hidden;
+        for (int64_t i = 0; i < rows; ++i) {
+          voltage_initial_row<T, NL>(v0 + i * hidden, product.data() + i * hidden, dh_k + i * hidden, hidden);
+        }
       }
     });
   }

@@ -53,3 +53,14 @@ def random_lengths(steps: int, batch: int, seed: int = 0) -> torch.Tensor:
         lengths[batch // 2] = steps
         lengths[-1] = 1
     return lengths
+
+
+def drive_from_states(u: torch.Tensor, h0: torch.Tensor, h: torch.Tensor, w: torch.Tensor, nonlinearity: str,
+                      placement: str) -> torch.Tensor:
+    """The core's drive (T, B, H) = u + operand(h_prev) W^T, in float64, from the states h (T, B, H): the
+    operand is h_prev itself, or the rate f(h_prev) for "voltage" (whose states are v)."""
+    from timescale_kernels.ops.reference import activation
+    h_prev = torch.cat([h0[None].double(), h.double()[:-1]])
+    if placement == "voltage":
+        h_prev = activation(nonlinearity)(h_prev)
+    return u.double() + h_prev @ w.double().t()

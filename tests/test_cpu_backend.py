@@ -8,7 +8,7 @@ from timescale_kernels.ops import core, cpu
 from timescale_kernels.ops.choices import NONLINEARITIES, PLACEMENTS
 from timescale_kernels.ops.reference import recurrence_reference
 
-from helpers import core_inputs, rel_err
+from helpers import core_inputs, drive_from_states, rel_err
 
 pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason=f"the C++ extension is not built: {cpu.unavailable_reason()}")
@@ -53,8 +53,7 @@ def test_forward_matches_reference(placement, nonlinearity, shape):
     want = recurrence_reference(u.double(), h0.double(), w.double(), alpha.double(), nonlinearity, placement)
     assert h.dtype == torch.float32
     assert_close_rel("h", h, want, 1e-5)
-    h_prev = torch.cat([h0.double()[None], want[:-1]])
-    assert_close_rel("drive", drive, u.double() + h_prev @ w.double().t(), 1e-5)
+    assert_close_rel("drive", drive, drive_from_states(u, h0, want, w, nonlinearity, placement), 1e-5)
 
     h_no_drive, empty = cpu.forward(u, h0, w, alpha, nonlinearity, placement, False, "fp32")
     assert empty.numel() == 0
@@ -256,7 +255,7 @@ def test_bad_arguments_are_rejected():
     kernel = torch.ops.timescale_kernels_cpu.forward
     with pytest.raises(RuntimeError, match=f"nonlinearity: expected a code in 0..{len(NONLINEARITIES) - 1}"):
         kernel(u, h0, w, alpha, len(NONLINEARITIES), 0, True)
-    with pytest.raises(RuntimeError, match="placement: expected 0 .outside. or 1 .inside."):
+    with pytest.raises(RuntimeError, match="placement: expected 0 .outside., 1 .inside. or 2 .voltage."):
         kernel(u, h0, w, alpha, 0, len(PLACEMENTS), True)
     with pytest.raises(RuntimeError, match="dtype"):
         cpu.forward(u, h0.double(), w, alpha, "tanh", "outside", True, "fp32")

@@ -155,7 +155,8 @@ def test_gradients_of_gradients_name_the_backend_that_has_them(backend):
 @pytest.mark.parametrize("reached", ["h_n", "output", "both", "h_n through output[-1]"])
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_the_last_states_gradient_reaches_the_kernels_apart(backend, reached, lengths, reverse):
+@pytest.mark.parametrize("placement", ["outside", "voltage"])
+def test_the_last_states_gradient_reaches_the_kernels_apart(backend, reached, lengths, reverse, placement):
     """h_n is a tensor of its own whose gradient goes to the backward kernels apart from the output's
     (no (T, B, H) gradient for a loss on h_n alone); every way of reaching the last state, with
     lengths and in reverse order, gives the reference's gradients."""
@@ -163,7 +164,7 @@ def test_the_last_states_gradient_reaches_the_kernels_apart(backend, reached, le
     kw = dict(lengths=torch.tensor([7, 2, 5, 1]) if lengths else None, reverse=reverse)
     results = {}
     for b in ("reference", backend):
-        out, hn = tk.leaky_rnn(*args.values(), backend=b, nonlinearity="tanh", **kw)
+        out, hn = tk.leaky_rnn(*args.values(), backend=b, nonlinearity="tanh", placement=placement, **kw)
         last = out[0] if reverse else out[-1]
         loss = {"h_n": (hn ** 2).sum(), "output": (out ** 3).sum(), "both": (hn ** 2).sum() + (out ** 3).sum(),
                 "h_n through output[-1]": (last ** 2).sum()}[reached]

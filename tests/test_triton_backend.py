@@ -13,10 +13,10 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from timescale_kernels.ops import core, triton_common, triton_recurrence as tr  # noqa: E402
-from timescale_kernels.ops.choices import NONLINEARITIES  # noqa: E402
-from timescale_kernels.ops.reference import leaky_rnn_reference, recurrence_reference  # noqa: E402
+from timescale_kernels.ops.choices import NONLINEARITIES, PLACEMENTS  # noqa: E402
+from timescale_kernels.ops.reference import activation, leaky_rnn_reference, recurrence_reference  # noqa: E402
 
-from helpers import core_inputs, random_lengths, rel_err  # noqa: E402
+from helpers import core_inputs, drive_from_states, random_lengths, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tr.is_available(), reason=f"triton backend: {tr.unavailable_reason()}")
 CUDA = torch.cuda.is_available()
@@ -49,7 +49,7 @@ def check_core(c, nonlinearity, placement, precision="fp32", tol=1e-5):
     h_ref, du, dh0, dalpha = reference_grads(c, nonlinearity, placement)
     h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], nonlinearity, placement, True, precision)
     assert rel_err(h, h_ref) <= tol
-    drive_ref = c["u"].double() + torch.cat([c["h0"][None].double(), h_ref[:-1]]) @ c["w"].double().t()
+    drive_ref = drive_from_states(c["u"], c["h0"], h_ref, c["w"], nonlinearity, placement)
     assert rel_err(drive, drive_ref) <= tol
     d_drive, dh0_got, dalpha_got = tr.backward(c["grad_h"], h, c["h0"], drive, c["w"], c["alpha"],
                                                nonlinearity, placement, precision)
@@ -61,7 +61,7 @@ def check_core(c, nonlinearity, placement, precision="fp32", tol=1e-5):
 # Every nonlinearity and placement at one cheap shape; then awkward shapes: B not a multiple of the
 # 16-row tile, B = 1, T = 1, H not a power of two and larger than one column block.
 
-@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 def test_core_matches_reference(nonlinearity, placement):
     check_core(make_core(7, 3, 20), nonlinearity, placement)
@@ -74,20 +74,25 @@ def test_core_matches_reference(nonlinearity, placement):
     (1, 3, 50, "sigmoid", "inside"),
     (6, 1, 50, "relu", "outside"),
     (5, 17, 33, "sigmoid", "outside"),
+    (7, 19, 50, "sigmoid", "voltage"),
+    (1, 1, 20, "tanh", "voltage"),
+    (5, 17, 33, "relu", "voltage"),
 ])
 def test_core_awkward_shapes(T, B, H, nonlinearity, placement):
     check_core(make_core(T, B, H, seed=T * B + H), nonlinearity, placement)
 
 
 @pytest.mark.parametrize("nonlinearity,placement", [("tanh", "outside"), ("tanh", "inside"),
-                                                    ("leaky_relu", "outside"), ("sigmoid", "inside")])
+                                                    ("leaky_relu", "outside"), ("sigmoid", "inside"),
+                                                    ("tanh", "voltage"), ("sigmoid", "voltage")])
 def test_core_float64(nonlinearity, placement):
     check_core(make_core(5, 3, 20, dtype=torch.float64), nonlinearity, placement, tol=1e-12)
 
 
 @pytest.mark.parametrize("precision,tol", [("tf32x3", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])
-def test_core_reduced_precision(precision, tol):
-    check_core(make_core(6, 5, 50), "tanh", "outside", precision, tol)
+@pytest.mark.parametrize("placement", ["outside", "voltage"])
+def test_core_reduced_precision(precision, tol, placement):
+    check_core(make_core(6, 5, 50), "tanh", placement, precision, tol)
 
 
 # ---- lengths: row b runs lengths[b] steps, then holds its state ----
@@ -110,6 +115,19 @@ def reference_with_lengths(c, lengths, nonlinearity, placement, g_out, g_n):
     return output.detach(), h_n.detach(), du, dh0, -dtau * tau.detach() ** 2  # d_alpha = -d_tau tau^2
 
 
+def core_gradient(h, g_out, g_n, lengths, nonlinearity, placement):
+    """(the op's output from the core's states h, the core's grad_h) for the gradients g_out of the
+    output and g_n of h_n (added at each row's last step). "voltage": the output is f(v) of the states
+    v, so the core takes g_out f'(v)."""
+    grad_h, seen = g_out.clone(), h
+    if placement == "voltage":
+        v = h.detach().requires_grad_()
+        seen = activation(nonlinearity)(v)
+        grad_h = torch.autograd.grad(seen, v, g_out)[0]
+    grad_h[lengths - 1, torch.arange(len(lengths), device=lengths.device)] += g_n
+    return seen, grad_h
+
+
 def check_lengths(c, lengths, nonlinearity, placement, family="default", tol=1e-5, plan=None):
     """The core with lengths against the reference loop: h where running, the held state after,
     and the gradients of <output, g_out> + <h_n, g_n>. The core gets g_out whole, h_n's gradient
@@ -118,13 +136,12 @@ def check_lengths(c, lengths, nonlinearity, placement, family="default", tol=1e-
     steps = c["u"].shape[0]
     live = (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :])[..., None]
     g_out, g_n = c["grad_h"], c["grad_h"][0].flip(0)
-    grad_h = g_out.clone()
-    grad_h[lengths - 1, torch.arange(len(lengths), device=lengths.device)] += g_n
     output, h_n, du, dh0, dalpha = reference_with_lengths(c, lengths, nonlinearity, placement, g_out, g_n)
     h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], nonlinearity, placement, True, "fp32", lengths,
                           family=family, plan=plan)
     assert tr.last_family == ("persistent" if plan is not None else family)
-    assert rel_err(torch.where(live, h, 0.0), output) <= tol
+    seen, grad_h = core_gradient(h, g_out, g_n, lengths, nonlinearity, placement)
+    assert rel_err(torch.where(live, seen, 0.0), output) <= tol
     assert rel_err(h[-1], h_n) <= tol
     d_drive, dh0_got, dalpha_got = tr.backward(grad_h, h, c["h0"], drive, c["w"], c["alpha"], nonlinearity,
                                                placement, "fp32", lengths, family=family, plan=plan)
@@ -139,6 +156,8 @@ def check_lengths(c, lengths, nonlinearity, placement, family="default", tol=1e-
     (6, 5, 20, "leaky_relu", "inside"),
     (5, 19, 50, "sigmoid", "outside"),
     (4, 3, 33, "relu", "inside"),
+    (6, 5, 20, "sigmoid", "voltage"),
+    (5, 19, 50, "leaky_relu", "voltage"),
 ])
 def test_lengths_match_reference(T, B, H, nonlinearity, placement):
     check_lengths(make_core(T, B, H, seed=B + H), make_lengths(T, B, seed=T), nonlinearity, placement)
@@ -149,8 +168,7 @@ def check_rows_alone(c, lengths, nonlinearity, placement, family="default"):
     the gradient reaching a held step is ignored)."""
     h, d_drive, dh0, dalpha = check_lengths(c, lengths, nonlinearity, placement, family)
     steps = c["u"].shape[0]
-    grad_h = c["grad_h"].clone()
-    grad_h[lengths - 1, torch.arange(len(lengths), device=lengths.device)] += c["grad_h"][0].flip(0)
+    grad_h = core_gradient(h, c["grad_h"], c["grad_h"][0].flip(0), lengths, nonlinearity, placement)[1]
     dalpha_rows = torch.zeros_like(dalpha)
     for b, n in enumerate(lengths.tolist()):
         u, h0, g = c["u"][:n, b:b + 1], c["h0"][b:b + 1], grad_h[:n, b:b + 1].clone()
@@ -165,7 +183,7 @@ def check_rows_alone(c, lengths, nonlinearity, placement, family="default"):
     assert rel_err(dalpha, dalpha_rows) <= 1e-6
 
 
-@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
 def test_lengths_batch_equals_rows_alone(placement):
     T, B = 5, 4
     check_rows_alone(make_core(T, B, 20, seed=7), torch.tensor([T, 1, 3, T], device=DEVICE), "tanh", placement)
@@ -244,7 +262,7 @@ def test_custom_op_autograd_including_w():
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("tf32x3", 1e-5), ("tf32", 1e-3), ("bf16", 1e-2)])
 def test_study_shape_on_gpu(precision, tol, placement):
     check_core(make_core(100, 256, 500, device="cuda"), "leaky_relu", placement, precision, tol)

@@ -23,6 +23,7 @@ import pytest  # noqa: E402
 from timescale_kernels.ops import triton_common, triton_persistent as tp, triton_recurrence as tr  # noqa: E402
 
 from conftest import REPO, rel_err  # noqa: E402
+from helpers import drive_from_states  # noqa: E402
 from test_triton_backend import (DEVICE, check_lengths, check_rows_alone, make_core,  # noqa: E402
                                  make_lengths, reference_grads)
 
@@ -60,6 +61,8 @@ NAMES = ("h", "drive", "d_drive", "dh0", "d_alpha")
     (3, 17, 33, "leaky_relu", "outside"),  # H odd: ROW_ALIGN 1 (20: 4, 50: 2)
     (3, 2, 24, "tanh", "outside"),         # ROW_ALIGN 8
     (3, 2, 48, "leaky_relu", "inside"),    # ROW_ALIGN 16
+    (4, 19, 50, "tanh", "voltage"),
+    (3, 17, 33, "sigmoid", "voltage"),
 ])
 def test_persistent_matches_default_and_reference(T, B, H, nonlinearity, placement):
     c = make_core(T, B, H, seed=T + B + H)
@@ -68,7 +71,7 @@ def test_persistent_matches_default_and_reference(T, B, H, nonlinearity, placeme
     default = run_core(c, nonlinearity, placement, "fp32", "default")
     assert tr.last_family == "default"
     h_ref, du, dh0, dalpha = reference_grads(c, nonlinearity, placement)
-    drive_ref = c["u"].double() + torch.cat([c["h0"][None].double(), h_ref[:-1]]) @ c["w"].double().t()
+    drive_ref = drive_from_states(c["u"], c["h0"], h_ref, c["w"], nonlinearity, placement)
     for name, a, b, want in zip(NAMES, got, default, (h_ref, drive_ref, du, dh0, dalpha)):
         assert a.shape == want.shape, name
         assert rel_err(a, b) <= 1e-5, name
@@ -100,7 +103,7 @@ def test_tf32_split_is_exact():
     assert (lo.abs() <= m.abs() * 2.0 ** -10).all()
 
 
-@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("placement", ["outside", "inside", "voltage"])
 def test_persistent_lengths(placement):
     check_lengths(make_core(6, 19, 33, seed=5), make_lengths(6, 19, seed=2), "tanh", placement, "persistent")
     check_rows_alone(make_core(5, 4, 20, seed=8), torch.tensor([5, 1, 3, 5], device=DEVICE), "leaky_relu",
@@ -247,7 +250,7 @@ from test_triton_backend import check_lengths, make_core, make_lengths, referenc
 from conftest import rel_err
 tr.poison_outputs = True
 for B in (256, 10):
-    for placement in ("outside", "inside"):
+    for placement in ("outside", "inside", "voltage"):
         c = make_core(100, B, 500, device="cuda")
         h, drive = tr.forward(c["u"], c["h0"], c["w"], c["alpha"], "leaky_relu", placement, True, "{precision}",
                               family="persistent")

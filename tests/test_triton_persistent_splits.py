@@ -25,6 +25,7 @@ from timescale_kernels.ops import triton_common, triton_persistent as tp, triton
 
 from concurrent_grid import concurrent_programs  # noqa: E402
 from conftest import rel_err  # noqa: E402
+from helpers import drive_from_states  # noqa: E402
 from test_triton_backend import check_lengths, make_core, make_lengths, reference_grads  # noqa: E402
 
 pytestmark = [
@@ -62,7 +63,7 @@ def check_plan(c, nonlinearity, placement, precision, plan, tol):
         got = run(c, nonlinearity, placement, precision, plan)
     alone = run(c, nonlinearity, placement, precision, one_split(plan))
     h_ref, du, dh0, dalpha = reference_grads(c, nonlinearity, placement)
-    drive_ref = c["u"].double() + torch.cat([c["h0"][None].double(), h_ref[:-1]]) @ c["w"].double().t()
+    drive_ref = drive_from_states(c["u"], c["h0"], h_ref, c["w"], nonlinearity, placement)
     for name, a, b, want in zip(NAMES, got, alone, (h_ref, drive_ref, du, dh0, dalpha)):
         assert not a.isnan().any(), name
         assert rel_err(a, b) <= 1e-6, name
@@ -83,6 +84,9 @@ def check_plan(c, nonlinearity, placement, precision, plan, tol):
     (3, 10, 64, tp.Plan((4, 1), 16, 16, 64, 1), "tf32x3", "tanh", "outside", 1e-5),
     (3, 10, 64, tp.Plan((4, 1), 16, 16, 64, 1), "tf32", "tanh", "inside", 1e-3),
     (3, 10, 64, tp.Plan((2, 1), 16, 32, 64, 2), "bf16", "tanh", "outside", 1e-2),
+    # "voltage": f applied to the state chunks each program reads from the others
+    (4, 20, 50, tp.Plan((4, 2), 16, 16, 64), "fp32", "sigmoid", "voltage", 1e-5),
+    (3, 10, 64, tp.Plan((4, 1), 16, 16, 64, 1), "tf32x3", "tanh", "voltage", 1e-5),
 ])
 def test_multi_split_plans_match_one_split_and_reference(T, B, H, plan, precision, nonlinearity, placement, tol):
     check_plan(make_core(T, B, H, seed=T + B + H), nonlinearity, placement, precision, plan, tol)
@@ -95,7 +99,7 @@ def test_the_rules_plan_for_the_analysis_simulation():
     check_plan(make_core(2, 10, 500, seed=4), "tanh", "outside", "fp32", plan, 1e-5)
 
 
-@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("placement", ["outside", "inside", "voltage"])
 def test_multi_split_plans_with_lengths(placement):
     lengths = make_lengths(6, 19, seed=2)
     with concurrent_programs():

@@ -16,6 +16,8 @@ class LeakyRNNCell(LeakyBase):
         d = W h + b_{hh} + W_{ih} x + b_{ih} + \sigma_{rec} \sqrt{2 \tau}\, \xi
 
     placement "outside": h' = f((1 - alpha) h + alpha d); "inside": h' = (1 - alpha) h + alpha f(d);
+    "voltage": h is the pre-activation v, d reads f(v) in place of h, and h' = v' = (1 - alpha) v + alpha d
+    (the state; the rate output is f(v'), e.g. torch.tanh(cell(x, v)) for nonlinearity "tanh");
     W = |W_hh| * dale_signs[None, :] * connectivity_mask (each factor only when given). Plain,
     differentiable PyTorch (ops.step.leaky_rnn_step): gradients of gradients, torch.func.jacrev and
     fixed-point searches work on any device. Running it for T steps gives LeakyRNN's output.
@@ -30,7 +32,7 @@ class LeakyRNNCell(LeakyBase):
         hx: (B, H) or (H,); None means zeros.
 
     Outputs: h'
-        (B, H) or (H,).
+        (B, H) or (H,): the next state (for "voltage" the pre-activation v', not the rate f(v')).
 
     Attributes:
         weight_ih (H, I), weight_hh (H, H), bias_ih (H,), bias_hh (H,), tau (H,).

@@ -52,7 +52,10 @@ class LeakyRNN(LeakyBase):
         d_t = W h_{t-1} + b_{hh} + W_{ih} x_t + b_{ih} + \sigma_{rec} \sqrt{2 \tau}\, \xi_t
 
     placement "outside": h_t = f((1 - alpha) h_{t-1} + alpha d_t);
-    placement "inside":  h_t = (1 - alpha) h_{t-1} + alpha f(d_t).
+    placement "inside":  h_t = (1 - alpha) h_{t-1} + alpha f(d_t);
+    placement "voltage" (PsychRNN's and nn4n's form): the state is the pre-activation v, d_t reads the
+    rate f(v_{t-1}) in place of h_{t-1}, v_t = (1 - alpha) v_{t-1} + alpha d_t, and the output is
+    r_t = f(v_t); hx, initial_state and h_n hold v (h_n = v_T: pass it back as hx to continue).
     W = |W_hh| * dale_signs[None, :] * connectivity_mask (each factor only when given; its diagonal
     is zero unless self_connections); g is the tau parameterisation; xi_t ~ N(0, 1).
     Layer k > 0 reads layer k-1's output (both directions concatenated), after dropout in training.
@@ -70,7 +73,7 @@ class LeakyRNN(LeakyBase):
         bias: with bias_ih and bias_hh (default True).
         batch_first: input and output as (B, T, *) instead of (T, B, *).
         nonlinearity: "leaky_relu" (slope 0.01, default), "relu", "tanh", "sigmoid", "identity".
-        placement: "outside" (default) or "inside".
+        placement: "outside" (default), "inside" or "voltage".
         tau_init: the time constants at initialisation: a (low, high) range drawn uniformly, or a number
             (moved just inside the open range of "softplus" and "sigmoid" where it reaches a bound).
         learn_tau: tau is a Parameter (default) or a fixed buffer.
@@ -316,6 +319,22 @@ class LeakyRNN(LeakyBase):
         time constant at 1 (tau <= 1 under "clamp") and a tanh or relu nonlinearity. The connectivity
         mask, Dale's signs and the zero diagonal are applied to the weights it receives."""
         return to_torch_rnn(self)
+
+    @classmethod
+    def from_nn4n(cls, ctrnn, **kwargs) -> "LeakyRNN":
+        """A LeakyRNN (placement "voltage") computing exactly what an nn4n CTRNN's recurrent layer
+        computes: its output is the CTRNN's states; nn4n_convert.nn4n_readout(ctrnn) gives the readout
+        as a torch.nn.Linear. Raises ValueError naming an nn4n option without an exact counterpart
+        (see timescale_kernels/nn4n_convert.py). kwargs add options (backend, ...)."""
+        from .nn4n_convert import from_nn4n
+        return from_nn4n(cls, ctrnn, **kwargs)
+
+    def to_nn4n(self, readout: nn.Linear | None = None):
+        """The equivalent nn4n CTRNN (dt = 1, this module's tau, which must be one value), with
+        readout's weights in its readout layer; needs nn4n installed, placement "voltage", one
+        unidirectional layer and relu, tanh or sigmoid."""
+        from .nn4n_convert import to_nn4n
+        return to_nn4n(self, readout)
 
 
 __all__ = ["LeakyRNN", "LeakyRNNCell"]

@@ -82,8 +82,8 @@ class Case:
 def all_cases(quick: bool = False) -> list[Case]:
     """Each family x direction x precision in float32; float64 (fp32, default family: the persistent
     family never runs float64 on CUDA); per-row lengths (fp32 at B = 256 in each family, tf32x3 at
-    B = 10 in the persistent one); the other nonlinearities and the inside placement; and the
-    controls(). quick: the default family's fp32 forward and backward, the persistent fp32 forward
+    B = 10 in the persistent one); the other nonlinearities, the inside and voltage placements; and
+    the controls(). quick: the default family's fp32 forward and backward, the persistent fp32 forward
     and the default family's control."""
     if quick:
         return [Case(), Case(direction="backward"), Case("persistent"), Case(contiguous_wt=False)]
@@ -99,19 +99,33 @@ def all_cases(quick: bool = False) -> list[Case]:
                   Case("default", "fp32", direction=direction, nonlinearity="tanh", placement="inside"),
                   Case("default", "tf32", direction=direction, nonlinearity="sigmoid", placement="inside"),
                   Case("default", "fp32", "float64", direction, nonlinearity="relu", placement="inside")]
+        cases += voltage_cases(direction)
     return cases + ensemble_cases() + controls()
 
 
 def ensemble_cases() -> list[Case]:
     """The ensembles of benchmarks/NOTES.md's predictions, as the launchers launch them (the default
     family, the network a grid axis): K = 4 of the study's (B, H) = (256, 500) and K = 64 of
-    (64, 64), forward and backward, fp32 and tf32x3; with lengths at K = 4."""
+    (64, 64), forward and backward, fp32 and tf32x3; with lengths at K = 4; and K = 4 in the
+    "voltage" placement."""
     cases = []
     for direction in ("forward", "backward"):
         cases += [Case(direction=direction, precision=p, networks=4) for p in ("fp32", "tf32x3")]
         cases += [Case(direction=direction, precision=p, networks=64, batch=64, hidden=64) for p in ("fp32", "tf32x3")]
         cases.append(Case(direction=direction, lengths=True, networks=4))
+        cases.append(Case(direction=direction, placement="voltage", networks=4))
     return cases
+
+
+def voltage_cases(direction: str) -> list[Case]:
+    """The "voltage" placement (f applied to the state chunks before the dot, f'(v) on the product in
+    the backward): each family in fp32 (leaky_relu) and tf32x3 (tanh), and the default family's float64
+    (sigmoid); the persistent tf32x3 case at the analysis simulation's B = 10."""
+    return [Case("default", "fp32", direction=direction, placement="voltage"),
+            Case("persistent", "fp32", direction=direction, placement="voltage"),
+            Case("default", "tf32x3", direction=direction, nonlinearity="tanh", placement="voltage"),
+            Case("persistent", "tf32x3", direction=direction, nonlinearity="tanh", placement="voltage", batch=10),
+            Case("default", "fp32", "float64", direction, nonlinearity="sigmoid", placement="voltage")]
 
 
 def controls() -> list[Case]:
@@ -122,23 +136,25 @@ def controls() -> list[Case]:
 
 def warm_cases() -> list[Case]:
     """all_cases(), the forward without the drive at B = 256 (the benchmarks' forward-only rows, the
-    strided control of defect-ab, tanh), the GPU tests' other placement ("inside") and small batch,
+    strided control of defect-ab, tanh), the GPU tests' other placements ("inside", "voltage") and small batch,
     and the drop-in modules' tanh (fp32), forward and backward: the kernels that `make gpu-check`
     launches."""
     no_drive = [Case(family, p, "float32", "simulate", batch=STUDY_SHAPE[1]) for family in FAMILIES for p in PRECISIONS]
-    inside = [Case(family, p, "float32", direction, placement="inside")
-              for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")]
+    inside = [Case(family, p, "float32", direction, placement=placement)
+              for family in FAMILIES for p in PRECISIONS for direction in ("forward", "backward")
+              for placement in ("inside", "voltage")]
     tanh = [Case(family, "fp32", "float32", direction, nonlinearity="tanh")
             for family in FAMILIES for direction in ("forward", "backward", "simulate")]
-    # the persistent GPU test's small batch (B = 10, both placements, fp32 and tf32x3)
+    # the persistent GPU test's small batch (B = 10, every placement, fp32 and tf32x3)
     small = [Case("persistent", p, "float32", direction, placement=placement, batch=10)
-             for p in ("fp32", "tf32x3") for direction in ("forward", "backward") for placement in ("outside", "inside")]
+             for p in ("fp32", "tf32x3") for direction in ("forward", "backward")
+             for placement in ("outside", "inside", "voltage")]
     # the forward without the drive at B = 256: defect-ab's strided control, the drop-in rows' and the
     # bidirectional tuning rows' tanh forward
     more = [Case(family, "fp32", "float32", "simulate", batch=STUDY_SHAPE[1], **kind) for family in FAMILIES
             for kind in ({"contiguous_wt": False}, {"nonlinearity": "tanh"})]
     cases = all_cases()
-    return cases + no_drive + inside + [c for c in tanh + small + more if c not in cases]
+    return cases + no_drive + [c for c in inside + tanh + small + more if c not in cases]
 
 
 def capture(case: Case) -> list[Launch]:

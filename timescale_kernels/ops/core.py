@@ -34,6 +34,23 @@ integer codes are their positions in choices.py. The parallel parts stay here, a
 T*B rows: dW = d_drive^T h_prev after the reverse loop, and (through autograd of the caller)
 du -> dx, dW_ih, the biases.
 
+placement "voltage": the core's h is the state v (the pre-activation; h_n = v_T comes out of it as
+for the other placements), and its output r = f(v) is made from it by the caller (rates(), one
+element-wise pass, zero past each row's length). Kept this way, rather than a kernel writing r
+too, so that the core's contract (two (T, B, H) results, the state sequence and the drive) is the
+same for every placement: the forward's step needs f(v_{t-1}) only as its matmul operand, which
+the kernels form on the fly. The backward receives the gradient of v (the caller's autograd
+multiplies the output's gradient by f'(v) and adds h_n's), and the weight gradient reads the
+rates: dW = d_drive^T f(v_prev) (weight_gradient's `rate`). The gradient, reverse time, carrying
+dv (the adjoint of v_t; grad_v[t] added as it arrives):
+
+    d_drive_t = alpha dv_t
+    d_alpha  += sum_b dv_t (drive_t - v_{t-1})
+    dv_{t-1}  = (1 - alpha) dv_t + grad_v[t-1] + f'(v_{t-1}) * (d_drive_t W)
+
+since v_t = (1 - alpha) v_{t-1} + alpha drive_t and drive_t = f(v_{t-1}) W^T + u_t; the input
+projection's and biases' gradients are d_drive's, as for the other placements, and dv_0 is dh0.
+
 With lengths, the op's h is the output the caller returns: zero where t >= lengths[b] (as in
 torch.nn.RNN's padded packed output). The backend's held states are zeroed in place after its
 forward (no second (T, B, H) tensor), which its backward never reads: they lie past each row's
@@ -48,6 +65,7 @@ from typing import Optional
 import torch
 
 from .backends import COMPILED, backward_or_reference, kernel_key
+from .reference import activation
 
 
 def reverse_in_time(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -132,6 +150,16 @@ def serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision,
 def running_mask(steps: int, lengths: torch.Tensor) -> torch.Tensor:
     """(T, B, 1) bool: True where step t < lengths[b]; (K, T, B, 1) for lengths (K, B)."""
     return (torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(-2)).unsqueeze(-1)
+
+
+def rates(h: torch.Tensor, nonlinearity: str, lengths: torch.Tensor | None) -> torch.Tensor:
+    """f(h) for h (T, B, H) states (or (K, T, B, H) with lengths (K, B)) or a (B, H) one, zero at
+    t >= lengths[b] when lengths: the "voltage" placement's output from its states (f(0) is not 0 for
+    sigmoid)."""
+    r = activation(nonlinearity)(h)
+    if lengths is None or h.dim() == 2:
+        return r
+    return r.masked_fill(~running_mask(h.shape[-3], lengths.to(h.device)), 0.0)
 
 
 def _zero_past_lengths_(h: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -255,15 +283,25 @@ def _backward(ctx, grad_h, grad_drive):
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     d_drive, dh0, d_alpha = recurrence_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse)
-    dw = weight_gradient(d_drive, h, h0, lengths, ctx.reverse)
+    dw = weight_gradient(d_drive, h, h0, lengths, ctx.reverse, rate=_rate_of(ctx.args))
     return d_drive, dh0, dw, d_alpha, None, None, None, None, None, None, None
 
 
-def weight_gradient(d_drive, h, h0, lengths, reverse=False):
+def _rate_of(args):
+    """weight_gradient's `rate` for ctx.args = (nonlinearity, placement, backend, precision): the
+    nonlinearity for "voltage" (whose matmul operand is f(v)), else None."""
+    return args[0] if args[1] == "voltage" else None
+
+
+def weight_gradient(d_drive, h, h0, lengths, reverse=False, rate=None):
     """dW (H, H) = sum over the steps of d_drive[t]^T h_prev(t), h_prev(t) being h0 at the first step
     and otherwise the state before it (h[t - 1], or h[t + 1] in reverse time order), as GEMMs over the
     rows of all steps, without materialising the previous states. With a leading network dimension
-    (d_drive, h (K, T, B, H), h0 (K, B, H), lengths (K, B)): dW (K, H, H), batched GEMMs."""
+    (d_drive, h (K, T, B, H), h0 (K, B, H), lengths (K, B)): dW (K, H, H), batched GEMMs. rate: a
+    nonlinearity name when the step's operand is f(state) ("voltage"): h and h0 are replaced by
+    rates(h), f(h0)."""
+    if rate is not None:
+        h, h0 = rates(h, rate, lengths), activation(rate)(h0)
     if h.dim() == 4:
         return _network_weight_gradient(d_drive, h, h0, lengths, reverse)
     hidden, steps = h.shape[-1], h.shape[0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import as_ensemble, last_state, recurrence, serial_backward, serial_forward, weight_gradient
+from .core import _rate_of, as_ensemble, last_state, recurrence, serial_backward, serial_forward, weight_gradient
 
 
 class _BackwardKernels(torch.autograd.Function):
@@ -68,7 +68,7 @@ def _gradients(ctx, grad_h, grad_last=None):
     else:
         d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse,
                                                 grad_last)
-    return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse), d_alpha
+    return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse, rate=_rate_of(ctx.args)), d_alpha
 
 
 class _Recurrence(torch.autograd.Function):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .core import rates
 from .eager import _transforms_active, run_recurrence
 from .reference import masked_recurrent_weight
 
@@ -86,6 +87,8 @@ def run_compiled_ensemble(backend: str, tensors: dict, nonlinearity: str, placem
     needs_grad = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in t.values())
     output, h_n = run_recurrence(u, t["hx"], w, alpha, nonlinearity, placement, backend, precision, needs_grad,
                                  lengths, reverse)
+    if placement == "voltage":  # the core's states are v: the output is the rate f(v), h_n stays v_T
+        output = rates(output, nonlinearity, lengths)
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n

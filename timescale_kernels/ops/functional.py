@@ -16,7 +16,7 @@ import torch
 from .backends import fall_back_from, kernel_key, note_auto_triton, record_triton_failure, resolve_backend, triton_failed
 from .checks import (check_drive_noise, check_lengths, check_network_args, check_network_lengths, check_op_args,
                      network_count, per_network)
-from .core import reverse_in_time
+from .core import rates, reverse_in_time
 from .eager import input_projection, run_recurrence
 from .ensemble import ARG_NAMES, run_compiled_ensemble
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
@@ -54,6 +54,11 @@ def leaky_rnn(
         placement: "outside": h_t = f((1 - alpha) h_{t-1} + alpha drive_t) (the study's default);
             "inside": h_t = (1 - alpha) h_{t-1} + alpha f(drive_t) (the study's "mod" model);
             drive_t = h_{t-1} W^T + bias_hh + x_t weight_ih^T + bias_ih.
+            "voltage" (PsychRNN's and nn4n's form): the state is the pre-activation v and the drive
+            reads the rate f(v): v_t = (1 - alpha) v_{t-1} + alpha (f(v_{t-1}) W^T + bias_hh +
+            x_t weight_ih^T + bias_ih); the output is r_t = f(v_t). hx is v_0 (the first step's drive
+            reads f(v_0)) and h_n is v_T, the state to continue from (as torch.nn.LSTM returns c
+            beside h): pass h_n back as hx to continue a sequence.
         self_connections: keep (and train) the diagonal of weight_hh.
         backend: "auto" (the fastest available for the tensors' device), "reference", "cpu", "triton".
         precision: "fp32" (exact); "tf32x3" (three tf32 tensor-core products per fp32 product:
@@ -81,7 +86,8 @@ def leaky_rnn(
     this function runs the mapped networks as one such call.
 
     Returns:
-        output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
+        output (T, B, H) = h_1..h_T and h_n (B, H) = h_T ("voltage": output f(v_1)..f(v_T), h_n v_T).
+        Gradients reach every tensor argument.
         float16 and bfloat16 tensors are computed in float32 and returned in their own dtype.
         Under torch.autocast (for the input's device type) the op computes in float32 whatever the
         mix of dtypes autocast makes, and returns autocast's dtype, as torch.nn.RNN does there
@@ -215,6 +221,8 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     # h_n: each row's last valid state (the output is zero past it; in reverse, the state after input[0])
     output, h_n = run_recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths,
                                  reverse)
+    if placement == "voltage":  # the core's states are v: the output is the rate f(v), h_n stays v_T
+        output = rates(output, nonlinearity, lengths)
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n

@@ -7,6 +7,9 @@ Every other backend is tested against this file. Autograd provides every gradien
     drive_t = h_{t-1} W^T + bias_hh + x_t weight_ih^T + bias_ih
     outside: h_t = f((1 - alpha) * h_{t-1} + alpha * drive_t)
     inside:  h_t = (1 - alpha) * h_{t-1} + alpha * f(drive_t)
+    voltage: the state is the pre-activation v (h_0 = v_0), and the drive reads the rate f(v):
+             drive_t = f(v_{t-1}) W^T + bias_hh + x_t weight_ih^T + bias_ih
+             v_t = (1 - alpha) * v_{t-1} + alpha * drive_t;  output_t = r_t = f(v_t);  h_n = v_T
 """
 from __future__ import annotations
 
@@ -64,7 +67,8 @@ def leaky_rnn_reference(
 
     Shapes: input (T, B, I), hx (B, H), weight_ih (H, I), weight_hh (H, H), bias_ih and bias_hh (H,)
     or None, tau (H,) or 0-dim; lengths (B,) integers in 1..T or None; drive_noise (T, B, H) or None,
-    added to each step's drive. Returns output (T, B, H) = h_1..h_T and h_n (B, H) = h_T.
+    added to each step's drive. Returns output (T, B, H) = h_1..h_T and h_n (B, H) = h_T; for
+    "voltage" hx is v_0, output = f(v_1)..f(v_T) and h_n = v_T (the state to continue from).
 
     With lengths, row b runs for lengths[b] steps: after that its state is held
     (h_t = h_{t-1}), its output is zero, and h_n is its last valid state.
@@ -73,10 +77,11 @@ def leaky_rnn_reference(
     hidden = weight_hh.shape[0]
     alpha = alpha_from_tau(tau, hidden)
     w = masked_recurrent_weight(weight_hh, self_connections)
+    voltage = placement == "voltage"
     h = hx
     outputs = []
     for t, x_t in enumerate(input.unbind(0)):
-        drive = h @ w.t() + x_t @ weight_ih.t()
+        drive = (f(h) if voltage else h) @ w.t() + x_t @ weight_ih.t()
         if bias_hh is not None:
             drive = drive + bias_hh
         if bias_ih is not None:
@@ -87,29 +92,35 @@ def leaky_rnn_reference(
             h_new = f((1.0 - alpha) * h + alpha * drive)
         elif placement == "inside":
             h_new = (1.0 - alpha) * h + alpha * f(drive)
+        elif voltage:
+            h_new = (1.0 - alpha) * h + alpha * drive
         else:
             raise ValueError(f"placement: unknown {placement!r}")
+        out = f(h_new) if voltage else h_new
         if lengths is None:
             h = h_new
-            outputs.append(h)
+            outputs.append(out)
         else:
             running = (lengths.to(h.device) > t).unsqueeze(1)
             h = torch.where(running, h_new, h)
-            outputs.append(torch.where(running, h_new, torch.zeros_like(h_new)))
+            outputs.append(torch.where(running, out, torch.zeros_like(out)))
     output = torch.stack(outputs, 0)
     return output, h
 
 
 def recurrence_reference(u, h0, w, alpha, nonlinearity, placement):
     """The serial core alone, for testing backends' cores: u (T, B, H) already holds the input
-    projection and both biases; w (H, H) is already masked; alpha (H,). Returns h (T, B, H)."""
+    projection and both biases; w (H, H) is already masked; alpha (H,). Returns h (T, B, H): the
+    state, which for "voltage" is v (the op's output is f(v))."""
     f = activation(nonlinearity)
     h = h0
     outputs = []
     for u_t in u.unbind(0):
-        drive = h @ w.t() + u_t
+        drive = (f(h) if placement == "voltage" else h) @ w.t() + u_t
         if placement == "outside":
             h = f((1.0 - alpha) * h + alpha * drive)
+        elif placement == "voltage":
+            h = (1.0 - alpha) * h + alpha * drive
         else:
             h = (1.0 - alpha) * h + alpha * f(drive)
         outputs.append(h)
@@ -124,14 +135,20 @@ def recurrence_reference_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, 
     d_drive = du since drive = u + h_{t-1} W^T. A compiled backward's last resort (backends.py)."""
     steps = h.shape[0]
     h_prev = torch.cat([h0.unsqueeze(0), h[:-1]]) if steps > 1 else h0.unsqueeze(0)
-    u = drive - h_prev @ w.t()
     f = activation(nonlinearity)
+    voltage = placement == "voltage"  # the operand of W is the rate f(v)
+    u = drive - (f(h_prev) if voltage else h_prev) @ w.t()
     with torch.enable_grad():
         u, h0, alpha = (t.detach().requires_grad_() for t in (u, h0, alpha))
         state, outputs = h0, []
         for t in range(steps):
-            z = state @ w.t() + u[t]
-            new = f((1.0 - alpha) * state + alpha * z) if placement == "outside" else (1.0 - alpha) * state + alpha * f(z)
+            z = (f(state) if voltage else state) @ w.t() + u[t]
+            if placement == "outside":
+                new = f((1.0 - alpha) * state + alpha * z)
+            elif voltage:
+                new = (1.0 - alpha) * state + alpha * z
+            else:
+                new = (1.0 - alpha) * state + alpha * f(z)
             if lengths is not None:
                 running = (lengths.to(h.device) > t).unsqueeze(1)
                 new, out = torch.where(running, new, state), torch.where(running, new, torch.zeros_like(new))

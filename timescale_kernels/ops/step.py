@@ -32,6 +32,9 @@ def leaky_rnn_step(
         drive   = h W^T + bias_hh + x_t weight_ih^T + bias_ih (+ drive_noise)
         outside: h_next = f((1 - alpha) h + alpha drive)
         inside:  h_next = (1 - alpha) h + alpha f(drive)
+        voltage: h is the pre-activation v; drive reads f(v) in place of h (drive = f(v) W^T + ...),
+                 v_next = (1 - alpha) v + alpha drive, and the rate f(v_next) is the output
+                 (activation(nonlinearity)(v_next)); this returns v_next, the state to continue from.
 
     Args:
         x_t: (B, I). h: (B, H).
@@ -54,7 +57,8 @@ def leaky_rnn_step(
         check_drive_noise(drive_noise.unsqueeze(0), x_t.unsqueeze(0), weight_hh.shape[0])
     f = activation(nonlinearity)
     alpha = alpha_from_tau(tau, weight_hh.shape[0])
-    drive = h @ masked_recurrent_weight(weight_hh, self_connections).t() + x_t @ weight_ih.t()
+    pre = f(h) if placement == "voltage" else h
+    drive = pre @ masked_recurrent_weight(weight_hh, self_connections).t() + x_t @ weight_ih.t()
     if bias_hh is not None:
         drive = drive + bias_hh
     if bias_ih is not None:
@@ -63,4 +67,6 @@ def leaky_rnn_step(
         drive = drive + drive_noise
     if placement == "outside":
         return f((1.0 - alpha) * h + alpha * drive)
+    if placement == "voltage":
+        return (1.0 - alpha) * h + alpha * drive
     return (1.0 - alpha) * h + alpha * f(drive)

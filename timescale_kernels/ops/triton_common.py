@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .choices import LEAKY_SLOPE as _LEAKY_SLOPE
-from .choices import nonlinearity_code
+from .choices import nonlinearity_code, placement_code
 
 LEAKY_SLOPE = tl.constexpr(_LEAKY_SLOPE)
 
@@ -33,6 +33,9 @@ _LEAKY_RELU = tl.constexpr(nonlinearity_code("leaky_relu"))
 _RELU = tl.constexpr(nonlinearity_code("relu"))
 _TANH = tl.constexpr(nonlinearity_code("tanh"))
 _SIGMOID = tl.constexpr(nonlinearity_code("sigmoid"))
+# The placement codes (the kernels' PLACEMENT constexpr); "outside" is the remaining case.
+_INSIDE = tl.constexpr(placement_code("inside"))
+_VOLTAGE = tl.constexpr(placement_code("voltage"))
 
 _warned: set = set()  # keys of the warnings already given in this process
 
@@ -88,27 +91,35 @@ def _act(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _step_forward(h_prev, drive, alpha, ACT: tl.constexpr, INSIDE: tl.constexpr):
-    """h_t from h_{t-1} and drive_t, element-wise; alpha broadcasts over rows."""
-    if INSIDE:
+def _step_forward(h_prev, drive, alpha, ACT: tl.constexpr, PLACEMENT: tl.constexpr):
+    """h_t from h_{t-1} and drive_t, element-wise; alpha broadcasts over rows. "voltage": h is v, and
+    the drive (formed from f(v_{t-1}) by the caller's matmul) enters without f."""
+    if PLACEMENT == _INSIDE:
         h_new = (1.0 - alpha) * h_prev + alpha * _act(drive, ACT)[0]
+    elif PLACEMENT == _VOLTAGE:
+        h_new = (1.0 - alpha) * h_prev + alpha * drive
     else:
         h_new = _act((1.0 - alpha) * h_prev + alpha * drive, ACT)[0]
     return h_new
 
 
 @triton.jit
-def _step_backward(dh, drive, h_prev, alpha, live, ACT: tl.constexpr, INSIDE: tl.constexpr):
+def _step_backward(dh, drive, h_prev, alpha, live, ACT: tl.constexpr, PLACEMENT: tl.constexpr):
     """One reverse step, element-wise: (d_drive_t, this step's d_alpha term, the carry
-    (1 - alpha) * dz or (1 - alpha) * dh, to which d_drive_t @ W is added).
+    (1 - alpha) * dz or (1 - alpha) * dh, to which d_drive_t @ W is added; for "voltage",
+    (1 - alpha) * dv, to which f'(v_{t-1}) * (d_drive_t @ W) is added: see _recurrent_gradient).
 
     live: bool (rows, 1) or a scalar True; where False the row holds its state at this step
     (t >= its length): d_drive and the d_alpha term are 0 and dh passes to h_{t-1} unchanged.
     The activation is recomputed from the saved drive and h_{t-1} (bitwise the forward's z)."""
-    if INSIDE:
+    if PLACEMENT == _INSIDE:
         f_drive, df = _act(drive, ACT)
         d_drive = alpha * (dh * df)
         d_alpha = dh * (f_drive - h_prev)
+        carry = (1.0 - alpha) * dh
+    elif PLACEMENT == _VOLTAGE:  # dh is dv, the adjoint of v_t: v_t is linear in v_{t-1} and drive_t
+        d_drive = alpha * dh
+        d_alpha = dh * (drive - h_prev)
         carry = (1.0 - alpha) * dh
     else:
         dz = dh * _act((1.0 - alpha) * h_prev + alpha * drive, ACT)[1]
@@ -119,6 +130,17 @@ def _step_backward(dh, drive, h_prev, alpha, live, ACT: tl.constexpr, INSIDE: tl
     d_alpha = tl.where(live, d_alpha, 0.0)
     carry = tl.where(live, carry, dh)
     return d_drive, d_alpha, carry
+
+
+@triton.jit
+def _recurrent_gradient(carry, product, h_prev, ACT: tl.constexpr, PLACEMENT: tl.constexpr):
+    """The adjoint of h_{t-1}: carry + product (product = d_drive_t @ W), or for "voltage", whose
+    drive read f(v_{t-1}), carry + f'(v_{t-1}) * product."""
+    if PLACEMENT == _VOLTAGE:
+        carry = carry + _act(h_prev, ACT)[1] * product
+    else:
+        carry = carry + product
+    return carry
 
 
 def row_align(hidden: int, stride_wk: int) -> int:
@@ -180,11 +202,13 @@ def _dot(x, m, acc, DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr):
 @triton.jit
 def _row_tile_matmul(x_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
                      DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
-                     X_CACHE: tl.constexpr):
+                     X_CACHE: tl.constexpr, X_ACT: tl.constexpr = -1):
     """acc + x[rows, :] @ M[:, cols] over all H reduction indices, in BLOCK_K slices, where
     M[k, n] = w_ptr[k * stride_wk + n * stride_wn]. x is a (B, H) row-major slice; masked elements
-    load as zero so padding adds nothing. X_CACHE: the cache modifier of the x loads ("" by default;
-    ".cg", L2 only, where other programs wrote x)."""
+    load as zero so padding adds nothing (M's rows beyond H load as zero too, so f(0) there adds
+    nothing either). X_CACHE: the cache modifier of the x loads ("" by default; ".cg", L2 only,
+    where other programs wrote x). X_ACT: a nonlinearity code to apply to x before the dot (the
+    "voltage" forward's operand f(v)), or -1 for x itself."""
     rk = tl.arange(0, BLOCK_K)
     row_ok = rows[:, None] < B
     col_ok = cols[None, :] < H
@@ -192,6 +216,8 @@ def _row_tile_matmul(x_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
         k = k0 + rk
         x = tl.load(x_ptr + rows[:, None] * H + k[None, :], mask=row_ok & (k[None, :] < H), other=0.0,
                     cache_modifier=X_CACHE)
+        if X_ACT >= 0:
+            x = _act(x, X_ACT)[0]
         m = tl.load(w_ptr + k[:, None] * stride_wk + cols[None, :] * stride_wn,
                     mask=(k[:, None] < H) & col_ok, other=0.0)
         acc = _dot(x, m, acc, DOT_PRECISION, DOT_BF16)

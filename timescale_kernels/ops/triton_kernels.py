@@ -25,14 +25,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _aligned, _row_lengths, _row_tile_matmul, _step_backward, _step_forward, _step_pointers
+from .triton_common import (_VOLTAGE, _aligned, _recurrent_gradient, _row_lengths, _row_tile_matmul, _step_backward,
+                            _step_forward, _step_pointers)
 
 
 @triton.jit(do_not_specialize=["T"])
 def recurrence_fwd_kernel(
     u_ptr, h0_ptr, w_ptr, alpha_ptr, h_ptr, drive_ptr, len_ptr,
     T, B, H, stride_wk, stride_wn,
-    ACT: tl.constexpr, INSIDE: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ACT: tl.constexpr, PLACEMENT: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
@@ -42,7 +43,8 @@ def recurrence_fwd_kernel(
     u, h, drive: (T, B, H) contiguous; h0: (B, H); alpha: (H,); M[k, n] = W[n, k] (W^T);
     len: (B,) int64 when HAS_LENGTHS (else unused). An ensemble (grid axis 1 of K) gives every
     tensor a leading K, contiguous (M: (K, H, H)). drive[t] = u[t] + h[t-1] W^T is written only
-    when SAVE_DRIVE.
+    when SAVE_DRIVE. PLACEMENT: the placement's code; for "voltage" h is v and the matmul reads
+    f(h[t-1]).
     """
     H, stride_wk = _aligned(H, ROW_ALIGN), _aligned(stride_wk, ROW_ALIGN)
     # An ensemble's network program_id(1): each tensor holds its K networks one after another.
@@ -67,11 +69,11 @@ def recurrence_fwd_kernel(
             offs = rows[:, None] * H + cols[None, :]
             acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
             acc = _row_tile_matmul(prev_ptr, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
-                                   DOT_PRECISION, DOT_BF16, BLOCK_K, "")
+                                   DOT_PRECISION, DOT_BF16, BLOCK_K, "", ACT if PLACEMENT == _VOLTAGE else -1)
             drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
             h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
             alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]
-            h_new = _step_forward(h_prev, drive, alpha, ACT, INSIDE)
+            h_new = _step_forward(h_prev, drive, alpha, ACT, PLACEMENT)
             if HAS_LENGTHS:
                 h_new = tl.where(t < steps, h_new, h_prev)
             tl.store(h_ptr + cur + offs, h_new, mask=mask)
@@ -86,7 +88,7 @@ def recurrence_bwd_kernel(
     grad_h_ptr, h_ptr, h0_ptr, drive_ptr, w_ptr, alpha_ptr, len_ptr,
     d_drive_ptr, dh_ptr, d_alpha_ptr,
     T, B, H, stride_wk, stride_wn,
-    ACT: tl.constexpr, INSIDE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ACT: tl.constexpr, PLACEMENT: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
@@ -104,7 +106,8 @@ def recurrence_bwd_kernel(
       1. element-wise, per column block: dh = grad_h[t] (0 where the row holds) + carry; d_drive[t] and the d_alpha
          partial; carry <- (1 - alpha) * dz (outside) or (1 - alpha) * dh (inside), or dh itself
          where the row holds its state.
-      2. carry <- carry + d_drive[t] @ W, which needs every column of d_drive[t].
+      2. carry <- carry + d_drive[t] @ W, which needs every column of d_drive[t] ("voltage":
+         carry + f'(h[t-1]) * (d_drive[t] @ W)).
     Each element of the carry is read and rewritten by the same statement pair, so one buffer
     suffices.
     """
@@ -148,7 +151,7 @@ def recurrence_bwd_kernel(
             drive = tl.load(drive_ptr + cur + offs, mask=mask, other=0.0)
             h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
             alpha = tl.load(alpha_ptr + cols, mask=cols < H, other=0.0)[None, :]
-            d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, alpha, live, ACT, INSIDE)
+            d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, alpha, live, ACT, PLACEMENT)
             tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
             tl.store(dh_ptr + offs, carry, mask=mask)
             tl.store(d_alpha_ptr + offs, tl.load(d_alpha_ptr + offs, mask=mask, other=0.0) + d_alpha, mask=mask)
@@ -158,9 +161,15 @@ def recurrence_bwd_kernel(
             cols = n0 + rn
             mask = row_ok & (cols[None, :] < H)
             offs = rows[:, None] * H + cols[None, :]
-            acc = tl.load(dh_ptr + offs, mask=mask, other=0.0)
+            carry = tl.load(dh_ptr + offs, mask=mask, other=0.0)
+            acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
+            if PLACEMENT != _VOLTAGE:  # accumulate onto the carry directly
+                acc = carry
             acc = _row_tile_matmul(d_drive_ptr + cur, w_ptr, rows, cols, B, H, stride_wk, stride_wn, acc,
                                    DOT_PRECISION, DOT_BF16, BLOCK_K, "")
+            if PLACEMENT == _VOLTAGE:
+                h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
+                acc = _recurrent_gradient(carry, acc, h_prev, ACT, PLACEMENT)
             tl.store(dh_ptr + offs, acc, mask=mask)
         # The next step's phase 1 reads the carry written here by other warps.
         tl.debug_barrier()

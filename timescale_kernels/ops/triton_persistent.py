@@ -46,8 +46,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from .triton_common import (_aligned, _dot, _row_lengths, _step_backward, _step_forward, _step_pointers, interpreting,
-                            warn_once)
+from .triton_common import (_VOLTAGE, _act, _aligned, _dot, _recurrent_gradient, _row_lengths, _step_backward,
+                            _step_forward, _step_pointers, interpreting, warn_once)
 
 
 @triton.jit
@@ -93,12 +93,15 @@ def _state_chunk(x_ptr, rows, B, H, kc, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _tile_matmul(x_ptr, rows, B, H, m_chunks, m_lo_chunks, acc, DOT_PRECISION: tl.constexpr,
-                 DOT_BF16: tl.constexpr, H_PAD: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
+                 DOT_BF16: tl.constexpr, H_PAD: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr,
+                 X_ACT: tl.constexpr = -1):
     """acc + x[rows, :] @ M[:, cols], x a (B, H) row-major buffer written by other programs, read
     from L2 one BLOCK_K chunk per on-chip chunk of M. The load of chunk kc + AHEAD is issued before
     the dot of chunk kc, so AHEAD L2 round trips are in flight while the dots run (with one, as the
     compiler schedules it by itself, every chunk waited for its own load). tf32x3: m_chunks hold M's
-    tf32 part and m_lo_chunks the rest, and each chunk takes three tf32 dots, the small terms first."""
+    tf32 part and m_lo_chunks the rest, and each chunk takes three tf32 dots, the small terms first.
+    X_ACT: a nonlinearity code applied to each x chunk before its dots (the "voltage" forward's f(v);
+    M's rows beyond H are zero, so f(0) in the padding adds nothing), or -1."""
     chunks: tl.constexpr = H_PAD // BLOCK_K
     xs = ()
     for kc in tl.static_range(AHEAD):
@@ -107,6 +110,8 @@ def _tile_matmul(x_ptr, rows, B, H, m_chunks, m_lo_chunks, acc, DOT_PRECISION: t
         if kc + AHEAD < chunks:
             xs = xs + (_state_chunk(x_ptr, rows, B, H, kc + AHEAD, BLOCK_K),)
         x = xs[kc]
+        if X_ACT >= 0:
+            x = _act(x, X_ACT)[0]
         if DOT_PRECISION == "tf32x3":
             x_hi, x_lo = _tf32_split(x)
             acc = tl.dot(x_lo, m_chunks[kc], acc, input_precision="tf32")
@@ -121,7 +126,7 @@ def _tile_matmul(x_ptr, rows, B, H, m_chunks, m_lo_chunks, acc, DOT_PRECISION: t
 def persistent_fwd_kernel(
     u_ptr, h0_ptr, w_ptr, alpha_ptr, h_ptr, drive_ptr, len_ptr, w_lo_ptr, counter_ptr,
     T, B, H, stride_wk, stride_wn,
-    ACT: tl.constexpr, INSIDE: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ACT: tl.constexpr, PLACEMENT: tl.constexpr, SAVE_DRIVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
     ROW_ALIGN: tl.constexpr, AHEAD: tl.constexpr,
@@ -152,9 +157,10 @@ def persistent_fwd_kernel(
     for t in range(T):
         cur, prev_ptr = _step_pointers(t, h0_ptr, h_ptr, B, H)
         acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=state_dtype)
-        acc = _tile_matmul(prev_ptr, rows, B, H, m, m_lo, acc, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K, AHEAD)
+        acc = _tile_matmul(prev_ptr, rows, B, H, m, m_lo, acc, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K, AHEAD,
+                           ACT if PLACEMENT == _VOLTAGE else -1)
         drive = acc + tl.load(u_ptr + cur + offs, mask=mask, other=0.0)
-        h_new = _step_forward(h_own, drive, alpha, ACT, INSIDE)
+        h_new = _step_forward(h_own, drive, alpha, ACT, PLACEMENT)
         if HAS_LENGTHS:
             h_new = tl.where(t < steps, h_new, h_own)
         h_own = h_new
@@ -169,7 +175,7 @@ def persistent_bwd_kernel(
     grad_h_ptr, h_ptr, h0_ptr, drive_ptr, w_ptr, alpha_ptr, len_ptr,
     d_drive_ptr, dh_ptr, d_alpha_ptr, w_lo_ptr, counter_ptr,
     T, B, H, stride_wk, stride_wn,
-    ACT: tl.constexpr, INSIDE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ACT: tl.constexpr, PLACEMENT: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_BF16: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_PAD: tl.constexpr,
     ROW_ALIGN: tl.constexpr, AHEAD: tl.constexpr,
@@ -179,7 +185,8 @@ def persistent_bwd_kernel(
     counter: (tiles,) int32, zero.
 
     Per step t (reverse): phase 1, element-wise on own columns: dh = grad_h[t] (0 where held) + carry, d_drive[t],
-    the d_alpha partial, carry = (1 - alpha) dz; phase 2: carry += d_drive[t][rows, :] @ W[:, cols].
+    the d_alpha partial, carry = (1 - alpha) dz; phase 2: carry += d_drive[t][rows, :] @ W[:, cols]
+    ("voltage": carry += f'(v_{t-1}) * (d_drive[t][rows, :] @ W[:, cols]), v_{t-1} this program's own).
     Phase 2 reads every column of d_drive[t] (RAW across programs): one grid barrier between the
     phases. Nothing else crosses programs: the next phase 1 uses only this program's carry (in
     registers) and inputs, and each step writes its own slice of d_drive, so one barrier per step
@@ -208,12 +215,17 @@ def persistent_bwd_kernel(
         dh = tl.load(grad_h_ptr + cur + offs, mask=mask & live, other=0.0) + carry
         drive = tl.load(drive_ptr + cur + offs, mask=mask, other=0.0)
         h_prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
-        d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, alpha, live, ACT, INSIDE)
+        d_drive, d_alpha, carry = _step_backward(dh, drive, h_prev, alpha, live, ACT, PLACEMENT)
         d_alpha_rows += d_alpha
         tl.store(d_drive_ptr + cur + offs, d_drive, mask=mask)
         _grid_barrier(counter, (i + 1) * splits)
-        carry = _tile_matmul(d_drive_ptr + cur, rows, B, H, m, m_lo, carry, DOT_PRECISION, DOT_BF16, H_PAD, BLOCK_K,
-                             AHEAD)
+        if PLACEMENT == _VOLTAGE:  # the drive read f(v_{t-1}): its gradient takes f'(v_{t-1})
+            product = _tile_matmul(d_drive_ptr + cur, rows, B, H, m, m_lo, tl.zeros_like(carry), DOT_PRECISION,
+                                   DOT_BF16, H_PAD, BLOCK_K, AHEAD)
+            carry = _recurrent_gradient(carry, product, h_prev, ACT, PLACEMENT)
+        else:
+            carry = _tile_matmul(d_drive_ptr + cur, rows, B, H, m, m_lo, carry, DOT_PRECISION, DOT_BF16, H_PAD,
+                                 BLOCK_K, AHEAD)
     tl.store(dh_ptr + offs, carry, mask=mask)
     tl.store(d_alpha_ptr + offs, d_alpha_rows, mask=mask)
 

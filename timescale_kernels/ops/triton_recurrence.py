@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import devices
-from .choices import nonlinearity_code
+from .choices import nonlinearity_code, placement_code
 
 try:
     import triton
@@ -219,7 +219,7 @@ def check_device(u_like: torch.Tensor) -> None:
 
 def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement: str, lengths):
     """Checks the tensors' dtype and device (names arrive validated); returns the kernels'
-    constexprs ACT, INSIDE, HAS_LENGTHS, DOT_PRECISION, DOT_BF16."""
+    constexprs ACT, PLACEMENT, HAS_LENGTHS, DOT_PRECISION, DOT_BF16."""
     check_device(u_like)
     if not _interpreting():
         check_precision(device_properties(u_like.device), precision)
@@ -233,7 +233,8 @@ def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement:
         if not lengths.is_contiguous():
             raise ValueError("lengths: expected a contiguous tensor (network k's lengths at k * B)")
     dot_precision, dot_bf16 = _common.dot_modes(precision)
-    return dict(ACT=nonlinearity_code(nonlinearity), INSIDE=placement == "inside", HAS_LENGTHS=lengths is not None,
+    return dict(ACT=nonlinearity_code(nonlinearity), PLACEMENT=placement_code(placement),
+                HAS_LENGTHS=lengths is not None,
                 DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16)
 
 
