@@ -367,12 +367,12 @@ def _commands() -> tuple[Command, ...]:
 
 
 def _add_sweep(sub) -> None:
-    from .experiments import sweep_cli
+    from .experiments.sweep import cli as sweep_cli
     sweep_cli.add_parser(sub)
 
 
 def _sweep(args) -> int:
-    from .experiments import sweep_cli
+    from .experiments.sweep import cli as sweep_cli
     return sweep_cli.run(args)
 
 

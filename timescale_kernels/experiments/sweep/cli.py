@@ -21,14 +21,14 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .config import PRESETS
-    from .sweep_spec import SWEEP_PRESETS
+    from ..config import PRESETS
+    from .spec import SWEEP_PRESETS
     p = subparsers.add_parser("sweep", help="train and analyse a grid of conditions x seeds (on Ray), then report")
     p.add_argument("--out", type=Path, required=True, help="the sweep directory (shared storage on a cluster)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=tuple(SWEEP_PRESETS),
                      help="paper: the study's grid and settings (a GPU cluster); cpu-small: about an hour on 2 cores")
-    src.add_argument("--spec", type=Path, help="a TOML or JSON file (see timescale_kernels/experiments/sweep_spec.py)")
+    src.add_argument("--spec", type=Path, help="a TOML or JSON file (see timescale_kernels/experiments/sweep/spec.py)")
     p.add_argument("--task", nargs="+", help="grid axis (replaces the preset's or file's grid)")
     p.add_argument("--curriculum", nargs="+", help="grid axis")
     p.add_argument("--model", nargs="+", help="grid axis: leaky, gru, lstm")
@@ -65,14 +65,14 @@ def _pairs(items, flag) -> dict:
 
 
 def _usage(message):
-    from .sweep_spec import SweepSpecError
+    from .spec import SweepSpecError
     return SweepSpecError(message)
 
 
 def build_spec(args):
     """The SweepSpec of the command line: preset or file (or the sweep directory's own), then flags."""
-    from .sweep import load_spec
-    from .sweep_spec import SweepSpec, preset_spec, read_spec_file
+    from .driver import load_spec
+    from .spec import SweepSpec, preset_spec, read_spec_file
     flags = [args.task, args.curriculum, args.model, args.tau, args.seeds, args.train_preset, args.cpus_per_run,
              args.gpus_per_run] + args.set + args.analyze_set + [args.skip_analysis or None]
     if args.preset is None and args.spec is None and all(f is None for f in flags):
@@ -103,11 +103,11 @@ def _number(text):
 
 
 def run(args) -> int:
-    from ..progress import tqdm
-    from .sweep import SweepError, run_sweep
-    from .sweep_procs import SweepLockError
-    from .sweep_ray import RayMissingError
-    from .sweep_spec import SweepSpecError
+    from ...progress import tqdm
+    from .driver import SweepError, run_sweep
+    from .procs import SweepLockError
+    from .ray_tasks import RayMissingError
+    from .spec import SweepSpecError
     log = None if args.quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
     try:
         spec = build_spec(args)

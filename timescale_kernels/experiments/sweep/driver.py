@@ -4,9 +4,9 @@ on Ray (or one after another in this process), then one report.
     DIR/spec.json        the spec (a rerun must ask for the same one)
     DIR/sweep.json       the record: every run's condition, seed, directory, status, result or error
                          (written whole, atomically, after every change)
-    DIR/sweep.lock       held by the running driver (sweep_procs.SweepLock)
+    DIR/sweep.lock       held by the running driver (procs.SweepLock)
     DIR/runs/CONDITION/seed{S}/   one run directory each (rundir.py), with analysis/ (analyze_run)
-    DIR/report/          report.md, runs.csv, PNGs (sweep_report.py)
+    DIR/report/          report.md, runs.csv, PNGs (report.py)
 
 Rerunning the same command continues: finished runs are skipped, interrupted ones resume from their
 saved state, failed ones are tried again.
@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..files import atomic_write_json, writable_dir
-from ..progress import tqdm
-from .sweep_procs import SweepLock
-from .sweep_run import run_one_safely
-from .sweep_spec import SweepSpec, SweepSpecError
+from ...files import atomic_write_json, writable_dir
+from ...progress import tqdm
+from .procs import SweepLock
+from .run import run_one_safely
+from .spec import SweepSpec, SweepSpecError
 
 RECORD_FORMAT, RECORD_VERSION = "timescale_kernels/sweep", 1
 
@@ -108,7 +108,7 @@ def run_sweep(spec: SweepSpec, out, *, address=None, use_ray=True, num_cpus=None
     Raises SweepError (directory), SweepLockError (another driver holds it), RayMissingError.
     """
     if use_ray and address is not None:  # before anything is written
-        from .sweep_ray import check_reachable, import_ray
+        from .ray_tasks import check_reachable, import_ray
         import_ray()
         check_reachable(address)
     out = prepare_dir(out, spec)
@@ -131,7 +131,7 @@ def run_sweep(spec: SweepSpec, out, *, address=None, use_ray=True, num_cpus=None
         finally:
             bar.close()
         if report:
-            from .sweep_report import write_report
+            from .report import write_report
             path = write_report(out)
             if log:
                 log(f"sweep: report written to {path}")
@@ -168,7 +168,7 @@ def _run_here(spec, out, record, todo, configs, bar, log) -> None:
 
 
 def _run_on_ray(spec, out, record, todo, configs, bar, log, address, num_cpus, num_gpus) -> None:
-    from .sweep_ray import RaySession
+    from .ray_tasks import RaySession
     with RaySession(out, address, num_cpus=num_cpus, num_gpus=num_gpus, cpus_per_run=spec.cpus_per_run,
                     gpus_per_run=spec.gpus_per_run) as session:
         refs = {}

@@ -1,7 +1,7 @@
 """Runs of a sweep as Ray tasks: a local Ray owned by the sweep, or an existing cluster.
 
 Local: ray.init(address="local") with a temp dir of this sweep's own (so it never joins or ends
-another Ray on the machine); its processes are recorded in the sweep directory (sweep_procs) and
+another Ray on the machine); its processes are recorded in the sweep directory (procs) and
 ended at the end, or by the next driver if this one was killed. Cluster: ray.init(address=...),
 nothing is started or ended; the sweep directory must be on storage every node shares.
 
@@ -17,9 +17,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from ..files import first_line
-from .sweep_procs import LocalRayProcesses
-from .sweep_run import run_one_safely
+from ...files import first_line
+from .procs import LocalRayProcesses
+from .run import run_one_safely
 
 MAX_RETRIES = 3
 
@@ -89,7 +89,7 @@ class RaySession:
             # The local workers inherit the environment of the Ray processes started here: make sure
             # they import this copy of the package (e.g. one run from a source tree, uninstalled).
             saved = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), saved]))
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[3]), saved]))
             try:
                 ray.init(address="local", _temp_dir=self.temp_dir, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                          include_dashboard=False, log_to_driver=False, configure_logging=False)

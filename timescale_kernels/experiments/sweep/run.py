@@ -16,9 +16,9 @@ import time
 import traceback
 from pathlib import Path
 
-from ..files import atomic_write_json, first_line
-from .config import RunConfig
-from .rundir import RunDir, check_resume_config
+from ...files import atomic_write_json, first_line
+from ..config import RunConfig
+from ..rundir import RunDir, check_resume_config
 
 EVENTS_NAME = "sweep_events.jsonl"
 FINAL_STOPS = ("target_N", "max_epochs", "time_budget", "finished", "diverged")
@@ -56,8 +56,8 @@ def trained_summary(run_dir: RunDir) -> dict | None:
 def train_run(path, config: RunConfig) -> dict:
     """Trains the run in path under config to a stop, resuming from its state when it has one;
     returns the trainer's summary. A run already trained is returned as it is."""
-    from .plots import write_plots
-    from .trainer import Trainer
+    from ..plots import write_plots
+    from ..trainer import Trainer
     run_dir = RunDir(path)
     done = trained_summary(run_dir) if run_dir.holds_run() else None
     if done is not None:
@@ -108,7 +108,7 @@ def run_one(path, config_dict: dict, analyze: dict) -> dict:
     analysis_json = path / "analysis" / "analysis.json"
     kwargs = analyze_settings(analyze, summary, config.device)
     if kwargs is not None and not analysis_json.is_file():
-        from ..analysis.analyze import analyze_run
+        from ...analysis.analyze import analyze_run
         start = time.perf_counter()
         analyze_run(path, **kwargs)
         analysis_seconds = time.perf_counter() - start

@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CURRICULA, PRESETS, ConfigError, RunConfig, make_config
+from ..config import CURRICULA, PRESETS, ConfigError, RunConfig, make_config
 
 AXES = ("task", "curriculum", "model", "tau")
 AXIS_DEFAULTS = {"task": ["parity"], "curriculum": ["single", "multi"], "model": ["leaky"], "tau": ["trained"]}
@@ -171,8 +171,8 @@ def _check_resources(cpus, gpus) -> None:
 
 
 def _check_grids(grids) -> None:
-    from ..models import CORES
-    from ..tasks import TASKS
+    from ...models import CORES
+    from ...tasks import TASKS
     choices = {"task": TASKS, "curriculum": CURRICULA, "model": CORES}
     if not isinstance(grids, list) or not grids:
         raise SweepSpecError("grid: empty; expected at least one [[grid]] table of task, curriculum, model, tau")
@@ -197,7 +197,7 @@ def _check_grids(grids) -> None:
 
 def analyze_options() -> set:
     """analyze_run's keyword arguments a spec may set (plus "only" and "skip")."""
-    from ..analysis.analyze import analyze_run
+    from ...analysis.analyze import analyze_run
     params = inspect.signature(analyze_run).parameters
     return (set(params) - {"run_dir", "out_dir", "device", "progress", "log", "only", "task"}) | {"only", "skip"}
 
@@ -214,7 +214,7 @@ def _check_analyze(analyze: dict) -> None:
         raise SweepSpecError(f"analyze.only: expected 'all', 'last' or a list of N's >= 1; got {only!r}")
     if not isinstance(analyze.get("skip", False), bool):
         raise SweepSpecError(f"analyze.skip: expected true or false; got {analyze['skip']!r}")
-    from ..analysis.analyze import analyze_run, check_settings
+    from ...analysis.analyze import analyze_run, check_settings
     defaults = {k: p.default for k, p in inspect.signature(analyze_run).parameters.items()}
     try:  # with analyze_run's defaults for the rest, so that e.g. steps is checked against max_lag
         check_settings(**{k: analyze.get(k, defaults[k]) for k in analyze_options() - {"only", "skip"}})
