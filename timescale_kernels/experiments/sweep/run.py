@@ -53,10 +53,10 @@ def trained_summary(run_dir: RunDir) -> dict | None:
     return summary if metrics and metrics[-1]["epoch"] == summary.get("epochs") else None
 
 
-def train_run(path, config: RunConfig) -> dict:
-    """Trains the run in path under config to a stop, resuming from its state when it has one;
-    returns the trainer's summary. A run already trained is returned as it is."""
-    from ..plots import write_plots
+def prepare_run(path, config: RunConfig):
+    """A trained run's summary (a dict), or the Trainer that goes on with it: resumed from its state
+    when it has one, else fresh (clearing a checkpoint written before a kill); its config written and
+    a "start" event logged."""
     from ..trainer import Trainer
     run_dir = RunDir(path)
     done = trained_summary(run_dir) if run_dir.holds_run() else None
@@ -72,9 +72,14 @@ def train_run(path, config: RunConfig) -> dict:
     run_dir.write_config(config, ["timescale-kernels", "sweep"])
     (run_dir.path / "summary.json").unlink(missing_ok=True)
     log_event(run_dir.path, "start", epoch=trainer.epoch)
-    summary = trainer.run()
-    if summary["stop_reason"] == "interrupted":
-        raise KeyboardInterrupt
+    return trainer
+
+
+def finish_training(trainer) -> dict:
+    """Plots, summary.json and the "trained" event of a run that stopped; returns its summary."""
+    from ..plots import write_plots
+    summary = trainer.summary()
+    run_dir = trainer.run_dir
     try:
         write_plots(run_dir, trainer.metrics)
     except Exception as err:  # a failed plot must not cost the training result
@@ -82,6 +87,30 @@ def train_run(path, config: RunConfig) -> dict:
     atomic_write_json(run_dir.path / "summary.json", summary)
     log_event(run_dir.path, "trained", epochs=summary["epochs"], stop_reason=summary["stop_reason"])
     return summary
+
+
+def train_runs(paths, configs: list[RunConfig]) -> list[dict]:
+    """Trains the runs in paths to a stop, each resumed where it has a state; returns their summaries.
+    Runs already trained are returned as they are; the others train alone (one) or as one ensemble
+    (several, of one shape), each leaving it when it stops. KeyboardInterrupt when interrupted."""
+    from ..ensemble import EnsembleTrainer
+    prepared = [prepare_run(p, c) for p, c in zip(paths, configs)]
+    pending = [t for t in prepared if not isinstance(t, dict)]
+    if len(pending) == 1:
+        pending[0].run()
+    elif pending:
+        EnsembleTrainer(pending, on_stop=finish_training).run()
+    if any(t.stop_reason == "interrupted" for t in pending):
+        raise KeyboardInterrupt
+    if len(pending) == 1:
+        finish_training(pending[0])
+    return [t if isinstance(t, dict) else t.summary() for t in prepared]
+
+
+def train_run(path, config: RunConfig) -> dict:
+    """Trains the run in path under config to a stop, resuming from its state when it has one;
+    returns the trainer's summary. A run already trained is returned as it is."""
+    return train_runs([path], [config])[0]
 
 
 def analyze_settings(analyze: dict, summary: dict, device: str) -> dict | None:
@@ -97,17 +126,12 @@ def analyze_settings(analyze: dict, summary: dict, device: str) -> dict | None:
     return {**kwargs, "device": device, "progress": False}
 
 
-def run_one(path, config_dict: dict, analyze: dict) -> dict:
-    """Trains and analyses one run; returns {status: "done", N_reached, epochs, stop_reason,
-    wall_time, analysis_seconds, host, pid}. Raises what the run raises."""
-    config = RunConfig.from_dict(config_dict).validate()
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    summary = train_run(path, config)
+def analyse(path: Path, config: RunConfig, summary: dict, analyze: dict) -> dict:
+    """Analyses a trained run (unless analysed already); returns its result {status: "done", N_reached,
+    epochs, stop_reason, wall_time, analysis_seconds, host, pid}."""
     analysis_seconds = None
-    analysis_json = path / "analysis" / "analysis.json"
     kwargs = analyze_settings(analyze, summary, config.device)
-    if kwargs is not None and not analysis_json.is_file():
+    if kwargs is not None and not (path / "analysis" / "analysis.json").is_file():
         from ...analysis.analyze import analyze_run
         start = time.perf_counter()
         analyze_run(path, **kwargs)
@@ -118,13 +142,51 @@ def run_one(path, config_dict: dict, analyze: dict) -> dict:
             "analysis_seconds": analysis_seconds, "host": socket.gethostname(), "pid": os.getpid()}
 
 
+def _configs(paths, config_dicts) -> tuple[list[Path], list[RunConfig]]:
+    configs = [RunConfig.from_dict(c).validate() for c in config_dicts]
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+    return paths, configs
+
+
+def run_one(path, config_dict: dict, analyze: dict) -> dict:
+    """Trains and analyses one run; returns {status: "done", N_reached, epochs, stop_reason,
+    wall_time, analysis_seconds, host, pid}. Raises what the run raises."""
+    return run_group([path], [config_dict], analyze)[0]
+
+
+def run_group(paths, config_dicts: list, analyze: dict) -> list[dict]:
+    """Trains the runs together (an ensemble) and analyses each; returns one result per run, a run
+    whose analysis raised as failed. Raises what the training raises."""
+    paths, configs = _configs(paths, config_dicts)
+    summaries = train_runs(paths, configs)
+    results = []
+    for path, config, summary in zip(paths, configs, summaries):
+        try:
+            results.append(analyse(path, config, summary, analyze))
+        except Exception as err:
+            results.append(failure(err))
+    return results
+
+
+def failure(err: Exception) -> dict:
+    """The result of a run that raised err (in an exception handler)."""
+    return {"status": "failed", "error": f"{type(err).__name__}: {first_line(err, 300)}",
+            "traceback": "".join(traceback.format_exc().splitlines(keepends=True)[-12:]),
+            "host": socket.gethostname(), "pid": os.getpid()}
+
+
 def run_one_safely(path, config_dict: dict, analyze: dict) -> dict:
     """run_one, with an exception turned into {status: "failed", error, traceback} so that the sweep
     records it and goes on."""
+    return run_group_safely([path], [config_dict], analyze)[0]
+
+
+def run_group_safely(paths, config_dicts: list, analyze: dict) -> list[dict]:
+    """run_group, with an exception in training turned into a failed result for every run of the
+    group, so that the sweep records it and goes on (a rerun resumes each from its last epoch)."""
     try:
-        return run_one(path, config_dict, analyze)
+        return run_group(paths, config_dicts, analyze)
     except Exception as err:
-        first = first_line(err, 300)
-        return {"status": "failed", "error": f"{type(err).__name__}: {first}",
-                "traceback": "".join(traceback.format_exc().splitlines(keepends=True)[-12:]),
-                "host": socket.gethostname(), "pid": os.getpid()}
+        return [failure(err)] * len(paths)
