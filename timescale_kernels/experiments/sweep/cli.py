@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--skip-analysis", action="store_true", help="train only")
     p.add_argument("--cpus-per-run", type=float, dest="cpus_per_run")
     p.add_argument("--gpus-per-run", type=float, dest="gpus_per_run", help="a fraction lets runs share a GPU")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="train up to K networks of one shape together in each Ray task (one run's resources); "
+                        "default: chosen from the device and shape (see sweep.json's groups); 1: one network per task")
     p.add_argument("--address", help="join this Ray cluster ('auto', HOST:PORT, ray://...) instead of a local Ray")
     p.add_argument("--num-cpus", type=int, help="the local Ray's CPUs (default: all)")
     p.add_argument("--num-gpus", type=int, help="the local Ray's GPUs (default: all)")
@@ -76,7 +79,10 @@ def build_spec(args):
     flags = [args.task, args.curriculum, args.model, args.tau, args.seeds, args.train_preset, args.cpus_per_run,
              args.gpus_per_run] + args.set + args.analyze_set + [args.skip_analysis or None]
     if args.preset is None and args.spec is None and all(f is None for f in flags):
-        return load_spec(args.out)
+        spec = load_spec(args.out)
+        if args.ensemble is not None:  # checked against the saved sweep's own by run_sweep
+            spec.ensemble = args.ensemble
+        return spec.validate()
     values = preset_spec(args.preset) if args.preset else (read_spec_file(args.spec) if args.spec else
                                                            {"seeds": [0], "grid": [{}]})  # AXIS_DEFAULTS
     values = dict(values)
@@ -85,7 +91,7 @@ def build_spec(args):
         axes["tau"] = [t if t == "trained" else _number(t) for t in args.tau]
     if axes:
         values["grid"] = [axes]
-    for key in ("seeds", "train_preset", "cpus_per_run", "gpus_per_run"):
+    for key in ("seeds", "train_preset", "cpus_per_run", "gpus_per_run", "ensemble"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values["settings"] = {**values.get("settings", {}), **_pairs(args.set, "--set")}
