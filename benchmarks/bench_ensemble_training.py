@@ -1,7 +1,7 @@
 """Four seeds trained as one ensemble against the same four one after another, in one process.
 
     python benchmarks/bench_ensemble_training.py [--seeds 4] [--n-max 12] [--steps 50] [--rounds 5]
-        [--threads 1] [--json PATH]
+        [--threads 1] [--model leaky|gru|lstm] [--breakdown] [--json PATH]
 
 The quick shapes (64 neurons, batch 64), multi-head parity with the curriculum at N = 2..n_max (one
 head each), one thread. Each round times one epoch (--steps training steps and 2 test batches) of
@@ -34,11 +34,15 @@ from timescale_kernels.experiments.trainer import clip_gradients
 PHASES = ("batch", "recurrence", "readout_loss", "optimizer")
 
 
+MODEL = {"name": "leaky"}
+
+
 def trainers(seeds: int, n_max: int, steps: int) -> list[Trainer]:
     """Fresh quick-preset Trainers (seeds 0..seeds-1) whose curricula hold N = 2..n_max."""
     out = []
     for seed in range(seeds):
-        trainer = Trainer(make_config("quick", seed=seed, steps_per_epoch=steps, test_batches=2, device="cpu"))
+        trainer = Trainer(make_config("quick", seed=seed, steps_per_epoch=steps, test_batches=2, device="cpu",
+                                      model=MODEL["name"]))
         while trainer.curriculum.Ns[-1] < n_max:
             trainer.curriculum.advance()
         trainer.ensure_heads()
@@ -153,13 +157,16 @@ def main():
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", choices=("leaky", "gru", "lstm"), default="leaky",
+                   help="GRU and LSTM run their recurrences network by network inside the ensemble")
     p.add_argument("--breakdown", action="store_true", help="also the per-step breakdown by phase (CPU time)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    MODEL["name"] = args.model
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(), "threads": args.threads, "seeds": args.seeds,
-           "n_max": args.n_max, "steps": args.steps, "rounds": args.rounds, "epoch": compare(args)}
+           "model": args.model, "n_max": args.n_max, "steps": args.steps, "rounds": args.rounds, "epoch": compare(args)}
     e = out["epoch"]
     print(f"one epoch ({args.steps} steps + 2 test batches) of {args.seeds} networks at N = 2..{args.n_max}, "
           f"{args.threads} thread(s): one after another {e['lone_s'][0]:.3f} s wall / {e['lone_s'][1]:.3f} s CPU, "
