@@ -1,10 +1,13 @@
-"""One run of a sweep, start to end: train (or resume, or skip when trained), then analyse.
+"""The runs of one sweep task, start to end: train (or resume, or skip when trained), then analyse.
 
-It is what a Ray task runs, and what the one-process mode runs in a loop; it depends on nothing but
-the run directory, so a retried task (a lost worker) or a rerun sweep continues where the last
-attempt stopped: the trainer resumes from state.pt bit for bit, a trained run is not trained again,
-and an analysed one is not analysed again. Each attempt appends to DIR/sweep_events.jsonl
-("start" with the epoch it starts from, "trained" with the epochs and stop reason, "analysed").
+A task holds one run or a group of runs of one shape, which train together as one ensemble
+(experiments/ensemble.py), each leaving it when it stops. It is what a Ray task runs, and what the
+one-process mode runs in a loop; it depends on nothing but the run directories, so a retried task
+(a lost worker) or a rerun sweep continues where the last attempt stopped: each trainer resumes from
+its state.pt bit for bit, a trained run is not trained again, and an analysed one is not analysed
+again. A run that cannot start (its directory in the way) fails alone; an error while the group
+trains fails the group. Each attempt appends to DIR/sweep_events.jsonl ("start" with the epoch it
+starts from, "trained" with the epochs and stop reason, "analysed").
 """
 from __future__ import annotations
 
@@ -89,12 +92,11 @@ def finish_training(trainer) -> dict:
     return summary
 
 
-def train_runs(paths, configs: list[RunConfig]) -> list[dict]:
-    """Trains the runs in paths to a stop, each resumed where it has a state; returns their summaries.
-    Runs already trained are returned as they are; the others train alone (one) or as one ensemble
+def train_prepared(prepared: list) -> list[dict]:
+    """Trains the prepared runs (prepare_run's results) to a stop; returns their summaries. Runs
+    already trained are returned as they are; the others train alone (one) or as one ensemble
     (several, of one shape), each leaving it when it stops. KeyboardInterrupt when interrupted."""
     from ..ensemble import EnsembleTrainer
-    prepared = [prepare_run(p, c) for p, c in zip(paths, configs)]
     pending = [t for t in prepared if not isinstance(t, dict)]
     if len(pending) == 1:
         pending[0].run()
@@ -110,7 +112,7 @@ def train_runs(paths, configs: list[RunConfig]) -> list[dict]:
 def train_run(path, config: RunConfig) -> dict:
     """Trains the run in path under config to a stop, resuming from its state when it has one;
     returns the trainer's summary. A run already trained is returned as it is."""
-    return train_runs([path], [config])[0]
+    return train_prepared([prepare_run(path, config)])[0]
 
 
 def analyze_settings(analyze: dict, summary: dict, device: str) -> dict | None:
@@ -142,31 +144,36 @@ def analyse(path: Path, config: RunConfig, summary: dict, analyze: dict) -> dict
             "analysis_seconds": analysis_seconds, "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _configs(paths, config_dicts) -> tuple[list[Path], list[RunConfig]]:
-    configs = [RunConfig.from_dict(c).validate() for c in config_dicts]
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        path.mkdir(parents=True, exist_ok=True)
-    return paths, configs
-
-
 def run_one(path, config_dict: dict, analyze: dict) -> dict:
     """Trains and analyses one run; returns {status: "done", N_reached, epochs, stop_reason,
-    wall_time, analysis_seconds, host, pid}. Raises what the run raises."""
+    wall_time, analysis_seconds, host, pid}, or the failed result of a run that cannot start."""
     return run_group([path], [config_dict], analyze)[0]
 
 
+def _prepare(path, config_dict: dict):
+    """(path, config, prepare_run's result) of one run; raises what preparing it raises."""
+    config = RunConfig.from_dict(config_dict).validate()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path, config, prepare_run(path, config)
+
+
 def run_group(paths, config_dicts: list, analyze: dict) -> list[dict]:
-    """Trains the runs together (an ensemble) and analyses each; returns one result per run, a run
-    whose analysis raised as failed. Raises what the training raises."""
-    paths, configs = _configs(paths, config_dicts)
-    summaries = train_runs(paths, configs)
-    results = []
-    for path, config, summary in zip(paths, configs, summaries):
+    """Trains the runs together (an ensemble) and analyses each; returns one result per run. A run
+    that cannot start (its directory in the way, a damaged state) or whose analysis raises is failed
+    on its own; the others go on. Raises what the training raises."""
+    results, prepared = [None] * len(paths), {}
+    for i, (path, config_dict) in enumerate(zip(paths, config_dicts)):
         try:
-            results.append(analyse(path, config, summary, analyze))
+            prepared[i] = _prepare(path, config_dict)
         except Exception as err:
-            results.append(failure(err))
+            results[i] = failure(err)
+    summaries = train_prepared([item[2] for item in prepared.values()])
+    for (i, (path, config, _)), summary in zip(prepared.items(), summaries):
+        try:
+            results[i] = analyse(path, config, summary, analyze)
+        except Exception as err:
+            results[i] = failure(err)
     return results
 
 
