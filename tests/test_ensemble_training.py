@@ -151,6 +151,22 @@ def test_sigkill_mid_epoch_then_resume_ends_bit_for_bit(tmp_path):
         assert json.loads((killed / f"seed_{s}" / "summary.json").read_text())["epochs"] == epochs
 
 
+def test_a_kill_between_two_networks_saves_is_redone_in_step(tmp_path):
+    """One network's epoch-3 save is lost (the kill came between the two saves): the resumed ensemble
+    takes the other back to its state.prev.pt and ends bit for bit where the uninterrupted one ends."""
+    args = [tmp_path / "straight", (0, 1), 5]
+    assert main(_train_args(*args)) == 0
+    cut = tmp_path / "cut"
+    assert main(_train_args(cut, (0, 1), 3)) == 0
+    lagging = RunDir(cut / "seed_1")
+    lagging.state_path.write_bytes(lagging.previous_state_path.read_bytes())
+    assert lagging.load_state()["epoch"] == 2 and RunDir(cut / "seed_0").load_state()["epoch"] == 3
+    assert main(["train", "--resume", str(cut), "--max-epochs", "5", "--quiet"]) == 0
+    for s in (0, 1):
+        _assert_same(_final_state(RunDir(tmp_path / "straight" / f"seed_{s}")), _final_state(RunDir(cut / f"seed_{s}")),
+                     f"seed {s}")
+
+
 def test_train_with_several_seeds_writes_one_run_directory_each(tmp_path):
     assert main(_train_args(tmp_path / "ens", (4, 2), 1)) == 0
     for seed in (4, 2):

@@ -191,8 +191,10 @@ def test_a_stale_lock_is_taken_over_and_a_different_spec_refused(local_sweep, ca
 
 # on Ray: the driver killed, then a worker --------------------------------------------------------------
 # Enough epochs that the workers a killed driver leaves behind cannot finish their runs before the rerun
-# ends them (on a quiet machine an epoch of these networks takes about a tenth of a second).
-RAY_TINY = [*TINY, "--set", "max_epochs=80", "--skip-analysis", "--no-report", "--num-cpus", "2"]
+# ends them (on a quiet machine an epoch of these networks takes about a tenth of a second). The two
+# seeds of a condition train as one ensemble; one CPU runs the two ensembles one after the other, so
+# that one has finished while the other is part-way through.
+RAY_TINY = [*TINY, "--set", "max_epochs=80", "--skip-analysis", "--no-report", "--ensemble", "2", "--num-cpus", "1"]
 
 
 def _driver(out):

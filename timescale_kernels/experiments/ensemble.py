@@ -44,6 +44,28 @@ def check_one_shape(configs) -> None:
                                   f"{values[key]!r}")
 
 
+def align_epochs(trainers: list) -> list:
+    """The trainers of a resumed ensemble back in step. A kill between two networks' saves leaves some
+    one epoch ahead of the others; each of those goes back to its state.prev.pt, so that the ensemble
+    redoes that epoch together as the uninterrupted one did (a network's last bits of rounding depend
+    on its partners: the recurrence runs to the longest of their lengths). Returns the list with those
+    trainers replaced; the others are returned as they are."""
+    training = [t for t in trainers if t.check_stop() is None]
+    if not training:
+        return list(trainers)
+    low = min(t.epoch for t in training)
+    out = []
+    for trainer in trainers:
+        previous = None
+        if trainer.epoch == low + 1 and trainer.run_dir is not None:
+            previous = trainer.run_dir.load_previous_state()
+        if previous is not None and int(previous["epoch"]) == low:
+            trainer = type(trainer).from_state(trainer.config, previous, trainer.run_dir, progress=trainer.progress,
+                                               log=trainer.log)
+        out.append(trainer)
+    return out
+
+
 class EnsembleTrainer:
     """Trains the trainers' networks together until each stops.
 
@@ -58,6 +80,8 @@ class EnsembleTrainer:
             raise ConfigError("ensemble: expected at least one network")
         check_one_shape([t.config for t in trainers])
         self.trainers, self.progress, self.log, self.on_stop = list(trainers), progress, log, on_stop
+        for trainer in self.trainers:  # so that align_epochs can bring a resumed ensemble back in step
+            trainer.keep_previous_state = True
         self.active = list(self.trainers)
         self.config = self.trainers[0].config
         self.device = self.trainers[0].device

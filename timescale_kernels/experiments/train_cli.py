@@ -16,7 +16,7 @@ from pathlib import Path
 from ..curricula import ConfigError
 from ..files import atomic_write_json, first_line, writable_dir
 from .config import PRESETS, RunConfig, make_config
-from .ensemble import EnsembleTrainer, check_one_shape
+from .ensemble import EnsembleTrainer, align_epochs, check_one_shape
 from .rundir import RunDir, RunDirError, check_resume_config, run_lock
 from .trainer import Trainer
 
@@ -92,7 +92,7 @@ def _trainers(args, overrides, held, kwargs) -> list[Trainer]:
         if seeds:
             raise ConfigError("train: --seed cannot change on --resume (the seeds are the runs')")
         folders = [args.resume] if (args.resume / "config.json").is_file() else seed_dirs(args.resume) or [args.resume]
-        trainers = [resume_trainer(p, args, overrides, held, **kwargs) for p in folders]
+        trainers = align_epochs([resume_trainer(p, args, overrides, held, **kwargs) for p in folders])
         for trainer in trainers:
             trainer.run_dir.write_config(trainer.config, args.argv)  # a resumed run may carry new stop settings
         return trainers

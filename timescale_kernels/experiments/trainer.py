@@ -83,6 +83,8 @@ class Trainer:
         self.epoch, self.elapsed, self.metrics = 0, 0.0, []
         self.N_reached = None
         self.stop_reason = None
+        self.keep_previous_state = False  # state.prev.pt as well (set for a network of an ensemble)
+        self._saved_epoch = None
         self.backend = (resolve_backend(config.backend, self.device) if config.model == "leaky" else "torch.nn")
 
     # construction ------------------------------------------------------------------------------
@@ -287,7 +289,11 @@ class Trainer:
 
     def save(self) -> None:
         if self.run_dir is not None:
-            self.run_dir.save_state(self.state_dict())
+            # The state it replaces becomes state.prev.pt when it is an earlier epoch's (not when a stop
+            # is recorded at the epoch just saved).
+            keep = self.keep_previous_state and self._saved_epoch != self.epoch
+            self.run_dir.save_state(self.state_dict(), keep_previous=keep)
+            self._saved_epoch = self.epoch
             self.run_dir.write_metrics(self.metrics)
 
     def run(self) -> dict:

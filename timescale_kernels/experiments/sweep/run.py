@@ -96,8 +96,10 @@ def train_prepared(prepared: list) -> list[dict]:
     """Trains the prepared runs (prepare_run's results) to a stop; returns their summaries. Runs
     already trained are returned as they are; the others train alone (one) or as one ensemble
     (several, of one shape), each leaving it when it stops. KeyboardInterrupt when interrupted."""
-    from ..ensemble import EnsembleTrainer
-    pending = [t for t in prepared if not isinstance(t, dict)]
+    from ..ensemble import EnsembleTrainer, align_epochs
+    pending = align_epochs([t for t in prepared if not isinstance(t, dict)])
+    aligned = iter(pending)
+    prepared = [t if isinstance(t, dict) else next(aligned) for t in prepared]
     if len(pending) == 1:
         pending[0].run()
     elif pending:
