@@ -1,11 +1,14 @@
 // The leaky-RNN serial core on the CPU (see timescale_kernels/ops/core.py for the contract).
 //
-// Each time step is one BLAS GEMM into a preallocated (B, H) buffer (no allocation per step) and
-// one fused element-wise pass, parallelised with at::parallel_for over torch's intra-op threads
-// (the same OpenMP pool MKL uses). The weight gradient is not computed here: core.py does it with
-// one GEMM over all T*B rows after the reverse loop. Large outputs come from output_pool.h.
+// Every tensor may carry a leading network dimension K (an ensemble of independent networks; a lone
+// network is K = 1). Without lengths, one parallel region covers the whole call: each thread owns
+// blocks of (network, batch rows) for the whole sequence, and each step of a block is one direct
+// BLAS call and one fused element-wise pass over its rows (row_blocks.h): no ATen dispatch, no
+// allocation and no barrier per step. The weight gradient is not computed here: core.py does it
+// with one GEMM per network over all T*B rows after the reverse loop. Large outputs come from
+// output_pool.h.
 //
-// With per-row lengths the loops keep the state (and, in reverse, the adjoint) in a row order,
+// With per-row lengths (each network in turn) the loops keep the state (and, in reverse, the adjoint) in a row order,
 // longest first, so that each step's GEMM and element-wise pass cover only the rows still
 // running, as torch.nn.RNN's packed path does; outputs stay in batch order. Without lengths the
 // loops can also run the sequence in reverse time order (reverse=True; with lengths each row within
@@ -34,23 +37,25 @@
 #include "activations.h"
 #include "loops.h"
 #include "output_pool.h"
+#include "row_blocks.h"
 
 namespace timescale_kernels {
 namespace {
 
-// Shapes, device and dtype of every argument; contiguity of all but those named in `strided`.
+// Shapes, device and dtype of every argument (each with its leading network dimension K);
+// contiguity of all but those named in `strided`.
 void check_args(const at::Tensor& h0, const at::Tensor& w, const at::Tensor& alpha,
                 std::initializer_list<std::pair<const char*, const at::Tensor*>> sequences,
                 const char* strided = "") {
-  TORCH_CHECK(h0.dim() == 2, "h0: expected (B, H); got ", h0.sizes());
-  const int64_t batch = h0.size(0), hidden = h0.size(1);
-  TORCH_CHECK(w.dim() == 2 && w.size(0) == hidden && w.size(1) == hidden, "w: expected (", hidden,
-              ", ", hidden, "); got ", w.sizes());
-  TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) == hidden, "alpha: expected (", hidden, ",); got ",
-              alpha.sizes());
+  TORCH_CHECK(h0.dim() == 3, "h0: expected (K, B, H); got ", h0.sizes());
+  const int64_t networks = h0.size(0), batch = h0.size(1), hidden = h0.size(2);
+  TORCH_CHECK(w.dim() == 3 && w.size(0) == networks && w.size(1) == hidden && w.size(2) == hidden,
+              "w: expected (", networks, ", ", hidden, ", ", hidden, "); got ", w.sizes());
+  TORCH_CHECK(alpha.dim() == 2 && alpha.size(0) == networks && alpha.size(1) == hidden, "alpha: expected (",
+              networks, ", ", hidden, "); got ", alpha.sizes());
   for (const auto& [name, t] : sequences) {
-    TORCH_CHECK(t->dim() == 3 && t->size(1) == batch && t->size(2) == hidden, name,
-                ": expected (T, ", batch, ", ", hidden, "); got ", t->sizes());
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == networks && t->size(2) == batch && t->size(3) == hidden, name,
+                ": expected (", networks, ", T, ", batch, ", ", hidden, "); got ", t->sizes());
   }
   std::vector<std::pair<const char*, const at::Tensor*>> all(sequences);
   all.insert(all.end(), {{"h0", &h0}, {"w", &w}, {"alpha", &alpha}});
@@ -63,111 +68,174 @@ void check_args(const at::Tensor& h0, const at::Tensor& w, const at::Tensor& alp
   }
 }
 
-// u (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
-//   -> h (T, B, H) = h_1..h_T and drive (T, B, H) (empty unless save_drive).
-// With lengths, row b holds its state from step lengths[b] on: h[t, b] = h[t - 1, b]; drive[t, b]
-// is left unwritten there. reverse: the steps run from time index T-1 down to 0 (with lengths, each
-// row's from lengths[b]-1 down to 0), h[t] the state after reading u[t], so that h[0] is the last
-// state; held steps stay where they are.
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u, const at::Tensor& h0,
-                                           const at::Tensor& w, const at::Tensor& alpha,
-                                           int64_t nonlinearity, int64_t placement,
-                                           bool save_drive,
-                                           const std::optional<at::Tensor>& lengths,
-                                           bool reverse) {
-  check_args(h0, w, alpha, {{"u", &u}});
+// t with a leading network dimension: itself for an ensemble, else a view with K = 1.
+at::Tensor networks_of(const at::Tensor& t, bool ensemble) { return ensemble ? t : t.unsqueeze(0); }
+
+// One network's forward over rows of different lengths (u, h, drive (T, B, H), ...; see forward).
+void forward_by_length(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, const at::Tensor& alpha,
+                       int64_t nonlinearity, int64_t placement, bool save_drive, const at::Tensor& lengths,
+                       bool reverse, at::Tensor h, at::Tensor drive) {
   const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
-  at::Tensor h = OutputPool::instance().empty(u.sizes(), u.options());
-  at::Tensor drive =
-      save_drive ? OutputPool::instance().empty(u.sizes(), u.options()) : at::empty({0}, u.options());
-  if (steps == 0) return {h, drive};
   // Without save_drive one (B, H) buffer serves every step.
   at::Tensor drive_buffer = save_drive ? drive : at::empty({batch, hidden}, u.options());
   const at::Tensor keep = 1 - alpha;
-  const bool by_length = lengths.has_value();
-  const RowOrder order = by_length ? order_by_length(*lengths, steps, batch, reverse) : RowOrder{};
-  DenormalsAreZero denormal_guard;
+  const RowOrder order = order_by_length(lengths, steps, batch, reverse);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "timescale_kernels_cpu::forward", [&] {
-    if (by_length) {
-      dispatch_activation<ForwardByLengthLoop, scalar_t>(nonlinearity, placement, u, h0, w, alpha,
-                                                         keep, h, drive_buffer, save_drive, order);
-    } else {
-      dispatch_activation<ForwardLoop, scalar_t>(nonlinearity, placement, u, h0, w, alpha, keep,
-                                                 h, drive_buffer, save_drive,
-                                                 TimeOrder{steps, reverse});
-    }
+    dispatch_activation<ForwardByLengthLoop, scalar_t>(nonlinearity, placement, u, h0, w, alpha, keep, h,
+                                                       drive_buffer, save_drive, order);
   });
-  return {h, drive};
 }
 
-// d_alpha (H,) in alpha's dtype: the (blocks, H) double partial sums added in a fixed order.
+// u (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
+//   -> h (T, B, H) = h_1..h_T and drive (T, B, H) (empty unless save_drive).
+// K networks at once: every tensor with a leading K (u (K, T, B, H), ..., lengths (K, B)).
+// With lengths, row b holds its state from step lengths[b] on: h[t, b] = h[t - 1, b]; drive[t, b]
+// is left unwritten there. reverse: the steps run from time index T-1 down to 0 (with lengths, each
+// row's from lengths[b]-1 down to 0), h[t] the state after reading u[t], so that h[0] is the last
+// state; held steps stay where they are. Without lengths, one parallel region for the whole call
+// (row_blocks.h); with them, each network's rows ordered by length (loops.h), one after another.
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_, const at::Tensor& h0_, const at::Tensor& w_,
+                                           const at::Tensor& alpha_, int64_t nonlinearity, int64_t placement,
+                                           bool save_drive, const std::optional<at::Tensor>& lengths,
+                                           bool reverse) {
+  const bool ensemble = u_.dim() == 4;
+  const at::Tensor u = networks_of(u_, ensemble), h0 = networks_of(h0_, ensemble);
+  const at::Tensor w = networks_of(w_, ensemble), alpha = networks_of(alpha_, ensemble);
+  check_args(h0, w, alpha, {{"u", &u}});
+  const int64_t networks = u.size(0), steps = u.size(1), batch = h0.size(1), hidden = h0.size(2);
+  at::Tensor h = OutputPool::instance().empty(u.sizes(), u.options());
+  at::Tensor drive =
+      save_drive ? OutputPool::instance().empty(u.sizes(), u.options()) : at::empty({0}, u.options());
+  DenormalsAreZero denormal_guard;
+  if (steps > 0 && lengths.has_value()) {
+    const at::Tensor len = networks_of(*lengths, ensemble);
+    for (int64_t k = 0; k < networks; ++k) {
+      forward_by_length(u[k], h0[k], w[k], alpha[k], nonlinearity, placement, save_drive, len[k], reverse, h[k],
+                        save_drive ? drive[k] : drive);
+    }
+  } else if (steps > 0) {
+    // W^T contiguous: MKL's small-matrix path is up to 1.8x slower for a transposed operand (H = 64).
+    const at::Tensor w_t = w.transpose(1, 2).contiguous(), keep = 1 - alpha;
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "timescale_kernels_cpu::forward", [&] {
+      dispatch_activation<ForwardBlocksLoop, scalar_t>(
+          nonlinearity, placement, u.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
+          w_t.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), keep.const_data_ptr<scalar_t>(),
+          h.mutable_data_ptr<scalar_t>(), save_drive ? drive.mutable_data_ptr<scalar_t>() : nullptr, save_drive,
+          networks, steps, batch, hidden, TimeOrder{steps, reverse});
+    });
+  }
+  if (ensemble) return {h, drive};
+  return {h.squeeze(0), save_drive ? drive.squeeze(0) : drive};
+}
+
+// d_alpha (K, H) in alpha's dtype: each network's (P, H) double partial sums added in a fixed order.
 at::Tensor sum_partials(const at::Tensor& d_alpha_partial, const at::Tensor& alpha) {
-  const int64_t blocks = d_alpha_partial.size(0), hidden = d_alpha_partial.size(1);
-  at::Tensor d_alpha = at::zeros({hidden}, alpha.options().dtype(at::kDouble));
+  const int64_t networks = d_alpha_partial.size(0), blocks = d_alpha_partial.size(1);
+  const int64_t hidden = d_alpha_partial.size(2);
+  at::Tensor d_alpha = at::zeros({networks, hidden}, alpha.options().dtype(at::kDouble));
   double* total = d_alpha.mutable_data_ptr<double>();
   const double* partial = d_alpha_partial.const_data_ptr<double>();
-  for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t j = 0; j < hidden; ++j) total[j] += partial[block * hidden + j];
+  for (int64_t k = 0; k < networks; ++k) {
+    for (int64_t block = 0; block < blocks; ++block) {
+      for (int64_t j = 0; j < hidden; ++j) total[k * hidden + j] += partial[(k * blocks + block) * hidden + j];
+    }
   }
   return d_alpha.to(alpha.scalar_type());
 }
 
-// grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none,
-// grad_last (B, H) or none -> d_drive (T, B, H), dh0 (B, H), d_alpha (H,).
-// With lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 from step lengths[b] on, and the
-// adjoint passes through those steps unchanged. reverse: as in forward. grad_last: the gradient of
-// each row's last state (h_n: h[lengths[b] - 1, b], h[T - 1, b], or h[0, b] in reverse order), added
-// to the adjoint where the loop starts: it passes unchanged through a row's held steps to its last.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0, const at::Tensor& drive,
-    const at::Tensor& w, const at::Tensor& alpha, int64_t nonlinearity, int64_t placement,
-    const std::optional<at::Tensor>& lengths, bool reverse, const std::optional<at::Tensor>& grad_last) {
-  check_args(h0, w, alpha, {{"grad_h", &grad_h}, {"h", &h}, {"drive", &drive}}, "grad_h");
-  const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
-  TORCH_CHECK(grad_h.size(0) == steps && drive.size(0) == steps,
-              "grad_h, h, drive: expected the same T; got ", grad_h.size(0), ", ", steps, ", ",
-              drive.size(0));
-  at::Tensor d_drive = OutputPool::instance().empty(h.sizes(), h.options());
-  if (steps == 0) return {d_drive, at::zeros_like(h0), at::zeros_like(alpha)};
-  const bool by_length = lengths.has_value();
-  const RowOrder order = by_length ? order_by_length(*lengths, steps, batch, reverse) : RowOrder{};
+// One network's backward over rows of different lengths (grad_h, h, drive, d_drive (T, B, H), ...;
+// see backward); returns dh0 (B, H) and fills d_alpha_partial (P, H).
+at::Tensor backward_by_length(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
+                              const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
+                              int64_t nonlinearity, int64_t placement, const at::Tensor& lengths, bool reverse,
+                              const at::Tensor& grad_last, at::Tensor d_drive, at::Tensor d_alpha_partial) {
+  const int64_t steps = h.size(0), batch = h0.size(0);
+  const RowOrder order = order_by_length(lengths, steps, batch, reverse);
   // In reverse by length each row reads grad_h at its own time index: its rows must be in place.
-  const at::Tensor grad =
-      by_length && reverse && !rows_readable_in_place(grad_h) ? grad_h.contiguous() : grad_h;
-  // The adjoint of the last step's state, carried back; in row order when by length, zero for the
-  // rows that do not run the last step. (A copy: the kernel updates it in place.)
-  const int64_t last = reverse ? 0 : steps - 1;
-  at::Tensor dh = by_length ? grad[last].index_select(0, order.index)
-                            : grad[last].clone(at::MemoryFormat::Contiguous);
-  if (by_length) dh.narrow(0, order.running[steps - 1], batch - order.running[steps - 1]).zero_();
-  if (grad_last.has_value() && grad_last->defined()) {
-    TORCH_CHECK(grad_last->sizes() == h0.sizes() && grad_last->scalar_type() == h0.scalar_type() &&
-                    grad_last->device().is_cpu(),
-                "grad_last: expected a CPU tensor of shape ", h0.sizes(), " and dtype ", h0.scalar_type(),
-                "; got ", grad_last->sizes(), ", ", grad_last->scalar_type(), " on ", grad_last->device());
-    dh.add_(by_length ? grad_last->index_select(0, order.index) : *grad_last);
-  }
+  const at::Tensor grad = reverse && !rows_readable_in_place(grad_h) ? grad_h.contiguous() : grad_h;
+  // The adjoint of the last step's state, carried back in row order, zero for the rows that do not
+  // run the last step. (A copy: the kernel updates it in place.)
+  at::Tensor dh = grad[reverse ? 0 : steps - 1].index_select(0, order.index);
+  dh.narrow(0, order.running[steps - 1], batch - order.running[steps - 1]).zero_();
+  if (grad_last.defined()) dh.add_(grad_last.index_select(0, order.index));
   const at::Tensor keep = 1 - alpha;
-  // d_alpha accumulates in double (T * B terms per element), in partial sums over row blocks
-  // that are added up in a fixed order at the end.
-  const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
-  at::Tensor d_alpha_partial = at::zeros({blocks, hidden}, alpha.options().dtype(at::kDouble));
-  {
-    DenormalsAreZero denormal_guard;
-    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "timescale_kernels_cpu::backward", [&] {
-      if (by_length) {
-        dispatch_activation<BackwardByLengthLoop, scalar_t>(nonlinearity, placement, grad, h, h0,
-                                                            drive, w, alpha, keep, d_drive, dh,
-                                                            d_alpha_partial, order);
-      } else {
-        dispatch_activation<BackwardLoop, scalar_t>(nonlinearity, placement, grad_h, h, h0, drive,
-                                                    w, alpha, keep, d_drive, dh, d_alpha_partial,
-                                                    TimeOrder{steps, reverse});
-      }
-    });
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "timescale_kernels_cpu::backward", [&] {
+    dispatch_activation<BackwardByLengthLoop, scalar_t>(nonlinearity, placement, grad, h, h0, drive, w, alpha,
+                                                        keep, d_drive, dh, d_alpha_partial, order);
+  });
+  return at::empty_like(dh).index_copy_(0, order.index, dh);
+}
+
+// The reverse loop of K networks' blocks of rows (row_blocks.h), without lengths; returns dh0.
+at::Tensor backward_blocks(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
+                           const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
+                           int64_t nonlinearity, int64_t placement, bool reverse, const at::Tensor& grad_last,
+                           at::Tensor& d_drive, at::Tensor& d_alpha_partial) {
+  const int64_t networks = h.size(0), steps = h.size(1), batch = h0.size(1), hidden = h0.size(2);
+  at::Tensor dh = grad_h.select(1, reverse ? 0 : steps - 1).clone(at::MemoryFormat::Contiguous);
+  if (grad_last.defined()) dh.add_(grad_last);
+  const at::Tensor keep = 1 - alpha;
+  const int64_t strides[4] = {grad_h.stride(0), grad_h.stride(1), grad_h.stride(2), grad_h.stride(3)};
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "timescale_kernels_cpu::backward", [&] {
+    dispatch_activation<BackwardBlocksLoop, scalar_t>(
+        nonlinearity, placement, grad_h.const_data_ptr<scalar_t>(), strides, h.const_data_ptr<scalar_t>(),
+        h0.const_data_ptr<scalar_t>(), drive.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        alpha.const_data_ptr<scalar_t>(), keep.const_data_ptr<scalar_t>(), d_drive.mutable_data_ptr<scalar_t>(),
+        dh.mutable_data_ptr<scalar_t>(), d_alpha_partial.mutable_data_ptr<double>(), networks, steps, batch,
+        hidden, TimeOrder{steps, reverse});
+  });
+  return dh;
+}
+
+// grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none,
+// grad_last (B, H) or none -> d_drive (T, B, H), dh0 (B, H), d_alpha (H,); K networks at once with
+// a leading K on every tensor. With lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 from step
+// lengths[b] on, and the adjoint passes through those steps unchanged. reverse: as in forward.
+// grad_last: the gradient of each row's last state (h_n: h[lengths[b] - 1, b], h[T - 1, b], or
+// h[0, b] in reverse order), added to the adjoint where the loop starts: it passes unchanged through
+// a row's held steps to its last. d_alpha accumulates in double (T * B terms per element), in
+// partial sums over blocks of kRowsPerPartial rows added up in a fixed order at the end.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_h_, const at::Tensor& h_, const at::Tensor& h0_, const at::Tensor& drive_,
+    const at::Tensor& w_, const at::Tensor& alpha_, int64_t nonlinearity, int64_t placement,
+    const std::optional<at::Tensor>& lengths, bool reverse, const std::optional<at::Tensor>& grad_last_) {
+  const bool ensemble = h_.dim() == 4;
+  const at::Tensor grad_h = networks_of(grad_h_, ensemble), h = networks_of(h_, ensemble);
+  const at::Tensor h0 = networks_of(h0_, ensemble), drive = networks_of(drive_, ensemble);
+  const at::Tensor w = networks_of(w_, ensemble), alpha = networks_of(alpha_, ensemble);
+  check_args(h0, w, alpha, {{"grad_h", &grad_h}, {"h", &h}, {"drive", &drive}}, "grad_h");
+  const int64_t networks = h.size(0), steps = h.size(1), batch = h0.size(1), hidden = h0.size(2);
+  TORCH_CHECK(grad_h.size(1) == steps && drive.size(1) == steps, "grad_h, h, drive: expected the same T; got ",
+              grad_h.size(1), ", ", steps, ", ", drive.size(1));
+  at::Tensor grad_last;
+  if (grad_last_.has_value() && grad_last_->defined()) {
+    grad_last = networks_of(*grad_last_, ensemble);
+    TORCH_CHECK(grad_last.sizes() == h0.sizes() && grad_last.scalar_type() == h0.scalar_type() &&
+                    grad_last.device().is_cpu(),
+                "grad_last: expected a CPU tensor of shape ", h0_.sizes(), " and dtype ", h0.scalar_type(),
+                "; got ", grad_last_->sizes(), ", ", grad_last_->scalar_type(), " on ", grad_last_->device());
   }
-  at::Tensor dh0 = by_length ? at::empty_like(dh).index_copy_(0, order.index, dh) : dh;
-  return {d_drive, dh0, sum_partials(d_alpha_partial, alpha)};
+  at::Tensor d_drive = OutputPool::instance().empty(h.sizes(), h.options());
+  const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
+  at::Tensor d_alpha_partial = at::zeros({networks, blocks, hidden}, alpha.options().dtype(at::kDouble));
+  at::Tensor dh0 = at::zeros_like(h0);
+  if (steps > 0) {
+    DenormalsAreZero denormal_guard;
+    if (lengths.has_value()) {
+      const at::Tensor len = networks_of(*lengths, ensemble);
+      for (int64_t k = 0; k < networks; ++k) {
+        dh0[k].copy_(backward_by_length(grad_h[k], h[k], h0[k], drive[k], w[k], alpha[k], nonlinearity, placement,
+                                        len[k], reverse, grad_last.defined() ? grad_last[k] : at::Tensor(),
+                                        d_drive[k], d_alpha_partial[k]));
+      }
+    } else {
+      dh0 = backward_blocks(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, reverse, grad_last, d_drive,
+                            d_alpha_partial);
+    }
+  }
+  at::Tensor d_alpha = sum_partials(d_alpha_partial, alpha);
+  if (ensemble) return {d_drive, dh0, d_alpha};
+  return {d_drive.squeeze(0), dh0.squeeze(0), d_alpha.squeeze(0)};
 }
 
 // The names of the nonlinearities, in the order of their codes.

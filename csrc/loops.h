@@ -1,6 +1,7 @@
-// The time loops of the CPU core (see leaky_rnn.cpp): over full batches, and over rows of different
-// lengths. Each is a Kernel<T, NL, PL> with a static run(...), instantiated per dtype, nonlinearity
-// and placement by dispatch_activation. Also the floating-point mode guard the loops run under.
+// The time loops of the CPU core over rows of different lengths (see leaky_rnn.cpp; without lengths
+// the loops of row_blocks.h run), the floating-point mode guard and the dispatch. Each loop is a
+// Kernel<T, NL, PL> with a static run(...), instantiated per dtype, nonlinearity and placement by
+// dispatch_activation.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -108,19 +109,6 @@ inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_
   return order;
 }
 
-// One forward step's element-wise pass over all B rows, in batch order.
-template <typename T, int64_t NL, int64_t PL>
-void forward_pointwise(const T* u, const T* product, T* drive, const T* h_prev, T* h,
-                       const T* alpha, const T* keep, int64_t batch, int64_t hidden) {
-  at::parallel_for(0, batch, row_grain(hidden), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t row = b * hidden;
-      forward_row<T, NL, PL>(u + row, product + row, drive + row, h_prev + row, h + row, alpha,
-                             keep, hidden);
-    }
-  });
-}
-
 // The rows of grad_h[t - 1] (see incoming_gradient): row b starts at data + b * row_stride and is
 // contiguous; data is nullptr at t = 0 (no gradient reaches h_0 from outside).
 template <typename T>
@@ -129,28 +117,6 @@ struct GradRows {
   int64_t row_stride;
   const T* row(int64_t b) const { return data == nullptr ? nullptr : data + b * row_stride; }
 };
-
-// One reverse step's element-wise pass over all B rows, in batch order; dh (B, H) as in
-// backward_row. Each block of kRowsPerPartial rows accumulates its own d_alpha partial (AccT) row,
-// so that no two threads ever add to the same element.
-template <typename T, typename AccT, int64_t NL, int64_t PL>
-void backward_pointwise(const T* drive, const T* h_prev, const T* h, GradRows<T> grad_prev, T* dh,
-                        T* d_drive, AccT* d_alpha_partial, const T* alpha, const T* keep,
-                        int64_t batch, int64_t hidden) {
-  const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
-  at::parallel_for(0, blocks, row_grain(hidden, kRowsPerPartial), [&](int64_t k0, int64_t k1) {
-    for (int64_t block = k0; block < k1; ++block) {
-      const int64_t b1 = std::min(batch, (block + 1) * kRowsPerPartial);
-      for (int64_t b = block * kRowsPerPartial; b < b1; ++b) {
-        const int64_t row = b * hidden;
-        backward_row<T, AccT, NL, PL>(drive + row, h_prev + row, h + row,
-                                      grad_prev.row(b), dh + row,
-                                      d_drive + row, d_alpha_partial + block * hidden, alpha, keep,
-                                      hidden);
-      }
-    }
-  });
-}
 
 // Runs Kernel<T, NL, PL>::run(args...) for the runtime nonlinearity and placement codes.
 template <template <typename, int64_t, int64_t> class Kernel, typename T, typename... Args>
@@ -171,38 +137,12 @@ void dispatch_activation(int64_t nonlinearity, int64_t placement, Args&&... args
   }
 }
 
-// The forward time loop. Without save_drive, drive is one (B, H) buffer reused every step.
 // Step s of the recurrence reads and writes time index s, or T - 1 - s when it runs the sequence in
 // reverse time order (the reverse direction of a bidirectional layer, without flipping any tensor).
 struct TimeOrder {
   int64_t steps;
   bool reverse;
   int64_t operator()(int64_t s) const { return reverse ? steps - 1 - s : s; }
-};
-
-template <typename T, int64_t NL, int64_t PL>
-struct ForwardLoop {
-  static void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
-                  const at::Tensor& alpha, const at::Tensor& keep, at::Tensor& h,
-                  at::Tensor& drive, bool save_drive, TimeOrder time) {
-    const int64_t steps = u.size(0), batch = h0.size(0), hidden = h0.size(1);
-    const int64_t plane = batch * hidden;
-    // W^T contiguous: MKL's small-matrix path is up to 1.8x slower for a transposed operand (H = 64).
-    const at::Tensor w_t = w.t().contiguous();
-    at::Tensor product = at::empty({batch, hidden}, u.options());
-    const T* u_p = u.const_data_ptr<T>();
-    T* h_p = h.mutable_data_ptr<T>();
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = time(s);
-      const at::Tensor h_prev = s == 0 ? h0 : h[time(s - 1)];
-      at::mm_out(product, h_prev, w_t);  // product = h_prev W^T
-      T* drive_t = drive.mutable_data_ptr<T>() + (save_drive ? t * plane : 0);
-      forward_pointwise<T, NL, PL>(u_p + t * plane, product.const_data_ptr<T>(), drive_t,
-                                   h_prev.const_data_ptr<T>(), h_p + t * plane,
-                                   alpha.const_data_ptr<T>(), keep.const_data_ptr<T>(), batch,
-                                   hidden);
-    }
-  }
 };
 
 // The forward time loop over rows of different lengths. The state lives in row order (longest
@@ -275,34 +215,6 @@ GradRows<T> incoming_gradient(const at::Tensor& grad_h, int64_t t, at::Tensor& s
   scratch.copy_(grad_h[t]);
   return {scratch.const_data_ptr<T>(), scratch.size(1)};
 }
-
-// The backward time loop (the forward's steps, last first); dh (B, H) enters as the gradient of the
-// last step's state (grad_h[T-1], or grad_h[0] in reverse time order) and leaves as dh0. grad_h may
-// have any strides (see incoming_gradient).
-template <typename T, int64_t NL, int64_t PL>
-struct BackwardLoop {
-  static void run(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
-                  const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
-                  const at::Tensor& keep, at::Tensor& d_drive, at::Tensor& dh,
-                  at::Tensor& d_alpha_partial, TimeOrder time) {
-    const int64_t steps = h.size(0), batch = h0.size(0), hidden = h0.size(1);
-    const int64_t plane = batch * hidden;
-    const T* drive_p = drive.const_data_ptr<T>();
-    const T* h_p = h.const_data_ptr<T>();
-    T* d_drive_p = d_drive.mutable_data_ptr<T>();
-    at::Tensor grad_slice = gradient_scratch(grad_h, dh);
-    for (int64_t s = steps - 1; s >= 0; --s) {  // the forward's steps, last first
-      const int64_t t = time(s), t_prev = s == 0 ? -1 : time(s - 1);
-      const GradRows<T> grad_prev = incoming_gradient<T>(grad_h, t_prev, grad_slice);
-      backward_pointwise<T, double, NL, PL>(
-          drive_p + t * plane, s == 0 ? h0.const_data_ptr<T>() : h_p + t_prev * plane,
-          h_p + t * plane, grad_prev, dh.mutable_data_ptr<T>(), d_drive_p + t * plane,
-          d_alpha_partial.mutable_data_ptr<double>(), alpha.const_data_ptr<T>(),
-          keep.const_data_ptr<T>(), batch, hidden);
-      dh.addmm_(d_drive[t], w);  // dh_prev += d_drive_t W, in place (beta = 1)
-    }
-  }
-};
 
 // The backward time loop over rows of different lengths (the forward's steps, last first): the
 // adjoint dh (B, H) lives in row order, as the forward state did, so that step s's GEMM covers only

@@ -70,10 +70,24 @@ def check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlin
     return steps, batch, in_size, hidden
 
 
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether a check may read t's values: not while torch.compile traces (they are not known then),
+    nor when t carries a torch.func.vmap batch dimension (one Python bool cannot answer for all of its
+    networks; the kernels check lengths themselves)."""
+    if torch.compiler.is_compiling():
+        return False
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return False
+        t = functorch.get_unwrapped(t)
+    return True
+
+
 def _check_finite_tau(tau: torch.Tensor) -> None:
     """On the CPU a plain check; on an accelerator an asynchronous assert, so that no call waits
     for the device; skipped while torch.compile traces (the value is not known then)."""
-    if torch.compiler.is_compiling():
+    if not values_readable(tau):
         return
     finite = torch.isfinite(tau.detach())
     if tau.device.type == "cpu":
@@ -95,7 +109,7 @@ def check_lengths(lengths, steps: int, batch: int, device: torch.device) -> torc
     if lengths.device != device and lengths.device.type != "cpu":
         raise ValueError(f"lengths: expected device {device} (the input's) or cpu; got {lengths.device}")
     lengths = lengths.to(device=device, dtype=torch.int64)
-    if torch.compiler.is_compiling() or batch == 0:
+    if not values_readable(lengths) or batch == 0:
         return lengths
     if device.type == "cpu":
         low, high = int(lengths.min()), int(lengths.max())
@@ -115,3 +129,86 @@ def check_drive_noise(drive_noise, input: torch.Tensor, hidden: int) -> None:
         raise TypeError(f"drive_noise: expected dtype {input.dtype} (the input's); got {drive_noise.dtype}")
     if drive_noise.device != input.device:
         raise ValueError(f"drive_noise: expected device {input.device} (the input's); got {drive_noise.device}")
+
+
+# Each tensor argument's rank for one network; with one more leading dimension it holds K networks.
+# tau is (H,) or 0-dim for one network (or all), (K, H) or (K, 1) per network.
+NETWORK_RANKS = {"input": 3, "hx": 2, "weight_ih": 2, "weight_hh": 2, "bias_ih": 1, "bias_hh": 1, "tau": 1,
+                 "lengths": 1, "drive_noise": 3}
+_PER_NETWORK_SHAPES = {"input": "(K, T, B, I)", "hx": "(K, B, H)", "weight_ih": "(K, H, I)",
+                       "weight_hh": "(K, H, H)", "bias_ih": "(K, H)", "bias_hh": "(K, H)", "tau": "(K, H)",
+                       "lengths": "(K, B)", "drive_noise": "(K, T, B, H)"}
+
+
+def network_count(tensors: dict) -> int | None:
+    """K, the number of networks, when any argument carries a leading network dimension (one more
+    than NETWORK_RANKS gives), else None (one network). Raises a ValueError naming the argument when
+    a tensor has two dimensions too many, or when the per-network tensors disagree on K."""
+    count, first = None, None
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        rank = NETWORK_RANKS[name]
+        if t.dim() > rank + 1:
+            raise ValueError(f"{name}: expected {rank}-D (shared by all networks) or {rank + 1}-D "
+                             f"{_PER_NETWORK_SHAPES[name]} (one per network); got shape {tuple(t.shape)}")
+        if t.dim() == rank + 1:
+            if count is not None and t.shape[0] != count:
+                raise ValueError(f"{name}: expected {count} networks (K) in its first dimension, as {first} has "
+                                 f"({first} {tuple(tensors[first].shape)}); got shape {tuple(t.shape)}")
+            count, first = t.shape[0], name
+    return count
+
+
+def per_network(tensors: dict, count: int) -> dict:
+    """Each tensor with its leading network dimension K: the per-network ones as they are, the shared
+    ones expanded (a view: autograd sums their gradient over the networks); None stays None. tau
+    becomes (K, H) or (K, 1), lengths (K, B)."""
+    out = {}
+    for name, t in tensors.items():
+        if t is None or not isinstance(t, torch.Tensor):
+            out[name] = t
+        elif t.dim() == NETWORK_RANKS[name] + 1:
+            out[name] = t
+        elif name == "tau" and t.dim() == 0:
+            out[name] = t.reshape(1, 1).expand(count, 1)
+        else:
+            out[name] = t.unsqueeze(0).expand(count, *t.shape)
+    return out
+
+
+def check_network_args(tensors: dict, nonlinearity, placement, precision) -> tuple[int, int, int, int]:
+    """Validates an ensemble's arguments (each with its leading K, see per_network) as check_op_args
+    does one network's, on network 0 (the shapes past K are the same for all); returns (T, B, I, H)."""
+    t = tensors
+    count = t["input"].shape[0]
+    tau = t["tau"]
+    if tau.dim() != 2:
+        raise ValueError(f"tau: expected (H,), 0-dim, (K, H) or (K, 1); got shape {tuple(tau.shape)}")
+    try:
+        first = [None if t[name] is None else t[name][0] for name in
+                 ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        steps, batch, in_size, hidden = check_op_args(*first, tau[0] if tau.shape[1] != 1 else tau[0, 0],
+                                                      nonlinearity, placement, precision)
+    except ValueError as err:
+        raise ValueError(f"{err} (the shape of one network, of K = {count})") from None
+    if t["drive_noise"] is not None:
+        try:
+            check_drive_noise(t["drive_noise"][0], first[0], hidden)
+        except ValueError as err:
+            raise ValueError(f"{err} (the shape of one network, of K = {count})") from None
+    _check_finite_tau(tau)
+    return steps, batch, in_size, hidden
+
+
+def check_network_lengths(lengths, count: int, steps: int, batch: int, device: torch.device) -> torch.Tensor:
+    """lengths (B,) shared or (K, B) per network, integers in 1..T; returns (K, B) int64 on device."""
+    if isinstance(lengths, torch.Tensor) and lengths.dim() == 2:
+        if lengths.shape[1] != batch:
+            raise ValueError(f"lengths: expected shape ({count}, {batch}) (K, B) or ({batch},); "
+                             f"got {tuple(lengths.shape)}")
+        return check_lengths(lengths.flatten(), steps, count * batch, device).view(count, batch)
+    if isinstance(lengths, torch.Tensor) and lengths.dim() != 1:
+        raise ValueError(f"lengths: expected shape ({batch},) or ({count}, {batch}) (K, B); got {tuple(lengths.shape)}")
+    # contiguous: the kernels find network k's lengths at k * B
+    return check_lengths(lengths, steps, batch, device).unsqueeze(0).expand(count, batch).contiguous()

@@ -45,14 +45,39 @@ from .backends import COMPILED
 
 def reverse_in_time(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """x (T, B, F) with each row's first lengths[b] steps in reverse order (steps past a row's length
-    stay where they are); the whole time axis reversed when lengths is None. Its own inverse."""
+    stay where they are); the whole time axis reversed when lengths is None. Its own inverse. With a
+    leading network dimension: x (K, T, B, F) and lengths (K, B), each network's rows by its own."""
+    time_dim = x.dim() - 3
     if lengths is None:
-        return x.flip(0)
-    steps = x.shape[0]
+        return x.flip(time_dim)
+    steps = x.shape[time_dim]
     t = torch.arange(steps, device=x.device).unsqueeze(1)
-    lengths = lengths.to(x.device).unsqueeze(0)
+    lengths = lengths.to(x.device).unsqueeze(-2)
     index = torch.where(t < lengths, lengths - 1 - t, t)
-    return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
+    return x.gather(time_dim, index.unsqueeze(-1).expand(*index.shape, x.shape[-1]))
+
+
+def as_ensemble(batch_size: int, in_dims, tensors):
+    """The tensors of a serial-core call under torch.func.vmap (u, h0, w, alpha, lengths, ...; None
+    allowed) as one ensemble call: each with vmap's N mapped networks first (an unmapped tensor
+    expanded to N, a view), merged with a network dimension K of its own (the call is already an
+    ensemble: u is 4-D) into N * K. Returns (tensors, unflatten), unflatten taking a result with
+    N * K (or N) networks first back to (N, ...) as vmap expects it."""
+    u, u_dim = tensors[0], in_dims[0]
+    own = u.dim() - (u_dim is not None) == 4  # the logical call carries K networks
+    out = []
+    for t, dim in zip(tensors, in_dims):
+        if t is None:
+            out.append(None)
+            continue
+        t = t.movedim(dim, 0) if dim is not None else t.expand(batch_size, *t.shape)
+        out.append(t.flatten(0, 1) if own else t)
+
+    def unflatten(result: torch.Tensor) -> torch.Tensor:
+        if own and result.numel() > 0:
+            return result.unflatten(0, (batch_size, -1))
+        return result if result.numel() > 0 else result.new_empty((batch_size, 0))
+    return out, unflatten
 
 
 @torch.library.custom_op("timescale_kernels::recurrence", mutates_args=())
@@ -79,6 +104,11 @@ def serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision,
                    reverse=False):
     """The body of the recurrence op (same arguments and results), callable without the op."""
     module = COMPILED[backend]
+    if u.dim() == 4 and not getattr(module, "ENSEMBLE", False):  # one network at a time
+        per_net = [serial_forward(u[k], h0[k], w[k], alpha[k], nonlinearity, placement, backend, precision,
+                                  save_drive, None if lengths is None else lengths[k], reverse)
+                   for k in range(u.shape[0])]
+        return torch.stack([h for h, _ in per_net]), torch.stack([d for _, d in per_net])
     args = (h0.contiguous(), w.contiguous(), alpha.contiguous(), nonlinearity, placement, save_drive, precision)
     if not reverse:
         h, drive = module.forward(u.contiguous(), *args, lengths=lengths)
@@ -93,15 +123,15 @@ def serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision,
 
 
 def running_mask(steps: int, lengths: torch.Tensor) -> torch.Tensor:
-    """(T, B, 1) bool: True where step t < lengths[b]."""
-    return (torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(2)
+    """(T, B, 1) bool: True where step t < lengths[b]; (K, T, B, 1) for lengths (K, B)."""
+    return (torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(-2)).unsqueeze(-1)
 
 
 def _zero_past_lengths_(h: torch.Tensor, lengths: torch.Tensor) -> None:
-    """Sets h[t, b] = 0 where t >= lengths[b], in place."""
-    held = ~running_mask(h.shape[0], lengths)
+    """Sets h[t, b] = 0 where t >= lengths[b], in place (h (K, T, B, H) with lengths (K, B): per network)."""
+    held = ~running_mask(h.shape[-3], lengths)
     if h.device.type == "cpu":  # writes the held rows only
-        h.view(-1, h.shape[2]).index_fill_(0, held.flatten().nonzero().squeeze(1), 0.0)
+        h.view(-1, h.shape[-1]).index_fill_(0, held.flatten().nonzero().squeeze(1), 0.0)
     else:  # no row count, so no synchronisation
         h.masked_fill_(held, 0.0)
 
@@ -135,13 +165,19 @@ def recurrence_backward(
 
 
 def _last_index(h: torch.Tensor, lengths: torch.Tensor | None, reverse: bool):
-    """Where each row's last state lies in h (T, B, ...): 0 in reverse order (it read input[0] last),
-    -1 without lengths, (lengths - 1, arange(B)) with them."""
+    """Where each row's last state lies in h (T, B, ...) (or (K, T, B, ...), K networks): 0 in reverse
+    order (it read input[0] last), -1 without lengths, (lengths - 1, arange(B)) with them (lengths
+    (B,), or (K, B) with K)."""
+    ensemble = lengths is not None and lengths.dim() == 2 or lengths is None and h.dim() == 4
     if reverse:
-        return 0
+        return (slice(None), 0) if ensemble else 0
     if lengths is None:
-        return -1
-    return lengths.to(h.device) - 1, torch.arange(h.shape[1], device=h.device)
+        return (slice(None), -1) if ensemble else -1
+    rows = torch.arange(h.shape[-2], device=h.device)
+    if not ensemble:
+        return lengths.to(h.device) - 1, rows
+    nets = torch.arange(lengths.shape[0], device=h.device).unsqueeze(1)
+    return nets, lengths.to(h.device) - 1, rows
 
 
 def last_state(h: torch.Tensor, lengths: torch.Tensor | None, reverse: bool) -> torch.Tensor:
@@ -165,6 +201,12 @@ def serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, bac
     it needs. grad_last (B, H) or None: the gradient of last_state(h), which a backend with
     GRAD_LAST takes apart and the others receive folded into grad_h."""
     module = COMPILED[backend]
+    if h.dim() == 4 and not getattr(module, "ENSEMBLE", False):  # one network at a time
+        per_net = [serial_backward(grad_h[k], h[k], h0[k], drive[k], w[k], alpha[k], nonlinearity, placement, backend,
+                                   precision, None if lengths is None else lengths[k], reverse,
+                                   None if grad_last is None else grad_last[k])
+                   for k in range(h.shape[0])]
+        return tuple(torch.stack(parts) for parts in zip(*per_net))
     h0, w, alpha = h0.contiguous(), w.contiguous(), alpha.contiguous()
     rest = (nonlinearity, placement, precision)
     last = {}
@@ -212,7 +254,10 @@ def _backward(ctx, grad_h, grad_drive):
 def weight_gradient(d_drive, h, h0, lengths, reverse=False):
     """dW (H, H) = sum over the steps of d_drive[t]^T h_prev(t), h_prev(t) being h0 at the first step
     and otherwise the state before it (h[t - 1], or h[t + 1] in reverse time order), as GEMMs over the
-    rows of all steps, without materialising the previous states."""
+    rows of all steps, without materialising the previous states. With a leading network dimension
+    (d_drive, h (K, T, B, H), h0 (K, B, H), lengths (K, B)): dW (K, H, H), batched GEMMs."""
+    if h.dim() == 4:
+        return _network_weight_gradient(d_drive, h, h0, lengths, reverse)
     hidden, steps = h.shape[-1], h.shape[0]
     if not reverse:  # step t reads h[t - 1]; the first, h0
         dw = d_drive[0].t() @ h0
@@ -235,6 +280,27 @@ def weight_gradient(d_drive, h, h0, lengths, reverse=False):
     return dw.addmm(d_rows.t(), h_rows)
 
 
+def _network_weight_gradient(d_drive, h, h0, lengths, reverse):
+    """weight_gradient of K networks at once: (K, H, H) from two bmm's over each network's T*B rows
+    (past a row's length its d_drive is zero, so the full GEMM is exact)."""
+    count, steps, batch, hidden = h.shape
+    if not reverse:
+        dw = torch.bmm(d_drive[:, 0].transpose(1, 2), h0)
+        d_rows, h_rows = d_drive[:, 1:], h[:, :-1]
+    else:
+        if lengths is None:
+            first = d_drive[:, steps - 1]
+        else:
+            nets = torch.arange(count, device=h.device).unsqueeze(1)
+            first = d_drive[nets, lengths.to(h.device) - 1, torch.arange(batch, device=h.device)]
+        dw = torch.bmm(first.transpose(1, 2), h0)
+        d_rows, h_rows = d_drive[:, :-1], h[:, 1:]
+    if steps == 1:
+        return dw
+    d_rows, h_rows = d_rows.reshape(count, -1, hidden), h_rows.reshape(count, -1, hidden)
+    return dw.baddbmm(d_rows.transpose(1, 2), h_rows)
+
+
 recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 
@@ -251,3 +317,21 @@ def _double_backward(ctx, grad_d_drive, grad_dh0, grad_d_alpha):
 # The compiled backward kernels are not differentiable: a second derivative through them raises,
 # naming the backend that has one.
 recurrence_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)
+
+
+@recurrence.register_vmap
+def _recurrence_vmap(info, in_dims, u, h0, w, alpha, nonlinearity, placement, backend, precision, save_drive,
+                     lengths=None, reverse=False):
+    """torch.func.vmap of the op: its mapped networks (times any K of the call's own) as one ensemble."""
+    tensors, unflatten = as_ensemble(info.batch_size, in_dims[:4] + in_dims[9:10], (u, h0, w, alpha, lengths))
+    h, drive = recurrence(*tensors[:4], nonlinearity, placement, backend, precision, save_drive, tensors[4], reverse)
+    return (unflatten(h), unflatten(drive)), (0, 0)
+
+
+@recurrence_backward.register_vmap
+def _recurrence_backward_vmap(info, in_dims, grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend,
+                              precision, lengths=None, reverse=False):
+    tensors, unflatten = as_ensemble(info.batch_size, in_dims[:6] + in_dims[10:11],
+                                     (grad_h, h, h0, drive, w, alpha, lengths))
+    results = recurrence_backward(*tensors[:6], nonlinearity, placement, backend, precision, tensors[6], reverse)
+    return tuple(unflatten(r) for r in results), (0, 0, 0)

@@ -1,7 +1,8 @@
 """The C++ CPU backend: binds the serial core in csrc/ (torch.ops.timescale_kernels_cpu).
 
-Each time step is one BLAS GEMM plus one fused element-wise pass over torch's intra-op threads;
-see core.py for the contract. With lengths the kernel orders the rows by length inside the call,
+Each thread owns blocks of (network, batch rows) for the whole sequence; each step of a block is
+one direct BLAS call and one fused element-wise pass over its rows (csrc/row_blocks.h). See core.py
+for the contract; every tensor may carry a leading network dimension K (an ensemble, one call). With lengths the kernel orders the rows by length inside the call,
 so that each step computes only the rows still running. Importing this module never fails:
 without the compiled extension is_available() is False and unavailable_reason() says how to
 build it.
@@ -16,6 +17,7 @@ from .choices import nonlinearity_code, placement_code
 
 _BUILD_HINT = "build it with: pip install --no-build-isolation -e ."
 NATIVE_REVERSE = True  # the loops run reverse time order in place (core.py flips for backends without)
+ENSEMBLE = True  # K networks (a leading K on every tensor) in one call of the kernels
 
 try:
     importlib.import_module("timescale_kernels._C")  # registers torch.ops.timescale_kernels_cpu
@@ -60,7 +62,8 @@ def _check_precision(precision: str) -> None:
 def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str,
             lengths: torch.Tensor | None = None, reverse: bool = False):
     """u (T, B, H), h0 (B, H), w (H, H) masked, alpha (H,), all float32 or all float64, on the CPU;
-    lengths None or int64 (B,) with values in 1..T, in any order.
+    lengths None or int64 (B,) with values in 1..T, in any order. K networks at once: a leading K on
+    every tensor (u (K, T, B, H), h0 (K, B, H), w (K, H, H), alpha (K, H), lengths (K, B)).
 
     Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (an empty tensor unless save_drive). With
     lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified. reverse

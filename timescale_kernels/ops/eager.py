@@ -18,27 +18,39 @@ from __future__ import annotations
 
 import torch
 
-from .core import last_state, recurrence, serial_backward, serial_forward, weight_gradient
+from .core import as_ensemble, last_state, recurrence, serial_backward, serial_forward, weight_gradient
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """Passes the backward kernels' results (d_drive, dh0, d_alpha) through, joined to the graph by
-    `anchors` (tensors of the graph); differentiating them again raises the error that names the
-    backend with second derivatives (the compiled backends' backward kernels have none)."""
+class _BackwardKernels(torch.autograd.Function):
+    """(d_drive, dh0, d_alpha) = core.serial_backward(...) where autograd or a torch.func transform
+    watches: first order only (differentiating them again raises the error that names the backend with
+    second derivatives), and under torch.func.vmap one ensemble call for all mapped networks (e.g.
+    vmap(grad(f)), whose backward runs on batched tensors)."""
 
     @staticmethod
-    def forward(backend, d_drive, dh0, d_alpha, *anchors):
-        return d_drive.view_as(d_drive), dh0.view_as(dh0), d_alpha.view_as(d_alpha)
+    def forward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse,
+                grad_last):
+        return serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths,
+                               reverse, grad_last)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.backend = inputs[0]
+        ctx.backend = inputs[8]
 
     @staticmethod
     def backward(ctx, *grads):
         raise RuntimeError(
             f"leaky_rnn: gradients of gradients (create_graph=True) are not supported by the {ctx.backend!r} "
             "backend; use backend='reference', which supports them")
+
+    @staticmethod
+    def vmap(info, in_dims, grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths,
+             reverse, grad_last):
+        dims = in_dims[:6] + (in_dims[10], in_dims[12])
+        tensors, unflatten = as_ensemble(info.batch_size, dims, (grad_h, h, h0, drive, w, alpha, lengths, grad_last))
+        results = _BackwardKernels.apply(*tensors[:6], nonlinearity, placement, backend, precision, tensors[6],
+                                         reverse, tensors[7])
+        return tuple(unflatten(r) for r in results), (0, 0, 0)
 
 
 def _gradients(ctx, grad_h, grad_last=None):
@@ -47,11 +59,13 @@ def _gradients(ctx, grad_h, grad_last=None):
     of it, no (T, B, H) tensor); grad_last: the gradient of each row's last state, or None."""
     h, h0, drive, w, alpha, lengths = ctx.saved_tensors
     if grad_h is None:
-        grad_h = h.new_zeros(1, 1, h.shape[2]).expand(h.shape)
-    d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse,
-                                            grad_last)
-    if torch.is_grad_enabled():  # create_graph=True, or a torch.func transform: first order only
-        d_drive, dh0, d_alpha = _FirstOrderOnly.apply(ctx.args[2], d_drive, dh0, d_alpha, grad_h, h, h0, w, alpha)
+        grad_h = h.new_zeros((1,) * (h.dim() - 1) + (h.shape[-1],)).expand(h.shape)
+    if torch.is_grad_enabled() or _transforms_active():  # create_graph=True, or a torch.func transform
+        d_drive, dh0, d_alpha = _BackwardKernels.apply(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths,
+                                                       ctx.reverse, grad_last)
+    else:
+        d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse,
+                                                grad_last)
     return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse), d_alpha
 
 
@@ -99,6 +113,14 @@ class _RecurrenceForTransforms(torch.autograd.Function):
     def backward(ctx, grad_h, grad_drive):
         return *_gradients(ctx, grad_h), None, None, None, None, None, None
 
+    @staticmethod
+    def vmap(info, in_dims, u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse):
+        """torch.func.vmap's rule: the mapped networks (times any K of their own) as one ensemble call."""
+        tensors, unflatten = as_ensemble(info.batch_size, in_dims[:4] + in_dims[8:9], (u, h0, w, alpha, lengths))
+        h, drive = _RecurrenceForTransforms.apply(*tensors[:4], nonlinearity, placement, backend, precision,
+                                                  tensors[4], reverse)
+        return (unflatten(h), unflatten(drive)), (0, 0)
+
 
 # torch's own test for whether a torch.func transform is active (assumed active if it is missing).
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
@@ -111,11 +133,11 @@ def run_recurrence(u, h0, w, alpha, nonlinearity: str, placement: str, backend: 
     (B, H) (core.last_state), differentiable when needs_grad."""
     if torch.compiler.is_compiling():
         h = recurrence(u, h0, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths, reverse)[0]
-    elif not needs_grad:
-        h = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, False, lengths, reverse)[0]
-    elif _transforms_active():
+    elif _transforms_active():  # its vmap rule runs a mapped call as one ensemble
         h = _RecurrenceForTransforms.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths,
                                            reverse)[0]
+    elif not needs_grad:
+        h = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, False, lengths, reverse)[0]
     else:
         return _Recurrence.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse)
     return h, last_state(h, lengths, reverse)

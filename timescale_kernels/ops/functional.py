@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 
 from .backends import resolve_backend
-from .checks import check_drive_noise, check_lengths, check_op_args
+from .checks import (check_drive_noise, check_lengths, check_network_args, check_network_lengths, check_op_args,
+                     network_count, per_network)
 from .core import reverse_in_time
 from .eager import input_projection, run_recurrence
+from .ensemble import ARG_NAMES, run_compiled_ensemble
 from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -82,6 +84,13 @@ def leaky_rnn(
                                     self_connections=self_connections, backend=backend, precision=precision,
                                     lengths=lengths, drive_noise=tensors[7], reverse=reverse)
         return output.to(cast_to), h_n.to(cast_to)
+    options = dict(nonlinearity=nonlinearity, placement=placement, self_connections=self_connections,
+                   backend=backend, precision=precision, reverse=reverse)
+    count = network_count(dict(input=input, hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                               bias_hh=bias_hh, tau=tau, lengths=lengths, drive_noise=drive_noise))
+    if count is not None:
+        return _run_ensemble(count, dict(zip(ARG_NAMES, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau,
+                                                         drive_noise))), lengths, **options)
     steps, batch, _, hidden = check_op_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity,
                                             placement, precision)
     if lengths is not None:
@@ -104,6 +113,37 @@ def leaky_rnn(
                                    nonlinearity, placement, self_connections, lengths, drive_noise)
     return _run_compiled(name, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
                          self_connections, precision, lengths, drive_noise, reverse)
+
+
+def _run_ensemble(count, tensors, lengths, *, nonlinearity, placement, self_connections, backend, precision,
+                  reverse):
+    """(output (K, T, B, H), h_n (K, B, H)) of K networks; tensors by name (ensemble.ARG_NAMES), each
+    per network or shared. The reference backend runs the networks one after another (the
+    specification); a compiled one runs all K in one call of its serial core."""
+    tensors = per_network(tensors, count)
+    steps, batch, _, _ = check_network_args(tensors, nonlinearity, placement, precision)
+    device = tensors["input"].device
+    if lengths is not None:
+        lengths = check_network_lengths(lengths, count, steps, batch, device)
+    name = resolve_backend(backend, device)
+    if batch == 0:
+        name = "reference"
+    if name != "reference":
+        if precision != "fp32" and name != "triton":
+            raise ValueError(f"precision: {precision!r} needs the triton backend; got backend {name!r}")
+        return run_compiled_ensemble(name, tensors, nonlinearity, placement, self_connections, precision, lengths,
+                                     reverse)
+    tau = tensors["tau"]
+    outputs, finals = [], []
+    for k in range(count):
+        one = [None if tensors[n] is None else tensors[n][k] for n in ARG_NAMES]
+        one[6] = tau[k, 0] if tau.shape[1] == 1 else tau[k]
+        output, h_n = leaky_rnn(*one[:7], nonlinearity=nonlinearity, placement=placement,
+                                self_connections=self_connections, backend="reference", precision=precision,
+                                lengths=None if lengths is None else lengths[k], drive_noise=one[7], reverse=reverse)
+        outputs.append(output)
+        finals.append(h_n)
+    return torch.stack(outputs), torch.stack(finals)
 
 
 def _autocast_dtype(input) -> torch.dtype | None:

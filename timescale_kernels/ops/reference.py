@@ -38,10 +38,11 @@ def alpha_from_tau(tau: torch.Tensor, hidden_size: int) -> torch.Tensor:
 
 
 def masked_recurrent_weight(weight_hh: torch.Tensor, self_connections: bool) -> torch.Tensor:
-    """weight_hh (H, H) with its diagonal zeroed (and given no gradient) unless self_connections."""
+    """weight_hh (H, H) (or (K, H, H), each network's) with its diagonal zeroed (and given no gradient)
+    unless self_connections."""
     if self_connections:
         return weight_hh
-    eye = torch.eye(weight_hh.shape[0], dtype=torch.bool, device=weight_hh.device)
+    eye = torch.eye(weight_hh.shape[-1], dtype=torch.bool, device=weight_hh.device)
     return weight_hh.masked_fill(eye, 0.0)
 
 

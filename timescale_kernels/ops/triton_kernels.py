@@ -40,10 +40,21 @@ def recurrence_fwd_kernel(
     """h[t] = step(h[t-1]) for t = 0..T-1 over this program's batch rows.
 
     u, h, drive: (T, B, H) contiguous; h0: (B, H); alpha: (H,); M[k, n] = W[n, k] (W^T);
-    len: (B,) int64 when HAS_LENGTHS (else unused). drive[t] = u[t] + h[t-1] W^T is written only
+    len: (B,) int64 when HAS_LENGTHS (else unused). An ensemble (grid axis 1 of K) gives every
+    tensor a leading K, contiguous (M: (K, H, H)). drive[t] = u[t] + h[t-1] W^T is written only
     when SAVE_DRIVE.
     """
     H, stride_wk = _aligned(H, ROW_ALIGN), _aligned(stride_wk, ROW_ALIGN)
+    # An ensemble's network program_id(1): each tensor holds its K networks one after another.
+    net = tl.program_id(1).to(tl.int64)
+    u_ptr += net * T * B * H
+    h_ptr += net * T * B * H
+    drive_ptr += net * T * B * H
+    h0_ptr += net * B * H
+    w_ptr += net * H * H
+    alpha_ptr += net * H
+    if HAS_LENGTHS:
+        len_ptr += net * B
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = tl.arange(0, BLOCK_N)
     state_dtype = h0_ptr.dtype.element_ty
@@ -83,7 +94,8 @@ def recurrence_bwd_kernel(
     """The reverse-time loop over this program's batch rows.
 
     grad_h, h, drive, d_drive: (T, B, H) contiguous; h0, dh: (B, H); alpha: (H,); len: (B,) int64
-    when HAS_LENGTHS; d_alpha: (B, H), each row's partial sum over all steps (summed over rows by
+    when HAS_LENGTHS; an ensemble (grid axis 1 of K) gives every tensor a leading K, contiguous;
+    d_alpha: (B, H), each row's partial sum over all steps (summed over rows by
     the launcher: element-wise accumulation in the same layout as the carry, so no replicated
     read-modify-write); M[k, n] = W[k, n]. dh carries the recurrent part of the adjoint of h[t]
     between steps and ends holding dh0.
@@ -97,6 +109,19 @@ def recurrence_bwd_kernel(
     suffices.
     """
     H, stride_wk = _aligned(H, ROW_ALIGN), _aligned(stride_wk, ROW_ALIGN)
+    # An ensemble's network program_id(1): each tensor holds its K networks one after another.
+    net = tl.program_id(1).to(tl.int64)
+    grad_h_ptr += net * T * B * H
+    h_ptr += net * T * B * H
+    drive_ptr += net * T * B * H
+    d_drive_ptr += net * T * B * H
+    h0_ptr += net * B * H
+    dh_ptr += net * B * H
+    d_alpha_ptr += net * B * H
+    w_ptr += net * H * H
+    alpha_ptr += net * H
+    if HAS_LENGTHS:
+        len_ptr += net * B
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = tl.arange(0, BLOCK_N)
     state_dtype = h0_ptr.dtype.element_ty

@@ -53,6 +53,10 @@ except Exception as err:  # triton missing, or broken at import: the backend rep
 
 # Reverse time order is run by core.py flipping the tensors around the kernels (see cpu.py's loops).
 NATIVE_REVERSE = False
+# An ensemble (every tensor with a leading K networks) is one launch, the network a grid axis of the
+# default kernels. The persistent kernels run one network (a lone one, K = 1): their grid already
+# fills the SMs with one network's column splits, and K of them could not all be co-resident.
+ENSEMBLE = True
 
 # Fill every output with NaN before launching, so that an element a kernel fails to write
 # cannot pass a test. Off by default (it costs a memset); tests switch it on.
@@ -176,6 +180,8 @@ def resolve_family(u_like: torch.Tensor, precision: str, family: str | None = No
     props = device_properties(u_like.device)
     if props is None:
         return "default"
+    if u_like.dim() == 4:
+        return "default"  # an ensemble (see ENSEMBLE)
     return choose_family(props, u_like.shape[1], u_like.shape[2], precision, u_like.dtype)
 
 
@@ -206,7 +212,9 @@ def _prepare(u_like: torch.Tensor, precision: str, nonlinearity: str, placement:
     if u_like.dtype == torch.float64 and precision != "fp32":
         raise ValueError(f"precision: {precision!r} needs float32 tensors; got float64 (use 'fp32')")
     if lengths is not None:
-        _check("lengths", lengths, (u_like.shape[1],), torch.int64, u_like.device)
+        _check("lengths", lengths, (*u_like.shape[:-3], u_like.shape[-2]), torch.int64, u_like.device)
+        if not lengths.is_contiguous():
+            raise ValueError("lengths: expected a contiguous tensor (network k's lengths at k * B)")
     dot_precision, dot_bf16 = _common.dot_modes(precision)
     return dict(ACT=nonlinearity_code(nonlinearity), INSIDE=placement == "inside", HAS_LENGTHS=lengths is not None,
                 DOT_PRECISION=dot_precision, DOT_BF16=dot_bf16)
@@ -225,7 +233,7 @@ def _on_device(t: torch.Tensor):
 def _operand(w: torch.Tensor, transpose: bool, dot_bf16: int) -> torch.Tensor:
     """The step's matmul operand M, row-major: W^T (forward) or W (backward); bf16 mode casts it
     once per call, halving the bytes each step reads."""
-    m = w.t().contiguous() if transpose else w
+    m = w.transpose(-1, -2).contiguous() if transpose else w
     return m.to(torch.bfloat16) if dot_bf16 else m
 
 
@@ -259,12 +267,17 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     """h (T, B, H) and drive (T, B, H) (empty unless save_drive); see the module docstring.
     config: the default kernels' tiles (launch_config() when None); family: pins a kernel family;
     plan: the persistent kernels' tiling (a triton_persistent.Plan; persistent_plan()'s when None),
-    which pins the persistent family (for benchmarks that compare tilings)."""
+    which pins the persistent family (for benchmarks that compare tilings). With a leading network
+    dimension K on every tensor (u (K, T, B, H), ..., lengths (K, B)): K networks in one launch."""
+    if u.dim() == 4 and u.shape[0] == 1:  # a lone network: either family
+        h, drive = forward(u[0], h0[0], w[0], alpha[0], nonlinearity, placement, save_drive, precision,
+                           None if lengths is None else lengths[0], config=config, family=family, plan=plan)
+        return h.unsqueeze(0), drive.unsqueeze(0) if drive.numel() else drive
     consts = _prepare(u, precision, nonlinearity, placement, lengths)
-    steps, batch, hidden = u.shape
+    lead, (steps, batch, hidden) = u.shape[:-3], u.shape[-3:]
     for name, t, shape in (("h0", h0, (batch, hidden)), ("w", w, (hidden, hidden)), ("alpha", alpha, (hidden,))):
-        _check(name, t, shape, u.dtype, u.device)
-    chosen = "persistent" if plan is not None else resolve_family(u, precision, family)
+        _check(name, t, (*lead, *shape), u.dtype, u.device)
+    chosen = "default" if lead else "persistent" if plan is not None else resolve_family(u, precision, family)
     u, h0, w, alpha = (t.contiguous() for t in (u, h0, w, alpha))
     h = _new(u.shape, u)
     drive = _new(u.shape, u) if save_drive else u.new_empty((0,))
@@ -273,7 +286,7 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     cfg = config or launch_config()
     m = _operand(w, cfg.contiguous_wt, consts["DOT_BF16"])
     # M = W^T: M[k, n] = m[k, n] for the contiguous copy, W[n, k] read through W's strides otherwise.
-    stride_wk, stride_wn = (m.stride(0), m.stride(1)) if cfg.contiguous_wt else (m.stride(1), m.stride(0))
+    stride_wk, stride_wn = (m.stride(-2), m.stride(-1)) if cfg.contiguous_wt else (m.stride(-1), m.stride(-2))
     pointers = (u, h0, m, alpha, h, drive if save_drive else h, lengths if lengths is not None else alpha)
     ints = (steps, batch, hidden, stride_wk, stride_wn)
     consts["SAVE_DRIVE"] = bool(save_drive)
@@ -281,7 +294,7 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     with _on_device(u):
         if _run_persistent(_persistent.persistent_fwd_kernel, chosen, u, precision, pointers, ints, consts, 2, plan):
             return h, drive
-        _kernels.recurrence_fwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
+        _kernels.recurrence_fwd_kernel[(triton.cdiv(batch, cfg.block_b), _networks(u))](
             *pointers, *ints, **consts, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
@@ -291,32 +304,42 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
 def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str = "fp32",
              lengths=None, *, config: LaunchConfig | None = None, family: str | None = None, plan=None):
     """d_drive (T, B, H), dh0 (B, H), d_alpha (H,); see the module docstring. Needs the drive
-    saved by forward(..., save_drive=True). config, family and plan as in forward."""
+    saved by forward(..., save_drive=True). config, family and plan as in forward. With a leading
+    network dimension K on every tensor: K networks in one launch, d_alpha (K, H)."""
+    if h.dim() == 4 and h.shape[0] == 1:  # a lone network: either family
+        one = backward(grad_h[0], h[0], h0[0], drive[0], w[0], alpha[0], nonlinearity, placement, precision,
+                       None if lengths is None else lengths[0], config=config, family=family, plan=plan)
+        return tuple(t.unsqueeze(0) for t in one)
     consts = _prepare(h, precision, nonlinearity, placement, lengths)
-    steps, batch, hidden = h.shape
+    lead, (steps, batch, hidden) = h.shape[:-3], h.shape[-3:]
     if drive.numel() == 0:
         raise ValueError("drive: empty; the backward pass needs forward(..., save_drive=True)")
-    for name, t, shape in (("grad_h", grad_h, h.shape), ("drive", drive, h.shape), ("h0", h0, (batch, hidden)),
-                           ("w", w, (hidden, hidden)), ("alpha", alpha, (hidden,))):
+    for name, t, shape in (("grad_h", grad_h, h.shape), ("drive", drive, h.shape), ("h0", h0, (*lead, batch, hidden)),
+                           ("w", w, (*lead, hidden, hidden)), ("alpha", alpha, (*lead, hidden))):
         _check(name, t, shape, h.dtype, h.device)
-    chosen = "persistent" if plan is not None else resolve_family(h, precision, family)
+    chosen = "default" if lead else "persistent" if plan is not None else resolve_family(h, precision, family)
     grad_h, h, h0, drive, w, alpha = (t.contiguous() for t in (grad_h, h, h0, drive, w, alpha))
     cfg = config or launch_config()
     d_drive = _new(h.shape, h)
-    dh0 = _new((batch, hidden), h)
-    d_alpha_rows = _new((batch, hidden), h)
+    dh0 = _new((*lead, batch, hidden), h)
+    d_alpha_rows = _new((*lead, batch, hidden), h)
     if steps == 0:
-        return d_drive, dh0.zero_(), d_alpha_rows.zero_().sum(0)
+        return d_drive, dh0.zero_(), d_alpha_rows.zero_().sum(-2)
     m = _operand(w, False, consts["DOT_BF16"])  # M = W, row-major
     pointers = (grad_h, h, h0, drive, m, alpha, lengths if lengths is not None else alpha, d_drive, dh0, d_alpha_rows)
-    ints = (steps, batch, hidden, m.stride(0), m.stride(1))
+    ints = (steps, batch, hidden, m.stride(-2), m.stride(-1))
     consts["ROW_ALIGN"] = _common.row_align(hidden, m.stride(0)) if cfg.aligned_rows else 1
     with _on_device(h):
         if not _run_persistent(_persistent.persistent_bwd_kernel, chosen, h, precision, pointers, ints, consts, 4,
                                plan):
-            _kernels.recurrence_bwd_kernel[(triton.cdiv(batch, cfg.block_b),)](
+            _kernels.recurrence_bwd_kernel[(triton.cdiv(batch, cfg.block_b), _networks(h))](
                 *pointers, *ints, **consts, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
     # Per-row partial sums reduced here: deterministic, no atomics.
-    return d_drive, dh0, d_alpha_rows.sum(0)
+    return d_drive, dh0, d_alpha_rows.sum(-2)
+
+
+def _networks(t: torch.Tensor) -> int:
+    """The grid's network axis: K for an ensemble's (K, T, B, H) tensor, 1 for one network's."""
+    return t.shape[0] if t.dim() == 4 else 1

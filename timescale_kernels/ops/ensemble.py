@@ -1,0 +1,61 @@
+"""K independent networks in one call on a compiled backend: the input projection as one batched
+GEMM (baddbmm over the networks), then the serial core with a leading network dimension on every
+tensor (core.py), one call for all K.
+
+functional.leaky_rnn routes here when any argument carries a leading K (checks.network_count);
+every tensor arrives with its K (checks.per_network: shared tensors expanded, so that autograd sums
+their gradients over the networks).
+"""
+from __future__ import annotations
+
+import torch
+
+from .eager import run_recurrence
+from .reference import masked_recurrent_weight
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+ARG_NAMES = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "tau", "drive_noise")
+
+
+def network_alpha(tau: torch.Tensor, hidden: int) -> torch.Tensor:
+    """alpha (K, H) = 1 / clamp(tau, min=1) from tau (K, H) or (K, 1); no gradient where tau < 1."""
+    alpha = 1.0 / torch.clamp(tau, min=1.0)
+    return alpha.expand(tau.shape[0], hidden).contiguous()
+
+
+def ensemble_projection(input, weight_ih, bias_ih, bias_hh, drive_noise) -> torch.Tensor:
+    """u (K, T, B, H) = x weight_ih^T + bias_ih + bias_hh (+ drive_noise) for every network, one
+    baddbmm over the K networks' T*B rows: input (K, T, B, I), weight_ih (K, H, I), biases (K, H)."""
+    count, steps, batch, in_size = input.shape
+    hidden = weight_ih.shape[1]
+    flat = input.reshape(count, steps * batch, in_size)
+    if bias_ih is not None and bias_hh is not None:
+        bias = bias_ih + bias_hh
+    else:
+        bias = bias_ih if bias_ih is not None else bias_hh
+    if bias is None:
+        u = torch.bmm(flat, weight_ih.transpose(1, 2))
+    else:
+        u = torch.baddbmm(bias.unsqueeze(1), flat, weight_ih.transpose(1, 2))
+    u = u.view(count, steps, batch, hidden)
+    return u if drive_noise is None else u + drive_noise
+
+
+def run_compiled_ensemble(backend: str, tensors: dict, nonlinearity: str, placement: str, self_connections: bool,
+                          precision: str, lengths: torch.Tensor | None, reverse: bool):
+    """(output (K, T, B, H), h_n (K, B, H)) of K networks on a compiled backend; tensors by name
+    (ARG_NAMES), each with its leading K; lengths (K, B) int64 or None."""
+    out_dtype = tensors["input"].dtype
+    if out_dtype in _LOW_PRECISION:
+        tensors = {k: None if v is None else v.float() for k, v in tensors.items()}
+    t = tensors
+    hidden = t["weight_hh"].shape[-1]
+    u = ensemble_projection(t["input"], t["weight_ih"], t["bias_ih"], t["bias_hh"], t["drive_noise"])
+    w = masked_recurrent_weight(t["weight_hh"], self_connections)
+    alpha = network_alpha(t["tau"], hidden)
+    needs_grad = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in t.values())
+    output, h_n = run_recurrence(u, t["hx"], w, alpha, nonlinearity, placement, backend, precision, needs_grad,
+                                 lengths, reverse)
+    if out_dtype != output.dtype:
+        output, h_n = output.to(out_dtype), h_n.to(out_dtype)
+    return output, h_n
