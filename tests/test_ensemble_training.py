@@ -228,6 +228,9 @@ def test_runs_group_by_shape_in_chunks_of_the_ensemble_size():
     assert [g["runs"] for g in groups] == [["parity/seed0", "parity/seed1"], ["parity/seed2", "parity/seed3"],
                                            ["parity/seed4"], ["dms/seed0", "dms/seed1"], ["dms/seed2", "dms/seed3"],
                                            ["dms/seed4"]]
-    chosen = group_runs(list(configs), configs, None, [["dms/seed4", "parity/seed4"][:1]])
-    assert chosen[0]["chosen_by"] == "device and shape" and chosen[0]["ensemble"] == 4  # 64 neurons, batch 64, CPU
-    assert ["dms/seed4"] in [g["runs"] for g in chosen]
+    forced = group_runs(list(configs), configs, 3, [["dms/seed4", "dms/seed0"]])
+    runs = [g["runs"] for g in forced]
+    assert ["dms/seed4", "dms/seed0"] in runs and ["dms/seed1", "dms/seed2", "dms/seed3"] in runs
+    assert sorted(r for g in runs for r in g) == sorted(configs)  # every run once
+    chosen = group_runs(list(configs), configs, None, [])
+    assert {g["chosen_by"] for g in chosen} == {"device and shape"} and {g["ensemble"] for g in chosen} == {1}  # CPU

@@ -2,7 +2,8 @@
 in one Ray task, at most `ensemble` of them (the spec's, or one chosen from the device and shape).
 
 A spec may also name groups itself (`groups`: lists of run ids, "CONDITION/seedS"); each must hold
-networks of one shape and no more than the ensemble size. Runs it does not name are grouped in spec
+networks of one shape and no more than the ensemble size where one is asked for. Runs it does not name
+are grouped in spec
 order: a shape's runs in chunks of the ensemble size.
 """
 from __future__ import annotations
@@ -14,14 +15,14 @@ from ..ensemble import check_one_shape, shape_of
 def default_ensemble(config) -> int:
     """Networks per ensemble for a shape, from its device and size (recorded in sweep.json).
 
-    CPU: a step at 64 neurons and batch 64 is mostly per-step overhead (the readout, loss, clip and
-    optimizer, the Python loop), which an ensemble pays once: 4. Larger networks are bound by their
-    own GEMMs, which an ensemble does not shrink: 1. GPU: one small network leaves the device idle
-    between its per-step launches: 32 below 256 neurons, 8 above (predictions, benchmarks/NOTES.md).
+    GPU: one small network leaves the device idle between its per-step launches; 32 below 256
+    neurons, 8 above (predicted, benchmarks/NOTES.md). CPU: 1, since at one thread an ensemble of 4 at
+    64 neurons measured 1.22x the CPU time of its networks one after another (the op's K-network CPU
+    path with per-network lengths costs more than K lone calls; NOTES.md); ask with --ensemble K.
     """
     if str(config.device).startswith("cuda"):
         return 32 if config.hidden_size < 256 else 8
-    return 4 if config.hidden_size * config.batch_size <= 64 * 256 else 1
+    return 1
 
 
 def group_runs(runs: list, configs: dict, size: int | None, forced: list) -> list[dict]:
@@ -42,7 +43,7 @@ def group_runs(runs: list, configs: dict, size: int | None, forced: list) -> lis
         again = [r for r in members if r in taken or members.count(r) > 1]
         if again:
             raise ConfigError(f"groups[{i}]: runs {sorted(set(again))} are named more than once")
-        limit = size or default_ensemble(configs[members[0]])
+        limit = size or len(members)  # a group named without an ensemble size is its own
         if len(members) > limit:
             raise ConfigError(f"groups[{i}]: {len(members)} runs; expected at most the ensemble size {limit}")
         try:
