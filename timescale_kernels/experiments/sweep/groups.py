@@ -3,8 +3,7 @@ in one Ray task, at most `ensemble` of them (the spec's, or one chosen from the 
 
 A spec may also name groups itself (`groups`: lists of run ids, "CONDITION/seedS"); each must hold
 networks of one shape and no more than the ensemble size where one is asked for. Runs it does not name
-are grouped in spec
-order: a shape's runs in chunks of the ensemble size.
+are grouped in spec order: a shape's runs in chunks of the ensemble size.
 """
 from __future__ import annotations
 
