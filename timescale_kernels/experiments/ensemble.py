@@ -170,6 +170,9 @@ class EnsembleTrainer:
             trainer.stop_reason = reason
             trainer.save()
             self.active.remove(trainer)
+            if self.log and self.active:
+                self.log(f"seed {trainer.config.seed} leaves the ensemble ({reason}, epoch {trainer.epoch}); "
+                         f"{len(self.active)} go on")
             if self.on_stop is not None:
                 self.on_stop(trainer)
 
