@@ -15,6 +15,9 @@ GROUP (each writes results[GROUP] in the JSON at PATH, rewritten after every mea
               analysis.simulate with its statistics
   defect-ab   the forward kernel launched as the launcher launches it, with W read through its unit
               stride (M[k, n] = W[n, k]) against a contiguous copy of W^T, per family
+  ensemble    K networks in one call (the network a grid axis: K = 64 of (100, 64, 64), K = 4 of
+              (100, 256, 500)) against the same networks one call each and torch.func.vmap over the
+              eager loop (what PyTorch's model-ensembling idiom runs without a vmap rule)
   dropin      the modules at the second shape (T = 100): LeakyRNN (triton, tanh, fp32) against
               torch.nn.RNN (cuDNN, tanh; torch's defaults and allow_tf32 off), one layer, and two
               layers bidirectional with nn.RNN's weights
@@ -202,6 +205,47 @@ def dropin_rows(shape, device):
     return rows
 
 
+def ensemble_rows(count, shape, device):
+    """[(name, fn, params, graph)]: K networks (per-network weights and tau, a shared input) in one
+    triton call, one call each, and torch.func.vmap over the eager loop; fn() -> (K, T, B, H)."""
+    from timescale_kernels import leaky_rnn
+    x, h0, _ = make_problem(*shape, device)
+    nets = [make_problem(*shape, device, seed=k)[2] for k in range(count)]
+    stacked = {name: torch.stack([p[name].detach() for p in nets]).requires_grad_() for name in nets[0]}
+    mask = 1.0 - torch.eye(shape[2], device=device)
+
+    def one_call():
+        return leaky_rnn(x, h0, *stacked.values(), backend="triton")[0]
+
+    def separate():
+        return torch.stack([leaky_rnn(x, h0, *p.values(), backend="triton")[0] for p in nets])
+
+    def vmapped():
+        def one(w_ih, w_hh, b_ih, b_hh, tau):
+            return eager_loop(x, h0, dict(weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh, tau=tau), mask)
+        return torch.func.vmap(one)(*stacked.values())
+    separate_params = [t for p in nets for t in p.values()]
+    return [("ensemble triton fp32", one_call, list(stacked.values()), False),
+            ("separate triton fp32", separate, separate_params, False),
+            ("vmap eager", vmapped, list(stacked.values()), False)]
+
+
+def run_ensembles(cfg, results, deadline):
+    """Each ensemble's rows; results['ensemble']['K=k of T,B,H'][row] after every measurement."""
+    for count, shape in cfg["ensembles"]:
+        key = f"K={count} of " + ",".join(map(str, shape))
+        for name, fn, params, graph in ensemble_rows(count, shape, cfg["device"]):
+            if deadline_passed(deadline, 5):
+                record(results, ["ensemble", key, name], {"skipped": "group time limit"})
+                continue
+            start = time.monotonic()
+            record(results, ["ensemble", key, name], {"started": True})
+            row = measure(fn, cfg["device"], params, graph)
+            row["seconds"] = round(time.monotonic() - start, 1)
+            record(results, ["ensemble", key, name], row)
+            print(f"ensemble {key} {name}: {row}", flush=True)
+
+
 def group_rows(group, shape, cfg):
     """The rows of one group at one shape: [(name, fn, params, graph)]."""
     device = cfg["device"]
@@ -246,7 +290,8 @@ def run_table(group, cfg, results, deadline):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("group", choices=("table", "persistent", "torch-compile", "analysis", "defect-ab", "dropin"))
+    parser.add_argument("group", choices=("table", "persistent", "torch-compile", "analysis", "defect-ab", "dropin",
+                                          "ensemble"))
     parser.add_argument("--results", required=True, help="the JSON file to update")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, the Triton interpreter")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this")
@@ -264,6 +309,8 @@ def main(argv=None):
     elif args.group == "defect-ab":
         from bench_kernels import run_defect_ab
         run_defect_ab(cfg, results, deadline)
+    elif args.group == "ensemble":
+        run_ensembles(cfg, results, deadline)
     else:
         run_table(args.group, cfg, results, deadline)
 

@@ -18,7 +18,9 @@ subprocess under its own time limit (cut further to what is left of --budget-s),
                25 s, within the group's limit)
   torch-compile  bench_gpu.py torch-compile: torch.compile of the study's step (slow to compile)
   dropin       bench_gpu.py dropin: LeakyRNN against torch.nn.RNN (cuDNN) as modules, 1 layer and
-               2 layers bidirectional (last: it runs when the budget allows)
+               2 layers bidirectional
+  ensemble     bench_gpu.py ensemble: K networks in one call against K calls and vmap over the
+               eager loop (last: it runs when the budget allows)
 
 Writes three files to --out-dir (or $GPU_CHECK_OUT_DIR, or $OUT_DIR; default benchmarks/results/):
 gpu-<device>.json (every figure, rewritten atomically after each measurement), gpu-<device>.md (the
@@ -61,6 +63,7 @@ GROUPS = (
     ("tests-persistent", 60, PYTEST + ["tests/test_triton_persistent.py", "--junitxml", "{tmp}/junit.xml"]),
     ("torch-compile", 45, [str(BENCH / "bench_gpu.py"), "torch-compile", "--results", "{results}"]),
     ("dropin", 25, [str(BENCH / "bench_gpu.py"), "dropin", "--results", "{results}"]),
+    ("ensemble", 30, [str(BENCH / "bench_gpu.py"), "ensemble", "--results", "{results}"]),
 )
 DEFAULT_BUDGET_S = 330
 MIN_GROUP_S = 10

@@ -198,6 +198,23 @@ def check_lines(results: dict) -> list[str]:
     return lines
 
 
+def ensemble_lines(results: dict) -> list[str]:
+    """K networks in one call: fwd+bwd ms of each row, and K calls / one call, vmap / one call."""
+    lines = []
+    for key, rows in results.get("ensemble", {}).items():
+        ours = (rows.get("ensemble triton fp32") or {}).get("fwd_bwd_ms")
+        for name, row in rows.items():
+            ms = row.get("fwd_bwd_ms")
+            if not ms:
+                lines.append(f"- {key} {name}: {row.get('skipped') or row.get('fwd_bwd_ms_error') or 'failed'}")
+                continue
+            line = f"- {key} {name}: fwd {fmt(row.get('fwd_ms'))} ms, fwd+bwd {fmt(ms)} ms"
+            if ours and name != "ensemble triton fp32":
+                line += f"; {name} / one call: {fmt(ms / ours)}x"
+            lines.append(line)
+    return lines
+
+
 def markdown(results: dict) -> str:
     env = results.get("environment", {})
     out = [f"# gpu_check: {env.get('device', '?')} ({env.get('date', '?')})", "",
@@ -209,6 +226,7 @@ def markdown(results: dict) -> str:
                          ("Defect A/B: forward kernel, strided W against contiguous W^T", defect_ab_lines(results)),
                          ("Training steps and the headline run", training_lines(results)),
                          ("Drop-in modules: LeakyRNN against torch.nn.RNN", dropin_lines(results)),
+                         ("Ensembles: K networks in one call", ensemble_lines(results)),
                          ("Checks and groups", check_lines(results))):
         out += ["", f"## {title}", ""] + (lines or ["(not measured)"])
     out += ["", f"Total: {results.get('seconds', '-')} s"]

@@ -27,10 +27,11 @@ FAMILIES = ("default", "persistent")
 SETTINGS = {
     "gpu": {"device": "cuda", "shapes": [(400, 256, 500), (100, 256, 500)], "analysis": (100_500, 10, 500),
             "analysis_probe_steps": 10_050, "hidden": 500, "batch": 256, "epoch_Ns": (30, 100),
-            "launch_Ns": (10, 100), "compile_backend": "inductor", "train_steps": 8},
+            "launch_Ns": (10, 100), "compile_backend": "inductor", "train_steps": 8,
+            "ensembles": [(64, (100, 64, 64)), (4, (100, 256, 500))]},
     "dry-run": {"device": "cpu", "shapes": [(4, 16, 16), (2, 16, 16)], "analysis": (8, 2, 16),
                 "analysis_probe_steps": 4, "hidden": 16, "batch": 8, "epoch_Ns": (3, 4), "launch_Ns": (3, 4),
-                "compile_backend": "eager", "train_steps": 1},
+                "compile_backend": "eager", "train_steps": 1, "ensembles": [(3, (3, 16, 16))]},
 }
 
 

@@ -57,6 +57,8 @@ class Case:
     lengths: bool = False            # per-row lengths (HAS_LENGTHS) as the study's variable-length batches
     contiguous_wt: bool = True       # False: the forward reads W through its strides (defect 1's control)
     batch: int = 0                   # B; 0: the direction's shape's
+    hidden: int = 0                  # H; 0: the direction's shape's
+    networks: int = 0                # K networks in one launch (an ensemble: grid axis 1); 0: one network
 
     @property
     def label(self) -> str:
@@ -65,12 +67,14 @@ class Case:
         extra += "/lengths" if self.lengths else ""
         extra += "" if self.contiguous_wt else "/strided-W"
         extra += f"/B={self.batch}" if self.batch else ""
+        extra += f"/H={self.hidden}" if self.hidden else ""
+        extra += f"/K={self.networks}" if self.networks else ""
         return f"{self.family}/{self.direction}/{self.precision}/{self.dtype}{extra}"
 
     @property
     def shape(self):
         T, B, H = ANALYSIS_SHAPE if self.direction == "simulate" else STUDY_SHAPE
-        return T, self.batch or B, H
+        return T, self.batch or B, self.hidden or H
 
 
 def all_cases(quick: bool = False) -> list[Case]:
@@ -93,7 +97,19 @@ def all_cases(quick: bool = False) -> list[Case]:
                   Case("default", "fp32", direction=direction, nonlinearity="tanh", placement="inside"),
                   Case("default", "tf32", direction=direction, nonlinearity="sigmoid", placement="inside"),
                   Case("default", "fp32", "float64", direction, nonlinearity="relu", placement="inside")]
-    return cases + controls()
+    return cases + ensemble_cases() + controls()
+
+
+def ensemble_cases() -> list[Case]:
+    """The ensembles of benchmarks/NOTES.md's predictions, as the launchers launch them (the default
+    family, the network a grid axis): K = 4 of the study's (B, H) = (256, 500) and K = 64 of
+    (64, 64), forward and backward, fp32 and tf32x3; with lengths at K = 4."""
+    cases = []
+    for direction in ("forward", "backward"):
+        cases += [Case(direction=direction, precision=p, networks=4) for p in ("fp32", "tf32x3")]
+        cases += [Case(direction=direction, precision=p, networks=64, batch=64, hidden=64) for p in ("fp32", "tf32x3")]
+        cases.append(Case(direction=direction, lengths=True, networks=4))
+    return cases
 
 
 def controls() -> list[Case]:
@@ -129,16 +145,17 @@ def capture(case: Case) -> list[Launch]:
     GPU config with the strided W read."""
     from timescale_kernels.ops import triton_recurrence as tr
     T, B, H = case.shape
+    lead = (case.networks,) if case.networks else ()
     dtype = getattr(torch, case.dtype)
     config = dataclasses.replace(tr.GPU_CONFIG, contiguous_wt=case.contiguous_wt)
     common = dict(nonlinearity=case.nonlinearity, placement=case.placement, precision=case.precision,
                   config=config, family=case.family)
     with capturing() as launches:
-        u, h0 = stand_in((T, B, H), dtype), stand_in((B, H), dtype)
-        w, alpha = stand_in((H, H), dtype), stand_in(H, dtype)
-        lengths = stand_in(B, torch.int64) if case.lengths else None
+        u, h0 = stand_in((*lead, T, B, H), dtype), stand_in((*lead, B, H), dtype)
+        w, alpha = stand_in((*lead, H, H), dtype), stand_in((*lead, H), dtype)
+        lengths = stand_in((*lead, B), torch.int64) if case.lengths else None
         if case.direction == "backward":
-            h, drive, grad_h = (stand_in((T, B, H), dtype) for _ in range(3))
+            h, drive, grad_h = (stand_in((*lead, T, B, H), dtype) for _ in range(3))
             tr.backward(grad_h=grad_h, h=h, h0=h0, drive=drive, w=w, alpha=alpha, lengths=lengths, **common)
         else:
             tr.forward(u=u, h0=h0, w=w, alpha=alpha, save_drive=case.direction == "forward", lengths=lengths,

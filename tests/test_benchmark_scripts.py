@@ -102,13 +102,16 @@ def test_gpu_check_dry_run_contract(tmp_path):
     launches = results["training"]["launches"]
     assert set(launches) == {"2..3", "2..4"} and all(r["aten_calls"] > 0 for r in launches.values())
     assert results["training"]["headline_hours"]["ours"] > 0
+    ensemble = results["ensemble"]["K=3 of 3,16,16"]
+    for name in ("ensemble triton fp32", "separate triton fp32", "vmap eager"):
+        assert ensemble[name]["fwd_ms"] > 0 and ensemble[name]["fwd_bwd_ms"] > 0, (name, ensemble[name])
     assert set(results["tests"]) == {"tests", "tests-persistent"}
     assert all(t["tests"] > 0 and not t["failed"] for t in results["tests"].values())
     table = (tmp_path / "gpu-dry-run-cpu.md").read_text()
     assert table == results_table(results)
     assert run.stdout.count("| triton-default-fp32 |") == 1
     for heading in ("Per step", "Targets (fp32)", "Analysis simulation", "Defect A/B", "Training steps",
-                    "Checks and groups"):
+                    "Ensembles: K networks in one call", "Checks and groups"):
         assert f"## {heading}" in table
     # every target has a figure (the CUDA-graph loop is CUDA-only) and a verdict
     from gpu_report import target_lines

@@ -29,11 +29,11 @@ def dtype_for(backend):
     return torch.float32 if backend == "triton" else torch.float64
 
 
-def check_against_separate(backend, K, shared=(), lengths=None, drive_noise=None, tol=None, **options):
+def check_against_separate(backend, K, shared=(), lengths=None, drive_noise=None, tol=None, inputs=2, **options):
     """The ensemble call's outputs and gradients equal the separate calls' (relative error <= tol)."""
     dtype = dtype_for(backend)
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 1e-12)
-    args = ensemble_args(K, shared=shared, dtype=dtype)
+    args = ensemble_args(K, I=inputs, shared=shared, dtype=dtype)
     out, h_n = tk.leaky_rnn(*args.values(), backend=backend, lengths=lengths, drive_noise=drive_noise, **options)
     want_out, want_h_n = separate_calls(args, K, shared, lengths, drive_noise, **options)
     assert out.shape == want_out.shape and h_n.shape == want_h_n.shape
@@ -67,6 +67,13 @@ def test_lengths_and_reverse(backend, reverse, per_network):
     lengths = (torch.stack([random_lengths(T, B, seed=k) for k in range(K)]) if per_network
                else random_lengths(T, B))
     check_against_separate(backend, K, ("input",), lengths=lengths, reverse=reverse)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("shared", [(), ("input", "bias_hh"), ("weight_ih", "bias_ih", "bias_hh")])
+def test_one_input_feature(backend, shared):
+    """I = 1 (the study's tasks): the projection is an outer product per network."""
+    check_against_separate(backend, 3, shared, inputs=1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

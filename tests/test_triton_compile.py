@@ -10,6 +10,7 @@ nonlinearities and placements, the strided-W controls); under the newest, the qu
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,11 +57,27 @@ def rows_newest(tmp_path_factory):
     return compile_rows(tmp_path_factory.mktemp("newest"), quick=True)["rows"]
 
 
+def _label_value(row, key: str):
+    """The value of a row's case label part /key=..., or None."""
+    found = re.search(rf"/{key}=(\d+)", row["case"])
+    return int(found.group(1)) if found else None
+
+
 def batch_of(row) -> int:
     """B of a row's case: its /B=... label, else the direction's shape's."""
-    if "/B=" in row["case"]:
-        return int(row["case"].split("/B=")[1])
+    if _label_value(row, "B") is not None:
+        return _label_value(row, "B")
     return tc.ANALYSIS_SHAPE[1] if "/simulate/" in row["case"] else tc.STUDY_SHAPE[1]
+
+
+def hidden_of(row) -> int:
+    """H of a row's case: its /H=... label, else the study's 500."""
+    return _label_value(row, "H") or tc.STUDY_SHAPE[2]
+
+
+def networks_of(row) -> int:
+    """K networks of a row's case (grid axis 1): its /K=... label, else 1."""
+    return _label_value(row, "K") or 1
 
 
 def check_compiled(rows, cases):
@@ -91,15 +108,16 @@ def test_newest_triton_compiles_the_quick_cases(rows_newest):
 def test_specialisation_is_the_launch_one(rows36):
     """Derived from the arguments as the JIT does: the operand's unit stride is the constant 1 (stride_wn
     for the contiguous W^T and the backward's W, stride_wk for the strided control), B = 256 and the
-    pointers are divisible by 16, B = 10 and H = 500 are not, T is never specialised."""
+    pointers are divisible by 16, B = 10 and H = 500 are not (H = 64 is), T is never specialised."""
     for r in rows36:
         args = r["arguments"]
-        assert args["T"] == "i32" and args["H"] == "i32", r["case"]
+        by_16 = "i32:16" if hidden_of(r) % 16 == 0 else "i32"
+        assert args["T"] == "i32" and args["H"] == by_16, r["case"]
         assert args["B"] == ("i32:16" if batch_of(r) % 16 == 0 else "i32"), r["case"]
         assert all(v.endswith(":16") for k, v in args.items() if k.endswith("_ptr")), args
         unit = "stride_wk" if tc.is_control(r) else "stride_wn"
         other = ({"stride_wk", "stride_wn"} - {unit}).pop()
-        assert args[unit] == "=1" and args[other] == "i32", args  # 500: not a multiple of 16
+        assert args[unit] == "=1" and args[other] == by_16, args  # 500: not a multiple of 16
 
 
 def one_value_per_thread(row) -> bool:
@@ -213,7 +231,8 @@ def check_row_access(rows):
     for r in rows:
         if r["case"].split("/")[3] != "float32" or one_value_per_thread(r):
             continue
-        assert r["arguments"]["ROW_ALIGN"] == ("=1" if tc.is_control(r) else "=4"), r["case"]
+        aligned = "=16" if hidden_of(r) % 16 == 0 else "=4"
+        assert r["arguments"]["ROW_ALIGN"] == ("=1" if tc.is_control(r) else aligned), r["case"]
         assert ("4-byte row access" in r["ptx"]) == tc.is_control(r), (r["case"], r["ptx"])
 
 
@@ -241,10 +260,10 @@ def test_static_check_passes_and_sees_the_strided_control_under_newest(rows_newe
 
 @pytest.mark.slow
 def test_default_kernels_launch(rows36):
-    """One program per 16-row batch tile; a block barrier; nothing through the read-only path."""
+    """One program per 16-row batch tile and network; a block barrier; nothing through the read-only path."""
     for r in rows36:
         if r["kernel"].startswith("recurrence"):
-            assert r["grid"] == [-(-batch_of(r) // tr.GPU_CONFIG.block_b)], r
+            assert r["grid"] == [-(-batch_of(r) // tr.GPU_CONFIG.block_b), networks_of(r)], r
             assert r["options"] == {"num_warps": tr.GPU_CONFIG.num_warps, "num_stages": tr.GPU_CONFIG.num_stages}, r
             assert "bar.sync" in r["ptx"] and "ld.global.nc" not in r["ptx"], r
 

@@ -186,3 +186,15 @@ def test_vmap_of_the_registered_op(backend):
         assert rel_err(h[k], want) <= 1e-12
         for got, ref in ((u.grad[k], uk.grad), (w.grad[k], wk.grad), (alpha.grad[k], ak.grad)):
             assert rel_err(got, ref) <= 1e-12
+
+
+def test_packed_sequence_under_vmap():
+    """A PackedSequence shared by the mapped models (in_dims None for it): each model's h_n."""
+    models = make_models(dict(num_layers=1))
+    params, buffers = stack_module_state(models)
+    base = make_models(dict(num_layers=1), 1)[0].to("meta")
+    packed = torch.nn.utils.rnn.pack_sequence([torch.rand(n, 2, dtype=torch.float64) for n in (5, 3, 4)],
+                                              enforce_sorted=False)
+    h_n = vmap(lambda p, b: functional_call(base, (p, b), (packed,))[1])(params, buffers)
+    for k, model in enumerate(models):
+        assert rel_err(h_n[k], model(packed)[1]) <= 1e-12

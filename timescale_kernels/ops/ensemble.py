@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .eager import run_recurrence
+from .eager import _transforms_active, run_recurrence
 from .reference import masked_recurrent_weight
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -23,6 +23,35 @@ def network_alpha(tau: torch.Tensor, hidden: int) -> torch.Tensor:
     return alpha.expand(tau.shape[0], hidden).contiguous()
 
 
+class _Projection(torch.autograd.Function):
+    """u (K, N, H) = flat (K, N, I) weight_ih^T (K, I, H) + bias (K, 1, H) or None, with its gradients as
+    batched GEMMs: autograd's own backward of addcmul (the I = 1 outer product) reduces the
+    broadcast operands element-wise, 0.75 ms against 0.1 ms for these at K = 8 of (20, 64, 64)."""
+
+    @staticmethod
+    def forward(ctx, flat, weight_ih, bias):
+        ctx.save_for_backward(flat, weight_ih)
+        ctx.has_bias = bias is not None
+        return _project(flat, weight_ih, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, weight_ih = ctx.saved_tensors
+        d_flat = torch.bmm(grad, weight_ih) if ctx.needs_input_grad[0] else None
+        d_weight = torch.bmm(flat.transpose(1, 2), grad).transpose(1, 2) if ctx.needs_input_grad[1] else None
+        d_bias = grad.sum(1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return d_flat, d_weight, d_bias
+
+
+def _project(flat, weight_ih, bias):
+    """flat (K, N, I) weight_ih^T + bias (K, 1, H) or None -> (K, N, H)."""
+    w_t = weight_ih.transpose(1, 2)
+    if flat.shape[2] == 1:  # an outer product per network: one element-wise pass (MKL's batched k = 1 GEMM
+        # costs 10x more: 0.8 against 0.08 ms at K = 8 of (20, 64, 64))
+        return flat * w_t if bias is None else torch.addcmul(bias, flat, w_t)
+    return torch.bmm(flat, w_t) if bias is None else torch.baddbmm(bias, flat, w_t)
+
+
 def ensemble_projection(input, weight_ih, bias_ih, bias_hh, drive_noise) -> torch.Tensor:
     """u (K, T, B, H) = x weight_ih^T + bias_ih + bias_hh (+ drive_noise) for every network, one
     baddbmm over the K networks' T*B rows: input (K, T, B, I), weight_ih (K, H, I), biases (K, H)."""
@@ -33,10 +62,11 @@ def ensemble_projection(input, weight_ih, bias_ih, bias_hh, drive_noise) -> torc
         bias = bias_ih + bias_hh
     else:
         bias = bias_ih if bias_ih is not None else bias_hh
-    if bias is None:
-        u = torch.bmm(flat, weight_ih.transpose(1, 2))
+    bias = None if bias is None else bias.unsqueeze(1)
+    if _transforms_active() or torch.compiler.is_compiling():  # plain ops: torch.func and dynamo see through them
+        u = _project(flat, weight_ih, bias)
     else:
-        u = torch.baddbmm(bias.unsqueeze(1), flat, weight_ih.transpose(1, 2))
+        u = _Projection.apply(flat, weight_ih, bias)
     u = u.view(count, steps, batch, hidden)
     return u if drive_noise is None else u + drive_noise
 
