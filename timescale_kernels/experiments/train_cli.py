@@ -89,8 +89,11 @@ def _trainers(args, overrides, held, kwargs) -> list[Trainer]:
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise ConfigError(f"train: --out {args.out} and --resume {args.resume} name different directories")
-        if seeds:
-            raise ConfigError("train: --seed cannot change on --resume (the seeds are the runs')")
+        if len(seeds) == 1:  # checked against the saved run's seed, as every other setting
+            overrides = {**overrides, "seed": seeds[0]}
+        elif seeds:
+            raise ConfigError("train: --resume takes the seeds of the runs it finds; got --seed "
+                              f"{' '.join(map(str, seeds))}")
         folders = [args.resume] if (args.resume / "config.json").is_file() else seed_dirs(args.resume) or [args.resume]
         trainers = align_epochs([resume_trainer(p, args, overrides, held, **kwargs) for p in folders])
         for trainer in trainers:
