@@ -44,7 +44,8 @@ def params(hidden, inputs=1, count=None, seed=0):
     lead = () if count is None else (count,)
     p = dict(weight_ih=torch.randn(*lead, hidden, inputs, generator=g),
              weight_hh=torch.randn(*lead, hidden, hidden, generator=g) / hidden ** 0.5,
-             bias_ih=0.1 * torch.randn(*lead, hidden, generator=g), bias_hh=0.1 * torch.randn(*lead, hidden, generator=g),
+             bias_ih=0.1 * torch.randn(*lead, hidden, generator=g),
+             bias_hh=0.1 * torch.randn(*lead, hidden, generator=g),
              tau=1.0 + 9.0 * torch.rand(*lead, hidden, generator=g))
     return {k: v.requires_grad_() for k, v in p.items()}
 
@@ -149,8 +150,8 @@ def main() -> None:
         for count, shape in [] if args.skip_ensemble else ENSEMBLES:
             repeats = args.repeats if shape[2] < 500 else max(3, args.repeats // 3)
             ms = {k: 1e3 * v for k, v in time_rounds(ensemble_rows(count, *shape), repeats, clock).items()}
-            report(f"ensemble K={count} of {shape}, {threads} thread(s), median of {repeats}, {args.clock} clock", ms, "one call",
-                   ("K calls", "vmap(ref)", "K nn.RNN"))
+            report(f"ensemble K={count} of {shape}, {threads} thread(s), median of {repeats}, {args.clock} clock", ms,
+                   "one call", ("K calls", "vmap(ref)", "K nn.RNN"))
             results.append(dict(kind="ensemble", K=count, shape=shape, threads=threads, repeats=repeats,
                                 median_ms=ms))
     if args.json:

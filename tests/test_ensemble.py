@@ -134,3 +134,22 @@ def test_bad_ensembles_name_the_argument(changes, words):
         tk.leaky_rnn(*args.values(), lengths=lengths)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_scalar_time_constants(backend):
+    """tau (K, 1): one time constant per network; a 0-dim tau shared by all."""
+    args = ensemble_args(2)
+    per_net = (1.0 + 2.0 * torch.rand(2, 1, dtype=torch.float64)).requires_grad_()
+    shared = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    for tau in (per_net, shared):
+        rest = [args[n] for n in NAMES[:6]]
+        out, h_n = tk.leaky_rnn(*rest, tau, backend=backend)
+        for k in range(2):
+            one_tau = tau[k, 0] if tau.dim() == 2 else tau
+            want, want_n = tk.leaky_rnn(*(t[k] for t in rest), one_tau, backend="reference")
+            assert rel_err(out[k], want) <= 1e-12 and rel_err(h_n[k], want_n) <= 1e-12
+        got = torch.autograd.grad(out.sum(), tau)[0]
+        want_grad = torch.autograd.grad(sum(tk.leaky_rnn(*(t[k] for t in rest), tau[k, 0] if tau.dim() == 2 else tau,
+                                                         backend="reference")[0].sum() for k in range(2)), tau)[0]
+        assert got.shape == tau.shape and rel_err(got, want_grad) <= 1e-12

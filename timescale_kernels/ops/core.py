@@ -16,6 +16,13 @@ the serial core:
         grad_h[t, b] is ignored (the op's h is a constant zero there), d_drive[t, b] = 0, and the
         carried gradient passes through those steps to h_{t-1} unchanged.
 
+Ensembles: every tensor may carry a leading network dimension K (u (K, T, B, H), h0 (K, B, H), w
+(K, H, H), alpha (K, H), lengths (K, B); results likewise, d_alpha (K, H)): K independent networks in
+one call. A backend whose module sets ENSEMBLE takes them as they are; for the others this module
+runs the networks one after another. dW is then (K, H, H), from batched GEMMs. torch.func.vmap of
+either op merges its mapped networks (times any K of the call's own) into one ensemble call
+(as_ensemble), as eager.py's Functions do.
+
 reverse=True runs the steps from time index T-1 down to 0 (with lengths, each row's from
 lengths[b]-1 down to 0; held steps stay where they are): h[t] is the state after reading u[t] and
 h[0] the last; a backend whose module sets NATIVE_REVERSE takes a `reverse` keyword and runs that

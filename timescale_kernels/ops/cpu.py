@@ -2,8 +2,9 @@
 
 Each thread owns blocks of (network, batch rows) for the whole sequence; each step of a block is
 one direct BLAS call and one fused element-wise pass over its rows (csrc/row_blocks.h). See core.py
-for the contract; every tensor may carry a leading network dimension K (an ensemble, one call). With lengths the kernel orders the rows by length inside the call,
-so that each step computes only the rows still running. Importing this module never fails:
+for the contract; every tensor may carry a leading network dimension K (an ensemble, one call).
+With lengths the kernel orders each network's rows by length inside the call, so that each step
+computes only the rows still running. Importing this module never fails:
 without the compiled extension is_available() is False and unavailable_reason() says how to
 build it.
 """

@@ -7,6 +7,8 @@ gradient to build the backend's forward alone, and otherwise the Function. All t
 the same backend calls, so they give the same numbers. Differentiating the gradients again raises
 the error that names the reference backend. Under a torch.func transform a second Function, with
 forward and setup_context apart, carries the op (torch.func.grad runs through the cpu backend).
+Under torch.func.vmap the transform Function's vmap rule (and the backward kernels' Function's, for
+vmap(grad(f))) runs all mapped networks as one ensemble call of the core (core.as_ensemble).
 In eager mode with gradients, each row's last state h_n is an output of its own, whose gradient
 reaches the backward kernels apart (no (T, B, H) gradient for a loss on h_n alone).
 

@@ -67,6 +67,14 @@ def leaky_rnn(
             length, running forwards and reversing the output back; the cpu backend runs it in place
             (lengths included), the others reverse the tensors around a forward run.
 
+    Ensembles: any tensor argument may carry a leading network dimension K (input (K, T, B, I), hx
+    (K, B, H), weight_ih (K, H, I), weight_hh (K, H, H), bias_ih and bias_hh (K, H), tau (K, H) or
+    (K, 1), lengths (K, B), drive_noise (K, T, B, H)): K independent networks, each computing the
+    equations above with its own tensors, in one call (one kernel call on the compiled backends; one
+    network after another on the reference backend). A tensor without K is shared by all networks
+    and its gradient is the sum over them. Outputs (K, T, B, H) and (K, B, H). torch.func.vmap over
+    this function runs the mapped networks as one such call.
+
     Returns:
         output (T, B, H) = h_1..h_T and h_n (B, H) = h_T. Gradients reach every tensor argument.
         float16 and bfloat16 tensors are computed in float32 and returned in their own dtype.
