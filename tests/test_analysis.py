@@ -237,7 +237,7 @@ def test_perturbation_sizes_and_eps_zero_gives_relative_one():
     assert res["eps"] == [0.0, 0.215] and res["tau"]["eps"] == [0.0, 0.0464, 0.215]
     assert len(res["weights"]["relative_mean"]) == 2 and len(res["tau"]["relative_mean"]) == 3
     from timescale_kernels.analysis.report import _perturbed
-    from timescale_kernels.experiments.sweep_results import _perturb
+    from timescale_kernels.experiments.sweep.results import _perturb
     assert _perturbed({"p": res}, "p", "tau", 0.0464) == res["tau"]["relative_mean"][1]
     assert _perturb(res, "tau", 0.0464) == res["tau"]["relative_mean"][1]
     assert _perturb(res, "weights", 0.0464) is None  # not in the weights' grid

@@ -11,8 +11,8 @@ import torch
 
 from conftest import REPO
 
-SCRIPTS = ["bench_cpu.py", "bench_gpu.py", "bench_steps.py", "bench_training.py", "bench_tau_net.py", "gpu_check.py",
-           "triton_compile.py"]
+SCRIPTS = ["bench_cpu.py", "bench_ensemble_training.py", "bench_gpu.py", "bench_steps.py", "bench_training.py",
+           "bench_tau_net.py", "gpu_check.py", "triton_compile.py"]
 BENCH_FOLDER = {script.name: script.parent.name for script in (REPO / "benchmarks").glob("*/*.py")}
 
 

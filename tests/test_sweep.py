@@ -13,10 +13,10 @@ import pytest
 from conftest import REPO
 from timescale_kernels.cli import main
 from timescale_kernels.experiments.rundir import RunDir
-from timescale_kernels.experiments.sweep_procs import LOCK_NAME, LocalRayProcesses, _start_time, _with_argument
-from timescale_kernels.experiments.sweep_ray import local_temp_dir
-from timescale_kernels.experiments.sweep_run import read_events
-from timescale_kernels.experiments.sweep_spec import SweepSpec, SweepSpecError
+from timescale_kernels.experiments.sweep.procs import LOCK_NAME, LocalRayProcesses, _start_time, _with_argument
+from timescale_kernels.experiments.sweep.ray_tasks import local_temp_dir
+from timescale_kernels.experiments.sweep.run import read_events
+from timescale_kernels.experiments.sweep.spec import SweepSpec, SweepSpecError
 
 # Tiny runs: a 2 x 2 grid of 32-neuron networks, a few epochs each.
 TINY = ["--task", "parity", "--curriculum", "single", "multi", "--seeds", "0", "1", "--train-preset", "quick",
@@ -191,8 +191,10 @@ def test_a_stale_lock_is_taken_over_and_a_different_spec_refused(local_sweep, ca
 
 # on Ray: the driver killed, then a worker --------------------------------------------------------------
 # Enough epochs that the workers a killed driver leaves behind cannot finish their runs before the rerun
-# ends them (on a quiet machine an epoch of these networks takes about a tenth of a second).
-RAY_TINY = [*TINY, "--set", "max_epochs=80", "--skip-analysis", "--no-report", "--num-cpus", "2"]
+# ends them (on a quiet machine an epoch of these networks takes about a tenth of a second). The two
+# seeds of a condition train as one ensemble; one CPU runs the two ensembles one after the other, so
+# that one has finished while the other is part-way through.
+RAY_TINY = [*TINY, "--set", "max_epochs=80", "--skip-analysis", "--no-report", "--ensemble", "2", "--num-cpus", "1"]
 
 
 def _driver(out):
@@ -291,7 +293,7 @@ def test_benchmark_script_parses():
 def test_study_span_reads_once_where_every_seed_shares_one_N():
     """T4/T5's span: from the study's first N to its last where every seed has both, else the nearest
     common N's; one common N is said once, not as a span from an N to itself."""
-    from timescale_kernels.experiments.sweep_study import _View, _span
+    from timescale_kernels.experiments.sweep.study import _View, _span
     runs = {f"r{s}": {"status": "done", "condition": "c", "seed": s} for s in (0, 1)}
     rows = [{"condition": "c", "seed": s, "N": n, "tau": 1.0 + n / 10} for s in (0, 1) for n in (5, 9)]
     rows.append({"condition": "c", "seed": 0, "N": 15, "tau": 2.5})

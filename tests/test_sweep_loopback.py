@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from timescale_kernels.experiments.sweep_procs import descendants
-from timescale_kernels.experiments.sweep_ray import RaySession
+from timescale_kernels.experiments.sweep.procs import descendants
+from timescale_kernels.experiments.sweep.ray_tasks import RaySession
 
 ray = pytest.importorskip("ray")
 

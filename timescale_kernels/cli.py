@@ -15,7 +15,6 @@ completed epoch, writes the plots and exits with 130.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -54,7 +53,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{c.name}: {c.description}" for c in CURRICULA.values()))
     p.add_argument("--model", choices=CORES)
     for name in _INT_FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+        if name != "seed":
+            p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+    p.add_argument("--seed", type=int, nargs="+", metavar="SEED",
+                   help="one seed (default 0), or several: they train together as one ensemble into OUT/seed_S")
     for name in _FLOAT_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
@@ -76,7 +78,7 @@ def _add_task_flag(p: argparse.ArgumentParser, help_suffix: str = "") -> None:
 
 
 def _add_train(sub) -> None:
-    train = sub.add_parser("train", help="train one network under one curriculum")
+    train = sub.add_parser("train", help="train one network (or one per seed, together) under one curriculum")
     train.add_argument("--out", type=Path, help="the run directory to create")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last epoch")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -184,70 +186,17 @@ def _messages(quiet: bool):
 
 
 def _train(args) -> int:
+    from .experiments.train_cli import train
     fields = _INT_FLAGS + _FLOAT_FLAGS + ("task", "curriculum", "model", "nesterov", "learn_tau", "tau_init",
                                           "nonlinearity", "placement", "device", "backend")
-    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in fields if k != "seed" and getattr(args, k) is not None}
     progress, log = _messages(args.quiet)
-    with contextlib.ExitStack() as held:  # the run directory's lock, released however the run ends
-        return _train_in(args, overrides, progress, log, held)
-
-
-def _train_in(args, overrides, progress, log, held: contextlib.ExitStack) -> int:
-    """_train; the run directory's lock, once taken, is released by held."""
-    from .experiments.config import PRESETS, RunConfig, make_config
-    from .experiments.plots import write_plots
-    from .experiments.rundir import RunDir, RunDirError, check_resume_config, run_lock
-    from .experiments.trainer import Trainer
-    from .files import atomic_write_json, first_line, writable_dir
-
-    if args.resume is not None:
-        if args.out is not None and args.out.resolve() != args.resume.resolve():
-            _fail(f"train: --out {args.out} and --resume {args.resume} name different directories")
-        run_dir = RunDir(args.resume)
-        saved = run_dir.read_config()
-        held.enter_context(run_lock(run_dir.path))  # before the state is read: another train may be writing it
-        wanted = RunConfig.from_dict({**saved.to_dict(), **(PRESETS[args.preset] if args.preset else {}),
-                                      **overrides}).validate()
-        check_resume_config(saved, wanted)
-        state = run_dir.load_state()
-        if state is None:
-            trainer = Trainer(wanted, run_dir, progress=progress, log=log)
-        else:
-            try:
-                check_resume_config(RunConfig.from_dict(state["config"]), wanted)
-                trainer = Trainer.from_state(wanted, state, run_dir, progress=progress, log=log)
-            except (KeyError, RuntimeError, TypeError) as err:
-                raise RunDirError(f"resume: {run_dir.state_path} does not match {run_dir.config_path} "
-                                  f"({type(err).__name__}: {first_line(err, 160)})") from None
-        run_dir.write_config(wanted, args.argv)  # a resumed run may carry new stop settings
-        if log:
-            log(f"resuming {run_dir.path} after epoch {trainer.epoch} at {trainer.curriculum.describe()}")
-    else:
-        if args.out is None:
-            _fail("train: --out DIR is required (or --resume DIR)")
-        config = make_config(args.preset, **overrides)
-        run_dir = RunDir(args.out)
-        trainer = Trainer(config, run_dir, progress=progress, log=log)  # fails before anything is written
-        writable_dir(run_dir.path, RunDirError)
-        held.enter_context(run_lock(run_dir.path))
-        run_dir.prepare_new(args.overwrite)
-        run_dir.write_config(config, args.argv)
+    summaries = train(args, overrides, progress, log)
     if log:
-        c = trainer.config
-        log(f"training {c.model} ({c.hidden_size} neurons) on {c.task} with the {c.curriculum} curriculum, "
-            f"seed {c.seed}, on {c.device} (backend: {trainer.backend}) -> {run_dir.path}")
-    try:
-        summary = trainer.run()
-    finally:  # plots and summary whatever happened, so nothing is lost on a crash
-        try:
-            write_plots(run_dir, trainer.metrics)
-        except Exception as err:  # a failed plot must not hide the training result
-            sys.stderr.write(f"timescale-kernels: warning: plots not written ({type(err).__name__}: {err})\n")
-        atomic_write_json(run_dir.path / "summary.json", trainer.summary())
-    if log:
-        log(f"stopped ({summary['stop_reason']}) after {summary['epochs']} epochs, "
-            f"{summary['wall_time'] / 60:.1f} min: highest N passed = {summary['N_reached']}; see {run_dir.path}")
-    return EXIT_INTERRUPTED if summary["stop_reason"] == "interrupted" else 0
+        for seed, summary in summaries.items():
+            log(f"seed {seed}: stopped ({summary['stop_reason']}) after {summary['epochs']} epochs, "
+                f"{summary['wall_time'] / 60:.1f} min: highest N passed = {summary['N_reached']}")
+    return EXIT_INTERRUPTED if any(s["stop_reason"] == "interrupted" for s in summaries.values()) else 0
 
 
 def _demo(args) -> int:
@@ -380,12 +329,12 @@ def _info(args) -> int:
 
 
 def _add_sweep(sub) -> None:
-    from .experiments import sweep_cli
+    from .experiments.sweep import cli as sweep_cli
     sweep_cli.add_parser(sub)
 
 
 def _sweep(args) -> int:
-    from .experiments import sweep_cli
+    from .experiments.sweep import cli as sweep_cli
     return sweep_cli.run(args)
 
 

@@ -263,15 +263,27 @@ class MemoryNet(nn.Module):
             return 0.1 * torch.rand(batch, self.hidden_size, generator=generator, device=ref.device, dtype=ref.dtype)
         return torch.zeros(batch, self.hidden_size, device=ref.device, dtype=ref.dtype)
 
-    def _run(self, x: torch.Tensor, h0: torch.Tensor | None, generator: torch.Generator | None):
-        """(every hidden state (T, B, H), the final state (B, H))."""
+    def _run(self, x: torch.Tensor, h0: torch.Tensor | None, generator: torch.Generator | None,
+             params: dict | None = None):
+        """(every hidden state (T, B, H), the final state (B, H)); params: tensors to run the core
+        with instead of its own, by the core's names (torch.func.functional_call)."""
         if h0 is None:
             h0 = self.initial_state(x.shape[1], generator)
+        state = h0.unsqueeze(0)
         if self.core == "lstm":
-            output, (h_n, _) = self.rnn(x, (h0.unsqueeze(0), torch.zeros_like(h0).unsqueeze(0)))
+            state = (state, torch.zeros_like(state))
+        if params is None:
+            output, h_n = self.rnn(x, state)
         else:
-            output, h_n = self.rnn(x, h0.unsqueeze(0))
+            output, h_n = torch.func.functional_call(self.rnn, params, (x, state))
+        if self.core == "lstm":
+            h_n = h_n[0]
         return output, h_n[-1]
+
+    def core_final_state(self, x: torch.Tensor, h0: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        """The core's final state (B, H) from x (T, B, I) and h0 (B, H), with params (by the core's
+        names) in place of its own tensors when given (an ensemble's slices of its stacks)."""
+        return self._run(x, h0, None, params)[1]
 
     def states(self, x: torch.Tensor, h0: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from timescale_kernels.experiments.sweep import run_sweep  # noqa: E402
-from timescale_kernels.experiments.sweep_spec import SweepSpec, preset_spec  # noqa: E402
+from timescale_kernels.experiments.sweep.driver import run_sweep  # noqa: E402
+from timescale_kernels.experiments.sweep.spec import SweepSpec, preset_spec  # noqa: E402
 
 
 def grid(epochs: int, seeds: int, gpu_share: int | None = None) -> SweepSpec:

@@ -3,6 +3,7 @@
     DIR/config.json            settings, seed, versions: everything needed to rerun
     DIR/metrics.csv            one row per completed epoch (rewritten whole, atomically, each epoch)
     DIR/state.pt               the latest completed epoch: model, optimizer, curriculum, generators, metrics
+    DIR/state.prev.pt          the epoch before it, kept by a network of an ensemble (see ensemble.align_epochs)
     DIR/checkpoints/N{lo}-N{hi}.pt   the model each time a set of N's passes (io.load_checkpoint reads it)
     DIR/plots/*.png            figures (plots.py)
     DIR/run.lock               held by the `train` command working in DIR (files.DirLock)
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..files import DirLock, DirLockError, atomic_torch_save, atomic_write_json, atomic_write_text, first_line
+from ..files import (DirLock, DirLockError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                     first_line)
 from ..ops import resolve_backend
 from .config import ConfigError, RunConfig
 
@@ -76,6 +78,7 @@ class RunDir:
         self.config_path = self.path / "config.json"
         self.metrics_path = self.path / "metrics.csv"
         self.state_path = self.path / "state.pt"
+        self.previous_state_path = self.path / "state.prev.pt"
         self.checkpoint_dir = self.path / "checkpoints"
         self.plots_dir = self.path / "plots"
 
@@ -98,7 +101,8 @@ class RunDir:
             if not overwrite:
                 raise RunDirError(f"out: {self.path} already holds a run; pass --resume {self.path} to continue it "
                                   "or --overwrite to replace it")
-            for p in (self.config_path, self.metrics_path, self.state_path, self.path / "summary.json"):
+            for p in (self.config_path, self.metrics_path, self.state_path, self.previous_state_path,
+                      self.path / "summary.json"):
                 p.unlink(missing_ok=True)
             for folder in (self.checkpoint_dir, self.plots_dir):
                 if folder.is_dir():
@@ -123,8 +127,18 @@ class RunDir:
             raise RunDirError(f"resume: {self.config_path} is damaged ({type(err).__name__}: {err})") from None
 
     # state.pt ---------------------------------------------------------------------------------
-    def save_state(self, state: dict) -> None:
+    def save_state(self, state: dict, keep_previous: bool = False) -> None:
+        """Writes state.pt; keep_previous: first copy the one it replaces to state.prev.pt (each file
+        is whole at every moment, so a kill leaves the new or the old state and the one before)."""
+        if keep_previous and self.state_path.is_file():
+            atomic_write_bytes(self.previous_state_path, self.state_path.read_bytes())
         atomic_torch_save(self.state_path, {"format": STATE_FORMAT, "version": STATE_VERSION, **state})
+
+    def load_previous_state(self) -> dict | None:
+        """state.prev.pt (the epoch before state.pt's, where kept), or None."""
+        if not self.previous_state_path.is_file():
+            return None
+        return self._read_state(self.previous_state_path)
 
     def load_state(self) -> dict | None:
         """The saved state, or None when no epoch completed yet. A run with metrics or checkpoints but
@@ -137,15 +151,18 @@ class RunDir:
                                   "where it stopped; restore state.pt, or start over with --out "
                                   f"{self.path} --overwrite")
             return None
+        return self._read_state(self.state_path)
+
+    @staticmethod
+    def _read_state(path) -> dict:
         try:
-            blob = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a damaged file
-            raise RunDirError(f"resume: cannot read {self.state_path} "
-                              f"({type(err).__name__}: {first_line(err)})") from None
+            raise RunDirError(f"resume: cannot read {path} ({type(err).__name__}: {first_line(err)})") from None
         if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
-            raise RunDirError(f"resume: {self.state_path} is not a timescale_kernels run state")
+            raise RunDirError(f"resume: {path} is not a timescale_kernels run state")
         if blob.get("version") != STATE_VERSION:
-            raise RunDirError(f"resume: {self.state_path} has version {blob.get('version')!r}; expected {STATE_VERSION}")
+            raise RunDirError(f"resume: {path} has version {blob.get('version')!r}; expected {STATE_VERSION}")
         return blob
 
     # metrics.csv ------------------------------------------------------------------------------

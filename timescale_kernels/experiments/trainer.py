@@ -83,6 +83,8 @@ class Trainer:
         self.epoch, self.elapsed, self.metrics = 0, 0.0, []
         self.N_reached = None
         self.stop_reason = None
+        self.keep_previous_state = False  # state.prev.pt as well (set for a network of an ensemble)
+        self._saved_epoch = None
         self.backend = (resolve_backend(config.backend, self.device) if config.model == "leaky" else "torch.nn")
 
     # construction ------------------------------------------------------------------------------
@@ -218,14 +220,21 @@ class Trainer:
     def run_epoch(self, bar=None) -> dict:
         """Trains and tests one epoch, saves a checkpoint on a pass, advances the curriculum; returns
         the epoch's metrics row."""
-        cfg, cur = self.config, self.curriculum
-        Ns = list(cur.Ns)
+        Ns = list(self.curriculum.Ns)
         start = time.perf_counter()
         loss_sum = self.train_epoch(bar)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # once per epoch, for an honest steps/s
         train_time = time.perf_counter() - start
-        correct = self.evaluate()
+        return self.finish_epoch(Ns, loss_sum, self.evaluate(), start, train_time)
+
+    def finish_epoch(self, Ns: list, loss_sum: torch.Tensor, correct: torch.Tensor, start: float,
+                     train_time: float) -> dict:
+        """The end of an epoch trained on Ns: loss_sum (a device scalar, summed over the steps) and
+        correct (heads,) from evaluate() become the metrics row; a pass saves a checkpoint and
+        advances the curriculum. start: perf_counter() when the epoch began; train_time: seconds of
+        its training steps. (The ensemble trainer ends each of its networks' epochs here.)"""
+        cfg, cur = self.config, self.curriculum
         # The epoch's only host read: loss, accuracies and tau statistics together.
         values = torch.cat([loss_sum.double().view(1) / cfg.steps_per_epoch,
                             correct.double() / (cfg.test_batches * cfg.batch_size),
@@ -280,7 +289,11 @@ class Trainer:
 
     def save(self) -> None:
         if self.run_dir is not None:
-            self.run_dir.save_state(self.state_dict())
+            # The state it replaces becomes state.prev.pt when it is an earlier epoch's (not when a stop
+            # is recorded at the epoch just saved).
+            keep = self.keep_previous_state and self._saved_epoch != self.epoch
+            self.run_dir.save_state(self.state_dict(), keep_previous=keep)
+            self._saved_epoch = self.epoch
             self.run_dir.write_metrics(self.metrics)
 
     def run(self) -> dict:

@@ -330,6 +330,12 @@ def _network_weight_gradient(d_drive, h, h0, lengths, reverse):
     """weight_gradient of K networks at once: (K, H, H) from two bmm's over each network's T*B rows
     (past a row's length its d_drive is zero, so the full GEMM is exact)."""
     count, steps, batch, hidden = h.shape
+    if lengths is not None and h.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Network by network over its own running rows, as a lone call of that network computes it: a
+        # GEMM over the padded T*B rows adds only zeros but sums in another order, and a network trained
+        # in an ensemble must end where it would alone, to the bit (chaotic training amplifies the last
+        # bit to percent-level differences within a few hundred steps).
+        return torch.stack([weight_gradient(d_drive[k], h[k], h0[k], lengths[k], reverse) for k in range(count)])
     if not reverse:
         dw = torch.bmm(d_drive[:, 0].transpose(1, 2), h0)
         d_rows, h_rows = d_drive[:, 1:], h[:, :-1]

@@ -2,14 +2,16 @@
 on Ray (or one after another in this process), then one report.
 
     DIR/spec.json        the spec (a rerun must ask for the same one)
-    DIR/sweep.json       the record: every run's condition, seed, directory, status, result or error
-                         (written whole, atomically, after every change)
-    DIR/sweep.lock       held by the running driver (sweep_procs.SweepLock)
+    DIR/sweep.json       the record: every run's condition, seed, directory, ensemble group, status,
+                         result or error, and the groups with their ensemble size and how it was
+                         chosen (written whole, atomically, after every change)
+    DIR/sweep.lock       held by the running driver (procs.SweepLock)
     DIR/runs/CONDITION/seed{S}/   one run directory each (rundir.py), with analysis/ (analyze_run)
-    DIR/report/          report.md, runs.csv, PNGs (sweep_report.py)
+    DIR/report/          report.md, runs.csv, PNGs (report.py)
 
-Rerunning the same command continues: finished runs are skipped, interrupted ones resume from their
-saved state, failed ones are tried again.
+Each group of runs (networks of one shape, groups.py) is one Ray task that trains them together as
+one ensemble. Rerunning the same command continues: finished runs are skipped, interrupted ones
+resume from their saved state, failed ones are tried again.
 """
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..files import atomic_write_json, writable_dir
-from ..progress import tqdm
-from .sweep_procs import SweepLock
-from .sweep_run import run_one_safely
-from .sweep_spec import SweepSpec, SweepSpecError
+from ...files import atomic_write_json, writable_dir
+from ...progress import tqdm
+from .procs import SweepLock
+from .run import run_group_safely
+from .spec import SweepSpec, SweepSpecError
 
 RECORD_FORMAT, RECORD_VERSION = "timescale_kernels/sweep", 1
 
@@ -63,21 +65,24 @@ def load_spec(out) -> SweepSpec:
 class Record:
     """DIR/sweep.json: the runs and their status, rewritten atomically on every change."""
 
-    def __init__(self, out: Path, spec: SweepSpec):
+    def __init__(self, out: Path, spec: SweepSpec, groups: list[dict]):
         self.path = out / "sweep.json"
+        self.groups = {g["id"]: {k: v for k, v in g.items() if k != "id"} for g in groups}
+        group_of = {rid: g["id"] for g in groups for rid in g["runs"]}
         old = json.loads(self.path.read_text()).get("runs", {}) if self.path.is_file() else {}
         self.runs = {}
         for cond, seed in spec.runs():
             rid = run_id(cond, seed)
             entry = {"condition": cond.name, **cond.to_dict(), "seed": seed, "dir": f"runs/{cond.name}/seed{seed}",
-                     "status": "pending", "attempts": 0}
+                     "group": group_of[rid], "status": "pending", "attempts": 0}
             self.runs[rid] = {**entry, **{k: v for k, v in old.get(rid, {}).items() if k not in entry or k in ("status", "attempts")}}
         self.started = time.time()
 
     def save(self) -> None:
         counts = {s: sum(r["status"] == s for r in self.runs.values()) for s in ("pending", "running", "done", "failed")}
         atomic_write_json(self.path, {"format": RECORD_FORMAT, "version": RECORD_VERSION, "counts": counts,
-                                      "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": self.runs})
+                                      "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "groups": self.groups,
+                                      "runs": self.runs})
 
     def update(self, rid: str, **values) -> None:
         self.runs[rid].update(values)
@@ -108,14 +113,14 @@ def run_sweep(spec: SweepSpec, out, *, address=None, use_ray=True, num_cpus=None
     Raises SweepError (directory), SweepLockError (another driver holds it), RayMissingError.
     """
     if use_ray and address is not None:  # before anything is written
-        from .sweep_ray import check_reachable, import_ray
+        from .ray_tasks import check_reachable, import_ray
         import_ray()
         check_reachable(address)
     out = prepare_dir(out, spec)
     lock = SweepLock(out)
     lock.acquire()
     try:
-        record = Record(out, spec)
+        record = Record(out, spec, spec.run_groups())
         todo = [rid for rid, r in record.runs.items() if r["status"] != "done"]
         for rid in todo:
             record.runs[rid]["status"] = "pending"
@@ -131,7 +136,7 @@ def run_sweep(spec: SweepSpec, out, *, address=None, use_ray=True, num_cpus=None
         finally:
             bar.close()
         if report:
-            from .sweep_report import write_report
+            from .report import write_report
             path = write_report(out)
             if log:
                 log(f"sweep: report written to {path}")
@@ -159,35 +164,51 @@ def _finish(record, rid, result, bar, log) -> None:
         log(_finished_line(run, result))
 
 
-def _run_here(spec, out, record, todo, configs, bar, log) -> None:
+def _pending_groups(record, todo) -> list[list[str]]:
+    """The runs to do, by their groups (in record order): what each task trains together."""
+    groups: dict = {}
     for rid in todo:
-        record.update(rid, status="running", started=time.time())
-        bar.set_postfix(running=1, failed=sum(r["status"] == "failed" for r in record.runs.values()))
-        result = run_one_safely(out / record.runs[rid]["dir"], configs[rid], spec.analyze)
-        _finish(record, rid, result, bar, log)
+        groups.setdefault(record.runs[rid]["group"], []).append(rid)
+    return list(groups.values())
+
+
+def _run_here(spec, out, record, todo, configs, bar, log) -> None:
+    for rids in _pending_groups(record, todo):
+        for rid in rids:
+            record.runs[rid].update(status="running", started=time.time())
+        record.save()
+        bar.set_postfix(running=len(rids), failed=sum(r["status"] == "failed" for r in record.runs.values()))
+        results = run_group_safely([out / record.runs[r]["dir"] for r in rids], [configs[r] for r in rids],
+                                   spec.analyze)
+        for rid, result in zip(rids, results):
+            _finish(record, rid, result, bar, log)
 
 
 def _run_on_ray(spec, out, record, todo, configs, bar, log, address, num_cpus, num_gpus) -> None:
-    from .sweep_ray import RaySession
+    from .ray_tasks import RaySession
     with RaySession(out, address, num_cpus=num_cpus, num_gpus=num_gpus, cpus_per_run=spec.cpus_per_run,
                     gpus_per_run=spec.gpus_per_run) as session:
         refs = {}
-        for rid in todo:
-            refs[session.submit(out / record.runs[rid]["dir"], configs[rid], spec.analyze)] = rid
+        for rids in _pending_groups(record, todo):
+            refs[session.submit([out / record.runs[r]["dir"] for r in rids], [configs[r] for r in rids],
+                                spec.analyze)] = rids
         capacity = session.capacity()
         waiting = list(refs)
-        # Submitted runs beyond the cluster's capacity wait in Ray's queue: "running" counts those that fit.
-        for rid in todo[:capacity]:
-            record.runs[rid].update(status="running", started=time.time())
-        record.save()
-        bar.set_postfix(running=min(capacity, len(todo)), failed=0)
+        # Submitted tasks beyond the cluster's capacity wait in Ray's queue: "running" counts those that fit.
+        _mark_running(record, [refs[r] for r in waiting[:capacity]])
+        bar.set_postfix(running=sum(len(refs[r]) for r in waiting[:capacity]), failed=0)
         while waiting:
             finished, waiting = session.wait(waiting, timeout=2.0)
             session.note_processes()  # workers started since, in case this driver is killed
             for ref in finished:
-                _finish(record, refs[ref], session.result(ref), bar, log)
-            pending = [refs[r] for r in waiting]
-            for rid in pending[:capacity]:
-                if record.runs[rid]["status"] == "pending":
-                    record.runs[rid].update(status="running", started=time.time())
-            record.save()
+                for rid, result in zip(refs[ref], session.result(ref, len(refs[ref]))):
+                    _finish(record, rid, result, bar, log)
+            _mark_running(record, [refs[r] for r in waiting[:capacity]])
+
+
+def _mark_running(record, groups: list[list[str]]) -> None:
+    for rids in groups:
+        for rid in rids:
+            if record.runs[rid]["status"] == "pending":
+                record.runs[rid].update(status="running", started=time.time())
+    record.save()

@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..files import DirLock, DirLockError, atomic_write_json
+from ...files import DirLock, DirLockError, atomic_write_json
 
 LOCK_NAME, RAY_PROCS_NAME = "sweep.lock", "ray_local.json"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .sweep_results import fmt
+from .results import fmt
 
 STUDY = {
     "T1": ("max N, multi-head, trained tau", "100, 101, 100, 101 (the 100-head cap)"),

@@ -1,7 +1,7 @@
 """Runs of a sweep as Ray tasks: a local Ray owned by the sweep, or an existing cluster.
 
 Local: ray.init(address="local") with a temp dir of this sweep's own (so it never joins or ends
-another Ray on the machine); its processes are recorded in the sweep directory (sweep_procs) and
+another Ray on the machine); its processes are recorded in the sweep directory (procs.py) and
 ended at the end, or by the next driver if this one was killed. A local Ray never leaves the
 machine, so it listens on loopback only: its node address is 127.0.0.1, which its GCS, raylet,
 object manager, agents and workers bind to (Ray binds its servers to the node's address); its
@@ -23,9 +23,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from ..files import first_line
-from .sweep_procs import LocalRayProcesses
-from .sweep_run import run_one_safely
+from ...files import first_line
+from .procs import LocalRayProcesses
+from .run import run_group_safely
 
 MAX_RETRIES = 3
 LOOPBACK = "127.0.0.1"
@@ -75,7 +75,7 @@ def local_ray_environment(ray):
     off (read into ray_constants at import, so the driver's copy is set too), and its servers bind
     to the node's address."""
     from ray._private import ray_constants
-    package_root = str(Path(__file__).resolve().parents[2])
+    package_root = str(Path(__file__).resolve().parents[3])
     values = {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
               ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}
     saved = {name: os.environ.get(name) for name in values}
@@ -101,7 +101,8 @@ class RaySession:
         address: None for a local Ray of the sweep's own, or a cluster address ("auto", "ray://...",
             "HOST:6379").
         num_cpus, num_gpus: the local Ray's resources (default: the machine's); ignored for a cluster.
-        cpus_per_run, gpus_per_run: what one run's task reserves (a GPU fraction lets runs share a GPU).
+        cpus_per_run, gpus_per_run: what one task reserves, whether it trains one run or an ensemble of
+            them (a GPU fraction lets tasks share a GPU).
     """
 
     def __init__(self, sweep_dir, address=None, *, num_cpus=None, num_gpus=None, cpus_per_run=1.0,
@@ -131,7 +132,7 @@ class RaySession:
             except (ConnectionError, RuntimeError, ValueError) as err:
                 first = first_line(err, 300) or type(err).__name__
                 raise RayMissingError(f"address: cannot join the Ray cluster at {self.address!r} ({first})") from None
-        self._task = ray.remote(run_one_safely).options(**self.options)
+        self._task = ray.remote(run_group_safely).options(**self.options)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,7 +144,7 @@ class RaySession:
             shutil.rmtree(self.temp_dir, ignore_errors=True)  # its sessions' logs and sockets
 
     def capacity(self) -> int:
-        """How many runs fit at once in the cluster's resources."""
+        """How many tasks (each one run's resources, training one run or an ensemble) fit at once."""
         total = self.ray.cluster_resources()
         fits = []
         for key, per in (("CPU", self.options["num_cpus"]), ("GPU", self.options["num_gpus"])):
@@ -151,20 +152,22 @@ class RaySession:
                 fits.append(int(total.get(key, 0) / per + 1e-9))
         return max(1, min(fits)) if fits else 1
 
-    def submit(self, path, config_dict: dict, analyze: dict):
-        return self._task.remote(str(path), config_dict, analyze)
+    def submit(self, paths: list, config_dicts: list[dict], analyze: dict):
+        """One task training the runs in paths together (one ensemble); its result is one per run."""
+        return self._task.remote([str(p) for p in paths], config_dicts, analyze)
 
     def wait(self, refs: list, timeout: float):
         """(finished refs, refs still running) after at most timeout seconds."""
         return self.ray.wait(refs, num_returns=1, timeout=timeout)
 
-    def result(self, ref) -> dict:
-        """The run's result; a task that failed in Ray itself (retries used up) as a failed run."""
+    def result(self, ref, runs: int) -> list[dict]:
+        """The results of a task's runs; a task that failed in Ray itself (retries used up) as that
+        many failed runs."""
         try:
             return self.ray.get(ref)
         except Exception as err:  # e.g. WorkerCrashedError after MAX_RETRIES lost workers
             first = first_line(err, 300)
-            return {"status": "failed", "error": f"{type(err).__name__}: {first}"}
+            return [{"status": "failed", "error": f"{type(err).__name__}: {first}"}] * runs
 
     def note_processes(self) -> None:
         if self.local:

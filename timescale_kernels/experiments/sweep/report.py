@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write_text
-from .sweep_results import collect, fmt, rows_csv
-from .sweep_study import study_table
+from ...files import atomic_write_text
+from .results import collect, fmt, rows_csv
+from .study import study_table
 
 STUDY_SCALE = {"hidden_size": 500, "max_epochs": 1000, "test sequences per head": 12800, "seeds": 4,
                "batch_size": 256, "steps_per_epoch": 600}
@@ -22,7 +22,7 @@ STUDY_SCALE = {"hidden_size": 500, "max_epochs": 1000, "test sequences per head"
 
 def scale_rows(spec: dict) -> list[tuple[str, object, object]]:
     """(setting, the study's, ours) for the settings that set the scale."""
-    from .sweep_spec import SweepSpec
+    from .spec import SweepSpec
     s = SweepSpec.from_dict(spec)
     cfg = s.config_for(s.conditions()[0], s.seeds[0], device="cpu")
     ours = {"hidden_size": cfg.hidden_size, "max_epochs": cfg.max_epochs,
@@ -81,7 +81,7 @@ def _curves(rows, runs, max_epochs):
 
 def write_plots(rows, runs, max_epochs, out_dir: Path) -> list[tuple[str, str]]:
     """(caption, file name) of each figure written."""
-    from ..analysis import plots
+    from ...analysis import plots
     figs = []
     curves = _curves(rows, runs, max_epochs)
     for task in sorted({r["task"] for r in runs.values()}):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rundir import RunDir
+from ..rundir import RunDir
 
 EPS_W, EPS_TAU = 0.215, 0.0464   # the study's perturbation strengths for T9 (0.046 in its text)
 COLUMNS = ("condition", "task", "curriculum", "model", "tau", "seed", "status", "N_reached", "N", "epoch_passed",

@@ -19,6 +19,10 @@ condition and the seed. File format (TOML shown; JSON holds the same keys):
     tau = ["trained", 1]
     [analyze]                              # analyze_run's settings, and
     steps = 5000                           # only: "all", "last" or N's (and the last), skip: true
+
+and optionally `ensemble = 4` (networks of one shape per Ray task; default: chosen from the device and
+shape, groups.py) and `groups = [["parity-multi-leaky-tau_trained/seed0", ...]]` (runs that must train
+together; each group of one shape).
 """
 from __future__ import annotations
 
@@ -30,11 +34,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CURRICULA, PRESETS, ConfigError, RunConfig, make_config
+from ..config import CURRICULA, PRESETS, ConfigError, RunConfig, make_config
 
 AXES = ("task", "curriculum", "model", "tau")
 AXIS_DEFAULTS = {"task": ["parity"], "curriculum": ["single", "multi"], "model": ["leaky"], "tau": ["trained"]}
-SPEC_KEYS = ("seeds", "train_preset", "settings", "grid", "analyze", "cpus_per_run", "gpus_per_run", "preset")
+SPEC_KEYS = ("seeds", "train_preset", "settings", "grid", "analyze", "cpus_per_run", "gpus_per_run", "preset",
+             "ensemble", "groups")
 # Settings a condition or seed sets itself: not allowed in `settings`.
 _CONDITION_FIELDS = ("task", "curriculum", "model", "seed", "learn_tau", "tau_init")
 
@@ -81,6 +86,8 @@ class SweepSpec:
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
     preset: str | None = None         # the sweep preset this came from, for the record only
+    ensemble: int | None = None       # networks per Ray task (None: chosen per shape, groups.default_ensemble)
+    groups: list = field(default_factory=list)   # lists of run ids that train together
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -99,12 +106,17 @@ class SweepSpec:
         return cls(grids=list(grids), seeds=list(values.get("seeds", [])), train_preset=values.get("train_preset"),
                    settings=dict(values.get("settings", {})), analyze=dict(values.get("analyze", {})),
                    cpus_per_run=values.get("cpus_per_run", 1.0), gpus_per_run=values.get("gpus_per_run", 0.0),
-                   preset=values.get("preset"))
+                   preset=values.get("preset"), ensemble=values.get("ensemble"),
+                   groups=list(values.get("groups", [])) if isinstance(values.get("groups", []), list)
+                   else values["groups"])
 
     def to_dict(self) -> dict:
         return {"grid": self.grids, "seeds": self.seeds, "train_preset": self.train_preset,
                 "settings": self.settings, "analyze": self.analyze, "cpus_per_run": self.cpus_per_run,
-                "gpus_per_run": self.gpus_per_run, "preset": self.preset}
+                "gpus_per_run": self.gpus_per_run, "preset": self.preset,
+                # Only when set, so that a sweep directory written without them reads the same.
+                **({"ensemble": self.ensemble} if self.ensemble is not None else {}),
+                **({"groups": self.groups} if self.groups else {})}
 
     # the runs ------------------------------------------------------------------------------------
     def conditions(self) -> list[Condition]:
@@ -135,6 +147,7 @@ class SweepSpec:
             raise SweepSpecError(f"train_preset: expected one of {list(PRESETS)}; got {self.train_preset!r}")
         _check_seeds(self.seeds)
         _check_resources(self.cpus_per_run, self.gpus_per_run)
+        _check_ensemble(self.ensemble, self.groups)
         bad = sorted(set(self.settings) & set(_CONDITION_FIELDS))
         if bad:
             raise SweepSpecError(f"settings: {bad} are set by the grid and the seeds; put them in [[grid]] or seeds")
@@ -147,7 +160,21 @@ class SweepSpec:
                 self.config_for(cond, self.seeds[0], device="cpu")
             except ConfigError as err:
                 raise SweepSpecError(f"condition {cond.name}: {err}") from None
+        self.run_groups()
         return self
+
+    def run_groups(self) -> list[dict]:
+        """The runs grouped into ensembles (groups.group_runs): [{"id", "runs", "ensemble", "chosen_by"}]."""
+        from .groups import group_runs
+        # Built for the CPU (a driver without a GPU groups a GPU sweep), then given the runs' device.
+        device = self.settings.get("device", "cuda" if self.gpus_per_run > 0 else "cpu")
+        runs = {f"{c.name}/seed{s}": self.config_for(c, s, device="cpu") for c, s in self.runs()}
+        for config in runs.values():
+            config.device = device
+        try:
+            return group_runs(list(runs), runs, self.ensemble, self.groups)
+        except ConfigError as err:
+            raise SweepSpecError(str(err)) from None
 
 
 def _check_seeds(seeds) -> None:
@@ -158,6 +185,14 @@ def _check_seeds(seeds) -> None:
             raise SweepSpecError(f"seeds: expected integers >= 0; got {s!r}")
     if len(set(seeds)) != len(seeds):
         raise SweepSpecError(f"seeds: expected distinct seeds; got {seeds}")
+
+
+def _check_ensemble(ensemble, groups) -> None:
+    if ensemble is not None and (isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1):
+        raise SweepSpecError(f"ensemble: expected an integer >= 1 (networks per Ray task); got {ensemble!r}")
+    if not isinstance(groups, list) or not all(isinstance(g, list) and g and all(isinstance(r, str) for r in g)
+                                               for g in groups):
+        raise SweepSpecError(f"groups: expected lists of run ids (CONDITION/seedS); got {groups!r}")
 
 
 def _check_resources(cpus, gpus) -> None:
@@ -171,8 +206,8 @@ def _check_resources(cpus, gpus) -> None:
 
 
 def _check_grids(grids) -> None:
-    from ..models import CORES
-    from ..tasks import TASKS
+    from ...models import CORES
+    from ...tasks import TASKS
     choices = {"task": TASKS, "curriculum": CURRICULA, "model": CORES}
     if not isinstance(grids, list) or not grids:
         raise SweepSpecError("grid: empty; expected at least one [[grid]] table of task, curriculum, model, tau")
@@ -197,7 +232,7 @@ def _check_grids(grids) -> None:
 
 def analyze_options() -> set:
     """analyze_run's keyword arguments a spec may set (plus "only" and "skip")."""
-    from ..analysis.analyze import analyze_run
+    from ...analysis.analyze import analyze_run
     params = inspect.signature(analyze_run).parameters
     return (set(params) - {"run_dir", "out_dir", "device", "progress", "log", "only", "task"}) | {"only", "skip"}
 
@@ -214,7 +249,7 @@ def _check_analyze(analyze: dict) -> None:
         raise SweepSpecError(f"analyze.only: expected 'all', 'last' or a list of N's >= 1; got {only!r}")
     if not isinstance(analyze.get("skip", False), bool):
         raise SweepSpecError(f"analyze.skip: expected true or false; got {analyze['skip']!r}")
-    from ..analysis.analyze import analyze_run, check_settings
+    from ...analysis.analyze import analyze_run, check_settings
     defaults = {k: p.default for k, p in inspect.signature(analyze_run).parameters.items()}
     try:  # with analyze_run's defaults for the rest, so that e.g. steps is checked against max_lag
         check_settings(**{k: analyze.get(k, defaults[k]) for k in analyze_options() - {"only", "skip"}})

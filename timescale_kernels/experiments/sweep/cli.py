@@ -21,14 +21,14 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .config import PRESETS
-    from .sweep_spec import SWEEP_PRESETS
+    from ..config import PRESETS
+    from .spec import SWEEP_PRESETS
     p = subparsers.add_parser("sweep", help="train and analyse a grid of conditions x seeds (on Ray), then report")
     p.add_argument("--out", type=Path, required=True, help="the sweep directory (shared storage on a cluster)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=tuple(SWEEP_PRESETS),
                      help="paper: the study's grid and settings (a GPU cluster); cpu-small: about an hour on 2 cores")
-    src.add_argument("--spec", type=Path, help="a TOML or JSON file (see timescale_kernels/experiments/sweep_spec.py)")
+    src.add_argument("--spec", type=Path, help="a TOML or JSON file (see timescale_kernels/experiments/sweep/spec.py)")
     p.add_argument("--task", nargs="+", help="grid axis (replaces the preset's or file's grid)")
     p.add_argument("--curriculum", nargs="+", help="grid axis")
     p.add_argument("--model", nargs="+", help="grid axis: leaky, gru, lstm")
@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--skip-analysis", action="store_true", help="train only")
     p.add_argument("--cpus-per-run", type=float, dest="cpus_per_run")
     p.add_argument("--gpus-per-run", type=float, dest="gpus_per_run", help="a fraction lets runs share a GPU")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="train up to K networks of one shape together in each Ray task (one run's resources); "
+                        "default: chosen from the device and shape (see sweep.json's groups); 1: one network per task")
     p.add_argument("--address", help="join this Ray cluster ('auto', HOST:PORT, ray://...) instead of a local Ray")
     p.add_argument("--num-cpus", type=int, help="the local Ray's CPUs (default: all)")
     p.add_argument("--num-gpus", type=int, help="the local Ray's GPUs (default: all)")
@@ -65,18 +68,21 @@ def _pairs(items, flag) -> dict:
 
 
 def _usage(message):
-    from .sweep_spec import SweepSpecError
+    from .spec import SweepSpecError
     return SweepSpecError(message)
 
 
 def build_spec(args):
     """The SweepSpec of the command line: preset or file (or the sweep directory's own), then flags."""
-    from .sweep import load_spec
-    from .sweep_spec import SweepSpec, preset_spec, read_spec_file
+    from .driver import load_spec
+    from .spec import SweepSpec, preset_spec, read_spec_file
     flags = [args.task, args.curriculum, args.model, args.tau, args.seeds, args.train_preset, args.cpus_per_run,
              args.gpus_per_run] + args.set + args.analyze_set + [args.skip_analysis or None]
     if args.preset is None and args.spec is None and all(f is None for f in flags):
-        return load_spec(args.out)
+        spec = load_spec(args.out)
+        if args.ensemble is not None:  # checked against the saved sweep's own by run_sweep
+            spec.ensemble = args.ensemble
+        return spec.validate()
     values = preset_spec(args.preset) if args.preset else (read_spec_file(args.spec) if args.spec else
                                                            {"seeds": [0], "grid": [{}]})  # AXIS_DEFAULTS
     values = dict(values)
@@ -85,7 +91,7 @@ def build_spec(args):
         axes["tau"] = [t if t == "trained" else _number(t) for t in args.tau]
     if axes:
         values["grid"] = [axes]
-    for key in ("seeds", "train_preset", "cpus_per_run", "gpus_per_run"):
+    for key in ("seeds", "train_preset", "cpus_per_run", "gpus_per_run", "ensemble"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values["settings"] = {**values.get("settings", {}), **_pairs(args.set, "--set")}
@@ -103,11 +109,11 @@ def _number(text):
 
 
 def run(args) -> int:
-    from ..progress import tqdm
-    from .sweep import SweepError, run_sweep
-    from .sweep_procs import SweepLockError
-    from .sweep_ray import RayMissingError
-    from .sweep_spec import SweepSpecError
+    from ...progress import tqdm
+    from .driver import SweepError, run_sweep
+    from .procs import SweepLockError
+    from .ray_tasks import RayMissingError
+    from .spec import SweepSpecError
     log = None if args.quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
     try:
         spec = build_spec(args)

@@ -1,0 +1,186 @@
+"""Four seeds trained as one ensemble against the same four one after another, in one process.
+
+    python benchmarks/cpu/bench_ensemble_training.py [--seeds 4] [--n-max 12] [--steps 50] [--rounds 5]
+        [--threads 1] [--model leaky|gru|lstm] [--breakdown] [--json PATH]
+
+The quick shapes (64 neurons, batch 64), multi-head parity with the curriculum at N = 2..n_max (one
+head each), one thread. Each round times one epoch (--steps training steps and 2 test batches) of
+the K lone Trainers one after another, then the same epoch of the K networks as one
+EnsembleTrainer, alternating, from the same starting networks; the result is the median ratio
+(ensemble / one after another), in wall time and in process CPU time (the less disturbed on a
+shared machine).
+
+--breakdown: the time per training step split into the batch (task bits, labels, h0; padding and
+stacking for the ensemble), the recurrence (forward and backward), the readout and loss (forward and
+backward) and the optimizer (clip, step, zero_grad), for the K lone networks together and for the
+ensemble, from an instrumented copy of the step (the phases separated by detaching the final state).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from timescale_kernels.experiments import Trainer, make_config
+from timescale_kernels.experiments.ensemble import EnsembleTrainer
+from timescale_kernels.experiments.stack import NetworkStack
+from timescale_kernels.experiments.trainer import clip_gradients
+
+PHASES = ("batch", "recurrence", "readout_loss", "optimizer")
+
+
+MODEL = {"name": "leaky"}
+
+
+def trainers(seeds: int, n_max: int, steps: int) -> list[Trainer]:
+    """Fresh quick-preset Trainers (seeds 0..seeds-1) whose curricula hold N = 2..n_max."""
+    out = []
+    for seed in range(seeds):
+        trainer = Trainer(make_config("quick", seed=seed, steps_per_epoch=steps, test_batches=2, device="cpu",
+                                      model=MODEL["name"]))
+        while trainer.curriculum.Ns[-1] < n_max:
+            trainer.curriculum.advance()
+        trainer.ensure_heads()
+        out.append(trainer)
+    return out
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall s, process CPU s) of fn()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def lone_epochs(group):
+    for trainer in group:
+        trainer.train_epoch()
+        trainer.evaluate()
+
+
+def ensemble_epoch(group):
+    ensemble = EnsembleTrainer(group)
+    stack = NetworkStack(ensemble.active)
+    ensemble._prepare_heads(stack)
+    ensemble.train_epoch(stack)
+    ensemble.evaluate(stack)
+    stack.write_back()
+
+
+def compare(args) -> dict:
+    """Median times of one epoch of the K networks, one after another and as one ensemble."""
+    times = {"lone": [], "ensemble": []}
+    for _ in range(args.rounds):
+        times["lone"].append(timed(lambda: lone_epochs(trainers(args.seeds, args.n_max, args.steps))))
+        times["ensemble"].append(timed(lambda: ensemble_epoch(trainers(args.seeds, args.n_max, args.steps))))
+    med = {k: np.median(np.array(v), axis=0) for k, v in times.items()}
+    return {"lone_s": med["lone"].tolist(), "ensemble_s": med["ensemble"].tolist(),
+            "ratio_wall": float(med["ensemble"][0] / med["lone"][0]),
+            "ratio_cpu": float(med["ensemble"][1] / med["lone"][1]), "rounds": times}
+
+
+def _phase(totals, name, start):
+    now = time.process_time()
+    totals[name] += now - start
+    return now
+
+
+def lone_breakdown(group, steps) -> dict:
+    """CPU ms per step of each phase, summed over the lone networks."""
+    totals = dict.fromkeys(PHASES, 0.0)
+    for trainer in group:
+        heads, params = trainer.curriculum.heads, trainer.optimizer.param_groups[0]["params"]
+        for length in trainer._lengths(steps):
+            t = time.process_time()
+            x, labels, h0 = trainer._batch(trainer.generators["train"], length)
+            t = _phase(totals, "batch", t)
+            h_n = trainer.model.core_final_state(x, h0)
+            state = h_n.detach().requires_grad_()
+            t = _phase(totals, "recurrence", t)
+            logits = trainer.model.readout(state, heads)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1)) * len(heads)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t = _phase(totals, "readout_loss", t)
+            h_n.backward(state.grad)
+            t = _phase(totals, "recurrence", t)
+            clip_gradients(params, trainer.config.clip)
+            trainer._step(None)
+            _phase(totals, "optimizer", t)
+    return {k: 1e3 * v / steps for k, v in totals.items()}
+
+
+def ensemble_breakdown(group, steps) -> dict:
+    """CPU ms per step of each phase of the ensemble's step (all K networks)."""
+    ensemble = EnsembleTrainer(group)
+    stack = NetworkStack(ensemble.active)
+    ensemble._prepare_heads(stack)
+    totals = dict.fromkeys(PHASES, 0.0)
+    for lengths in zip(*[t._lengths(steps) for t in group]):
+        t = time.process_time()
+        x, labels, h0 = ensemble._batches("train", list(lengths))
+        t = _phase(totals, "batch", t)
+        h_n = stack.final_states(x, h0, list(lengths))
+        state = h_n.detach().requires_grad_()
+        t = _phase(totals, "recurrence", t)
+        h1 = torch.nn.functional.pad(state, (0, 1), value=1.0)
+        table = stack.tensors["readout.table"]
+        logits = torch.bmm(h1, table.view(len(stack), -1, stack.hidden + 1).transpose(1, 2))
+        losses = stack.losses(logits.view(len(stack), h1.shape[1], stack.capacity, -1), labels)
+        stack.zero_grad()
+        losses.sum().backward()
+        t = _phase(totals, "readout_loss", t)
+        h_n.backward(state.grad)
+        t = _phase(totals, "recurrence", t)
+        stack.clip_and_step(None)
+        _phase(totals, "optimizer", t)
+    return {k: 1e3 * v / steps for k, v in totals.items()}
+
+
+def breakdown(args) -> dict:
+    rows = {"lone": [], "ensemble": []}
+    for _ in range(args.rounds):
+        rows["lone"].append(lone_breakdown(trainers(args.seeds, args.n_max, args.steps), args.steps))
+        rows["ensemble"].append(ensemble_breakdown(trainers(args.seeds, args.n_max, args.steps), args.steps))
+    return {kind: {p: float(np.median([r[p] for r in rs])) for p in PHASES} for kind, rs in rows.items()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--n-max", type=int, default=12)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", choices=("leaky", "gru", "lstm"), default="leaky",
+                   help="GRU and LSTM run their recurrences network by network inside the ensemble")
+    p.add_argument("--breakdown", action="store_true", help="also the per-step breakdown by phase (CPU time)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    MODEL["name"] = args.model
+    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+           "machine": platform.processor() or platform.machine(), "threads": args.threads, "seeds": args.seeds,
+           "model": args.model, "n_max": args.n_max, "steps": args.steps, "rounds": args.rounds, "epoch": compare(args)}
+    e = out["epoch"]
+    print(f"one epoch ({args.steps} steps + 2 test batches) of {args.seeds} networks at N = 2..{args.n_max}, "
+          f"{args.threads} thread(s): one after another {e['lone_s'][0]:.3f} s wall / {e['lone_s'][1]:.3f} s CPU, "
+          f"ensemble {e['ensemble_s'][0]:.3f} / {e['ensemble_s'][1]:.3f}: ratio {e['ratio_wall']:.3f} wall, "
+          f"{e['ratio_cpu']:.3f} CPU")
+    if args.breakdown:
+        out["breakdown_ms_per_step"] = rows = breakdown(args)
+        print(f"{'CPU ms per step':<22}" + "".join(f"{p:>14}" for p in PHASES) + f"{'total':>10}")
+        for kind, r in rows.items():
+            print(f"{kind:<22}" + "".join(f"{r[p]:>14.3f}" for p in PHASES) + f"{sum(r.values()):>10.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
