@@ -1,5 +1,6 @@
 """The CPU benchmark suite on pytest-benchmark: shapes, the --bench-tiny switch, and the import path
-of the scripts in benchmarks/ whose code it times (bench_cpu.py, bench_training.py, bench_tau_net.py).
+of the scripts beside it whose code it times (bench_cpu.py, bench_training.py, bench_tau_net.py,
+bench_ensemble.py, bench_ensemble_training.py).
 
     pytest benchmarks/cpu --benchmark-only                      # the suite; `make bench` saves and compares
     pytest benchmarks/cpu --benchmark-disable --bench-tiny      # every benchmark once at a tiny shape
@@ -28,7 +29,12 @@ TRAINING_SHAPE = (128, 64)
 # The tau_net simulation: steps after 500 burn-in, 10 trials of the study's 500-neuron network.
 TAU_NET = {"steps": 2000, "burn_in": 500, "trials": 10, "hidden": 500, "chunk": 2048, "rounds": 3}
 
+# Ensembles: K networks of (T, B, H) in one call, rounds; an ensemble training epoch (seeds, N max, steps, rounds).
+ENSEMBLES = {(8, (20, 64, 64)): 10, (4, (100, 256, 500)): 3}
+ENSEMBLE_TRAINING = (4, 12, 20, 3)
+
 TINY_OP_SHAPES = {(4, 3, 8): 1}
+TINY_ENSEMBLES, TINY_ENSEMBLE_TRAINING = {(2, (4, 3, 8)): 1}, (2, 3, 2, 1)
 TINY_TRAINING, TINY_TRAINING_SHAPE = {3: 1}, (8, 4)
 TINY_TAU_NET = {"steps": 40, "burn_in": 5, "trials": 2, "hidden": 8, "chunk": 16, "rounds": 1}
 
@@ -47,6 +53,10 @@ def pytest_generate_tests(metafunc):
     if "op_shape" in metafunc.fixturenames:
         shapes = TINY_OP_SHAPES if tiny else OP_SHAPES
         metafunc.parametrize("op_shape", list(shapes.items()), ids=["T{}-B{}-H{}".format(*s) for s in shapes])
+    if "ensemble_shape" in metafunc.fixturenames:
+        shapes = TINY_ENSEMBLES if tiny else ENSEMBLES
+        metafunc.parametrize("ensemble_shape", list(shapes.items()),
+                             ids=["K{}-T{}-B{}-H{}".format(k, *s) for k, s in shapes])
     if "training_n" in metafunc.fixturenames:
         runs = TINY_TRAINING if tiny else TRAINING
         metafunc.parametrize("training_n", list(runs.items()), ids=[f"N2-{n}" for n in runs])
@@ -56,6 +66,12 @@ def pytest_generate_tests(metafunc):
 def training_shape(request) -> tuple[int, int]:
     """(hidden size, batch) of the training-step benchmarks."""
     return TINY_TRAINING_SHAPE if _tiny(request.config) else TRAINING_SHAPE
+
+
+@pytest.fixture
+def ensemble_training(request) -> tuple[int, int, int, int]:
+    """(seeds, N max, steps per epoch, rounds) of the ensemble training epoch."""
+    return TINY_ENSEMBLE_TRAINING if _tiny(request.config) else ENSEMBLE_TRAINING
 
 
 @pytest.fixture
