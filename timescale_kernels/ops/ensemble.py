@@ -11,17 +11,10 @@ from __future__ import annotations
 import torch
 
 from .core import rates
-from .eager import _transforms_active, run_recurrence
-from .reference import masked_recurrent_weight
+from .eager import _transforms_active, run_recurrence_of_params
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 ARG_NAMES = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "tau", "drive_noise")
-
-
-def network_alpha(tau: torch.Tensor, hidden: int) -> torch.Tensor:
-    """alpha (K, H) = 1 / clamp(tau, min=1) from tau (K, H) or (K, 1); no gradient where tau < 1."""
-    alpha = 1.0 / torch.clamp(tau, min=1.0)
-    return alpha.expand(tau.shape[0], hidden).contiguous()
 
 
 class _Projection(torch.autograd.Function):
@@ -80,13 +73,10 @@ def run_compiled_ensemble(backend: str, tensors: dict, nonlinearity: str, placem
     if out_dtype in _LOW_PRECISION:
         tensors = {k: None if v is None else v.float() for k, v in tensors.items()}
     t = tensors
-    hidden = t["weight_hh"].shape[-1]
     u = ensemble_projection(t["input"], t["weight_ih"], t["bias_ih"], t["bias_hh"], t["drive_noise"])
-    w = masked_recurrent_weight(t["weight_hh"], self_connections)
-    alpha = network_alpha(t["tau"], hidden)
     needs_grad = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in t.values())
-    output, h_n = run_recurrence(u, t["hx"], w, alpha, nonlinearity, placement, backend, precision, needs_grad,
-                                 lengths, reverse)
+    output, h_n = run_recurrence_of_params(u, t["hx"], t["weight_hh"], t["tau"], self_connections, nonlinearity,
+                                           placement, backend, precision, needs_grad, lengths, reverse)
     if placement == "voltage":  # the core's states are v: the output is the rate f(v), h_n stays v_T
         output = rates(output, nonlinearity, lengths)
     if out_dtype != output.dtype:
