@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .core import _rate_of, as_ensemble, last_state, recurrence, serial_backward, serial_forward, weight_gradient
+from .reference import masked_recurrent_weight
 
 
 class _BackwardKernels(torch.autograd.Function):
@@ -55,11 +56,12 @@ class _BackwardKernels(torch.autograd.Function):
         return tuple(unflatten(r) for r in results), (0, 0, 0)
 
 
-def _gradients(ctx, grad_h, grad_last=None):
+def _gradients(ctx, grad_h, grad_last=None, need_dw=True):
     """(du, dh0, dW, dalpha) from the saved (h, h0, drive, w, alpha, lengths): the backward kernels,
     then dW as GEMMs. grad_h None: no gradient reaches h from outside (one zero row stands for all
-    of it, no (T, B, H) tensor); grad_last: the gradient of each row's last state, or None."""
-    h, h0, drive, w, alpha, lengths = ctx.saved_tensors
+    of it, no (T, B, H) tensor); grad_last: the gradient of each row's last state, or None; dW None
+    when not need_dw (a frozen weight_hh: no GEMM)."""
+    h, h0, drive, w, alpha, lengths = ctx.saved_tensors[:6]
     if grad_h is None:
         grad_h = h.new_zeros((1,) * (h.dim() - 1) + (h.shape[-1],)).expand(h.shape)
     if torch.is_grad_enabled() or _transforms_active():  # create_graph=True, or a torch.func transform
@@ -68,7 +70,8 @@ def _gradients(ctx, grad_h, grad_last=None):
     else:
         d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse,
                                                 grad_last)
-    return d_drive, dh0, weight_gradient(d_drive, h, h0, lengths, ctx.reverse, rate=_rate_of(ctx.args)), d_alpha
+    dw = weight_gradient(d_drive, h, h0, lengths, ctx.reverse, rate=_rate_of(ctx.args)) if need_dw else None
+    return d_drive, dh0, dw, d_alpha
 
 
 class _Recurrence(torch.autograd.Function):
@@ -92,6 +95,49 @@ class _Recurrence(torch.autograd.Function):
         if grad_h is None and grad_last is None:
             return (None,) * 10
         return *_gradients(ctx, grad_h, grad_last), None, None, None, None, None, None
+
+
+class _RecurrenceOfParams(torch.autograd.Function):
+    """_Recurrence taking weight_hh and tau themselves: W (the diagonal masked unless
+    self_connections) and alpha = 1 / clamp(tau, min=1) are formed in forward and their gradients
+    returned from backward, the same arithmetic autograd's masked_fill, clamp and reciprocal nodes
+    would do, without those nodes (a dozen ATen calls and three graph nodes fewer per call).
+    weight_hh (H, H) or (K, H, H); tau (H,), 0-dim, (K, H) or (K, 1)."""
+
+    @staticmethod
+    def forward(ctx, u, h0, weight_hh, tau, self_connections, nonlinearity, placement, backend, precision, lengths,
+                reverse):
+        w = weight_hh if self_connections else _zero_diagonal(weight_hh.clone())
+        recip = torch.clamp(tau, min=1.0).reciprocal()  # 1 / clamp(tau): the same bits
+        alpha = recip.expand(*weight_hh.shape[:-2], weight_hh.shape[-1]).contiguous()
+        h, drive = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, True, lengths,
+                                  reverse)
+        ctx.save_for_backward(h, h0, drive, w, alpha, lengths, tau, recip)
+        ctx.args, ctx.reverse = (nonlinearity, placement, backend, precision), reverse
+        ctx.self_connections = self_connections
+        ctx.set_materialize_grads(False)
+        last = last_state(h, lengths, reverse)
+        return h, (last.clone() if last._base is h else last)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_last):
+        if grad_h is None and grad_last is None:
+            return (None,) * 11
+        du, dh0, dw, d_alpha = _gradients(ctx, grad_h, grad_last, need_dw=ctx.needs_input_grad[2])
+        if dw is not None and not ctx.self_connections:
+            _zero_diagonal(dw)  # dw is a fresh GEMM result
+        d_tau = None
+        if ctx.needs_input_grad[3]:
+            tau, recip = ctx.saved_tensors[6:]
+            d_recip = d_alpha.sum_to_size(recip.shape)  # expand's gradient: a shared tau sums over H
+            d_tau = torch.where(tau >= 1.0, -d_recip * (recip * recip), 0.0)  # reciprocal', then clamp's mask
+        return du, dh0, dw, d_tau, None, None, None, None, None, None, None
+
+
+def _zero_diagonal(w: torch.Tensor) -> torch.Tensor:
+    """w (H, H) or (K, H, H) with its (each network's) diagonal set to 0.0, in place; returns w."""
+    w.diagonal(dim1=-2, dim2=-1).zero_()
+    return w
 
 
 class _RecurrenceForTransforms(torch.autograd.Function):
@@ -143,6 +189,21 @@ def run_recurrence(u, h0, w, alpha, nonlinearity: str, placement: str, backend: 
     else:
         return _Recurrence.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse)
     return h, last_state(h, lengths, reverse)
+
+
+def run_recurrence_of_params(u, h0, weight_hh, tau, self_connections: bool, nonlinearity: str, placement: str,
+                             backend: str, precision: str, needs_grad: bool, lengths: torch.Tensor | None = None,
+                             reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """run_recurrence from weight_hh (H, H) (or (K, H, H)) and tau ((H,) or 0-dim; (K, H) or (K, 1))
+    instead of the masked W and alpha: in eager mode with gradients one autograd node
+    (_RecurrenceOfParams); under torch.compile, a torch.func transform or without gradients, the
+    mask and alpha as plain ops around run_recurrence."""
+    if needs_grad and not torch.compiler.is_compiling() and not _transforms_active():
+        return _RecurrenceOfParams.apply(u, h0, weight_hh, tau, self_connections, nonlinearity, placement, backend,
+                                         precision, lengths, reverse)
+    w = masked_recurrent_weight(weight_hh, self_connections)
+    alpha = (1.0 / torch.clamp(tau, min=1.0)).expand(*weight_hh.shape[:-2], weight_hh.shape[-1]).contiguous()
+    return run_recurrence(u, h0, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths, reverse)
 
 
 # The cpu backend's output pool serves blocks of at least this many bytes (csrc/output_pool.h).

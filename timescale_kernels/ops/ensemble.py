@@ -11,37 +11,41 @@ from __future__ import annotations
 import torch
 
 from .core import rates
-from .eager import _transforms_active, run_recurrence
-from .reference import masked_recurrent_weight
+from .eager import _transforms_active, run_recurrence_of_params
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 ARG_NAMES = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "tau", "drive_noise")
 
 
-def network_alpha(tau: torch.Tensor, hidden: int) -> torch.Tensor:
-    """alpha (K, H) = 1 / clamp(tau, min=1) from tau (K, H) or (K, 1); no gradient where tau < 1."""
-    alpha = 1.0 / torch.clamp(tau, min=1.0)
-    return alpha.expand(tau.shape[0], hidden).contiguous()
-
-
 class _Projection(torch.autograd.Function):
-    """u (K, N, H) = flat (K, N, I) weight_ih^T (K, I, H) + bias (K, 1, H) or None, with its gradients as
-    batched GEMMs: autograd's own backward of addcmul (the I = 1 outer product) reduces the
-    broadcast operands element-wise, 0.75 ms against 0.1 ms for these at K = 8 of (20, 64, 64)."""
+    """u (K, N, H) = flat (K, N, I) weight_ih^T (K, I, H) + bias_ih + bias_hh ((K, H) each, or None), with
+    its gradients as batched GEMMs: autograd's own backward of addcmul (the I = 1 outer product)
+    reduces the broadcast operands element-wise, 0.75 ms against 0.1 ms for these at K = 8 of
+    (20, 64, 64). The biases' sum is formed here too (one autograd node fewer); both get its
+    gradient, the sum of u's over the rows."""
 
     @staticmethod
-    def forward(ctx, flat, weight_ih, bias):
+    def forward(ctx, flat, weight_ih, bias_ih, bias_hh):
         ctx.save_for_backward(flat, weight_ih)
-        ctx.has_bias = bias is not None
-        return _project(flat, weight_ih, bias)
+        return _project(flat, weight_ih, _bias_sum(bias_ih, bias_hh))
 
     @staticmethod
     def backward(ctx, grad):
         flat, weight_ih = ctx.saved_tensors
-        d_flat = torch.bmm(grad, weight_ih) if ctx.needs_input_grad[0] else None
-        d_weight = torch.bmm(flat.transpose(1, 2), grad).transpose(1, 2) if ctx.needs_input_grad[1] else None
-        d_bias = grad.sum(1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return d_flat, d_weight, d_bias
+        need = ctx.needs_input_grad
+        d_flat = torch.bmm(grad, weight_ih) if need[0] else None
+        d_weight = torch.bmm(flat.transpose(1, 2), grad).transpose(1, 2) if need[1] else None
+        d_bias = grad.sum(1) if need[2] or need[3] else None
+        return d_flat, d_weight, d_bias if need[2] else None, d_bias if need[3] else None
+
+
+def _bias_sum(bias_ih, bias_hh):
+    """bias_ih + bias_hh ((K, H) each, or None) as (K, 1, H), or None."""
+    if bias_ih is not None and bias_hh is not None:
+        bias = bias_ih + bias_hh
+    else:
+        bias = bias_ih if bias_ih is not None else bias_hh
+    return None if bias is None else bias.unsqueeze(1)
 
 
 def _project(flat, weight_ih, bias):
@@ -59,15 +63,10 @@ def ensemble_projection(input, weight_ih, bias_ih, bias_hh, drive_noise) -> torc
     count, steps, batch, in_size = input.shape
     hidden = weight_ih.shape[1]
     flat = input.reshape(count, steps * batch, in_size)
-    if bias_ih is not None and bias_hh is not None:
-        bias = bias_ih + bias_hh
-    else:
-        bias = bias_ih if bias_ih is not None else bias_hh
-    bias = None if bias is None else bias.unsqueeze(1)
     if _transforms_active() or torch.compiler.is_compiling():  # plain ops: torch.func and dynamo see through them
-        u = _project(flat, weight_ih, bias)
+        u = _project(flat, weight_ih, _bias_sum(bias_ih, bias_hh))
     else:
-        u = _Projection.apply(flat, weight_ih, bias)
+        u = _Projection.apply(flat, weight_ih, bias_ih, bias_hh)
     u = u.view(count, steps, batch, hidden)
     return u if drive_noise is None else u + drive_noise
 
@@ -80,13 +79,10 @@ def run_compiled_ensemble(backend: str, tensors: dict, nonlinearity: str, placem
     if out_dtype in _LOW_PRECISION:
         tensors = {k: None if v is None else v.float() for k, v in tensors.items()}
     t = tensors
-    hidden = t["weight_hh"].shape[-1]
     u = ensemble_projection(t["input"], t["weight_ih"], t["bias_ih"], t["bias_hh"], t["drive_noise"])
-    w = masked_recurrent_weight(t["weight_hh"], self_connections)
-    alpha = network_alpha(t["tau"], hidden)
     needs_grad = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in t.values())
-    output, h_n = run_recurrence(u, t["hx"], w, alpha, nonlinearity, placement, backend, precision, needs_grad,
-                                 lengths, reverse)
+    output, h_n = run_recurrence_of_params(u, t["hx"], t["weight_hh"], t["tau"], self_connections, nonlinearity,
+                                           placement, backend, precision, needs_grad, lengths, reverse)
     if placement == "voltage":  # the core's states are v: the output is the rate f(v), h_n stays v_T
         output = rates(output, nonlinearity, lengths)
     if out_dtype != output.dtype:

@@ -17,9 +17,9 @@ from .backends import fall_back_from, kernel_key, note_auto_triton, record_trito
 from .checks import (check_drive_noise, check_lengths, check_network_args, check_network_lengths, check_op_args,
                      network_count, per_network)
 from .core import rates, reverse_in_time
-from .eager import input_projection, run_recurrence
+from .eager import input_projection, run_recurrence_of_params
 from .ensemble import ARG_NAMES, run_compiled_ensemble
-from .reference import alpha_from_tau, leaky_rnn_reference, masked_recurrent_weight
+from .reference import leaky_rnn_reference
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -211,16 +211,13 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
         input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise = (
             None if t is None else t.float()
             for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    hidden = weight_hh.shape[0]
     u = _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise, backend)
-    w = masked_recurrent_weight(weight_hh, self_connections)
-    alpha = alpha_from_tau(tau, hidden).contiguous()
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
     # h_n: each row's last valid state (the output is zero past it; in reverse, the state after input[0])
-    output, h_n = run_recurrence(u, hx, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths,
-                                 reverse)
+    output, h_n = run_recurrence_of_params(u, hx, weight_hh, tau, self_connections, nonlinearity, placement, backend,
+                                           precision, needs_grad, lengths, reverse)
     if placement == "voltage":  # the core's states are v: the output is the rate f(v), h_n stays v_T
         output = rates(output, nonlinearity, lengths)
     if out_dtype != output.dtype:
