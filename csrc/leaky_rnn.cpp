@@ -1,19 +1,20 @@
 // The leaky-RNN serial core on the CPU (see timescale_kernels/ops/core.py for the contract).
 //
 // Every tensor may carry a leading network dimension K (an ensemble of independent networks; a lone
-// network is K = 1). Without lengths, one parallel region covers the whole call: each thread owns
-// blocks of (network, batch rows) for the whole sequence, and each step of a block is one direct
-// BLAS call and one fused element-wise pass over its rows (row_blocks.h): no ATen dispatch, no
-// allocation and no barrier per step. The weight gradient is not computed here: core.py does it
-// with one GEMM per network over all T*B rows after the reverse loop. Large outputs come from
-// output_pool.h.
+// network is K = 1). One parallel region covers the whole call: each thread owns blocks of
+// (network, batch rows) for the whole sequence, and each step of a block is one direct BLAS call
+// and one fused element-wise pass over its rows (row_blocks.h): no ATen dispatch, no allocation and
+// no barrier per step. With per-row lengths a row past its length is held, and a step's GEMM covers
+// only the block's rows around those still running. The weight gradient is not computed here:
+// core.py does it with one GEMM per network over all T*B rows after the reverse loop. Large outputs
+// come from output_pool.h.
 //
-// With per-row lengths (each network in turn) the loops keep the state (and, in reverse, the adjoint) in a row order,
-// longest first, so that each step's GEMM and element-wise pass cover only the rows still
-// running, as torch.nn.RNN's packed path does; outputs stay in batch order. Without lengths the
-// loops can also run the sequence in reverse time order (reverse=True; with lengths each row within
-// its own length), reading and writing the tensors in place, for the reverse direction of a
-// bidirectional layer.
+// The loops also run the sequence in reverse time order (reverse=True), reading and writing the
+// tensors in place, for the reverse direction of a bidirectional layer. With lengths, where each row
+// runs its own steps reversed (different time indices in one step), the by-length loops of loops.h
+// run instead, each network in turn: they keep the state (and the adjoint) in a row order, longest
+// first, so that each step's GEMM and element-wise pass cover only the rows still running, as
+// torch.nn.RNN's packed path does; outputs stay in batch order.
 //
 //   timescale_kernels_cpu::forward(u, h0, w, alpha, nonlinearity, placement, save_drive, lengths,
 //                                  reverse) -> (h, drive)
@@ -71,6 +72,18 @@ void check_args(const at::Tensor& h0, const at::Tensor& w, const at::Tensor& alp
 // t with a leading network dimension: itself for an ensemble, else a view with K = 1.
 at::Tensor networks_of(const at::Tensor& t, bool ensemble) { return ensemble ? t : t.unsqueeze(0); }
 
+// lengths (K, B) (or (B,) for a lone network), checked network by network, contiguous; undefined
+// without lengths.
+at::Tensor network_lengths(const std::optional<at::Tensor>& lengths, bool ensemble, int64_t networks, int64_t steps,
+                           int64_t batch) {
+  if (!lengths.has_value()) return at::Tensor();
+  const at::Tensor len = networks_of(*lengths, ensemble);
+  TORCH_CHECK(len.dim() >= 1 && len.size(0) == networks, "lengths: expected (", networks, ", ", batch, "); got ",
+              lengths->sizes());
+  for (int64_t k = 0; k < networks; ++k) checked_lengths(len[k], steps, batch);
+  return len.contiguous();
+}
+
 // One network's forward over rows of different lengths (u, h, drive (T, B, H), ...; see forward).
 void forward_by_length(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, const at::Tensor& alpha,
                        int64_t nonlinearity, int64_t placement, bool save_drive, const at::Tensor& lengths,
@@ -92,8 +105,8 @@ void forward_by_length(const at::Tensor& u, const at::Tensor& h0, const at::Tens
 // With lengths, row b holds its state from step lengths[b] on: h[t, b] = h[t - 1, b]; drive[t, b]
 // is left unwritten there. reverse: the steps run from time index T-1 down to 0 (with lengths, each
 // row's from lengths[b]-1 down to 0), h[t] the state after reading u[t], so that h[0] is the last
-// state; held steps stay where they are. Without lengths, one parallel region for the whole call
-// (row_blocks.h); with them, each network's rows ordered by length (loops.h), one after another.
+// state; held steps stay where they are. One parallel region for the whole call (row_blocks.h),
+// except in reverse with lengths: each network's rows ordered by length (loops.h), one after another.
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_, const at::Tensor& h0_, const at::Tensor& w_,
                                            const at::Tensor& alpha_, int64_t nonlinearity, int64_t placement,
                                            bool save_drive, const std::optional<at::Tensor>& lengths,
@@ -107,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_, const at::Tenso
   at::Tensor drive =
       save_drive ? OutputPool::instance().empty(u.sizes(), u.options()) : at::empty({0}, u.options());
   DenormalsAreZero denormal_guard;
-  if (steps > 0 && lengths.has_value()) {
+  if (steps > 0 && lengths.has_value() && reverse) {
     const at::Tensor len = networks_of(*lengths, ensemble);
     for (int64_t k = 0; k < networks; ++k) {
       forward_by_length(u[k], h0[k], w[k], alpha[k], nonlinearity, placement, save_drive, len[k], reverse, h[k],
@@ -116,11 +129,12 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_, const at::Tenso
   } else if (steps > 0) {
     // W^T contiguous: MKL's small-matrix path is up to 1.8x slower for a transposed operand (H = 64).
     const at::Tensor w_t = w.transpose(1, 2).contiguous(), keep = 1 - alpha;
+    const at::Tensor len = network_lengths(lengths, ensemble, networks, steps, batch);
     AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "timescale_kernels_cpu::forward", [&] {
       dispatch_activation<ForwardBlocksLoop, scalar_t>(
           nonlinearity, placement, u.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
           w_t.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), keep.const_data_ptr<scalar_t>(),
-          h.mutable_data_ptr<scalar_t>(), save_drive ? drive.mutable_data_ptr<scalar_t>() : nullptr, save_drive,
+          len.defined() ? len.const_data_ptr<int64_t>() : nullptr, h.mutable_data_ptr<scalar_t>(), save_drive ? drive.mutable_data_ptr<scalar_t>() : nullptr, save_drive,
           networks, steps, batch, hidden, TimeOrder{steps, reverse});
     });
   }
@@ -166,13 +180,16 @@ at::Tensor backward_by_length(const at::Tensor& grad_h, const at::Tensor& h, con
   return at::empty_like(dh).index_copy_(0, order.index, dh);
 }
 
-// The reverse loop of K networks' blocks of rows (row_blocks.h), without lengths; returns dh0.
+// The reverse loop of K networks' blocks of rows (row_blocks.h), lengths (K, B) contiguous or
+// undefined (not with reverse); returns dh0.
 at::Tensor backward_blocks(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
                            const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
-                           int64_t nonlinearity, int64_t placement, bool reverse, const at::Tensor& grad_last,
-                           at::Tensor& d_drive, at::Tensor& d_alpha_partial) {
+                           int64_t nonlinearity, int64_t placement, bool reverse, const at::Tensor& lengths,
+                           const at::Tensor& grad_last, at::Tensor& d_drive, at::Tensor& d_alpha_partial) {
   const int64_t networks = h.size(0), steps = h.size(1), batch = h0.size(1), hidden = h0.size(2);
   at::Tensor dh = grad_h.select(1, reverse ? 0 : steps - 1).clone(at::MemoryFormat::Contiguous);
+  // A row that does not run the last step gets its grad_h where it is held instead (the loop).
+  if (lengths.defined()) dh.masked_fill_((lengths < steps).unsqueeze(-1), 0);
   if (grad_last.defined()) dh.add_(grad_last);
   const at::Tensor keep = 1 - alpha;
   const int64_t strides[4] = {grad_h.stride(0), grad_h.stride(1), grad_h.stride(2), grad_h.stride(3)};
@@ -180,7 +197,8 @@ at::Tensor backward_blocks(const at::Tensor& grad_h, const at::Tensor& h, const 
     dispatch_activation<BackwardBlocksLoop, scalar_t>(
         nonlinearity, placement, grad_h.const_data_ptr<scalar_t>(), strides, h.const_data_ptr<scalar_t>(),
         h0.const_data_ptr<scalar_t>(), drive.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-        alpha.const_data_ptr<scalar_t>(), keep.const_data_ptr<scalar_t>(), d_drive.mutable_data_ptr<scalar_t>(),
+        alpha.const_data_ptr<scalar_t>(), keep.const_data_ptr<scalar_t>(),
+        lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr, d_drive.mutable_data_ptr<scalar_t>(),
         dh.mutable_data_ptr<scalar_t>(), d_alpha_partial.mutable_data_ptr<double>(), networks, steps, batch,
         hidden, TimeOrder{steps, reverse});
   });
@@ -221,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   at::Tensor dh0 = at::zeros_like(h0);
   if (steps > 0) {
     DenormalsAreZero denormal_guard;
-    if (lengths.has_value()) {
+    if (lengths.has_value() && reverse) {
       const at::Tensor len = networks_of(*lengths, ensemble);
       for (int64_t k = 0; k < networks; ++k) {
         dh0[k].copy_(backward_by_length(grad_h[k], h[k], h0[k], drive[k], w[k], alpha[k], nonlinearity, placement,
@@ -229,8 +247,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
                                         d_drive[k], d_alpha_partial[k]));
       }
     } else {
-      dh0 = backward_blocks(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, reverse, grad_last, d_drive,
-                            d_alpha_partial);
+      const at::Tensor len = network_lengths(lengths, ensemble, networks, steps, batch);
+      dh0 = backward_blocks(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, reverse, len, grad_last,
+                            d_drive, d_alpha_partial);
     }
   }
   at::Tensor d_alpha = sum_partials(d_alpha_partial, alpha);

@@ -1,5 +1,6 @@
-// The time loops of the CPU core over rows of different lengths (see leaky_rnn.cpp; without lengths
-// the loops of row_blocks.h run), the floating-point mode guard and the dispatch. Each loop is a
+// The time loops of the CPU core over rows of different lengths in reverse time order (see
+// leaky_rnn.cpp; otherwise the loops of row_blocks.h run), the floating-point mode guard and the
+// dispatch. Each loop is a
 // Kernel<T, NL, PL> with a static run(...), instantiated per dtype, nonlinearity and placement by
 // dispatch_activation.
 #pragma once
@@ -84,8 +85,8 @@ struct RowOrder {
   int64_t time(int64_t i, int64_t s) const { return reverse ? length[i] - 1 - s : s; }
 };
 
-inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_t batch,
-                                bool reverse = false) {
+// One network's lengths (B,), checked (a CPU int64 tensor of values in 1..steps), contiguous.
+inline at::Tensor checked_lengths(const at::Tensor& lengths, int64_t steps, int64_t batch) {
   TORCH_CHECK(lengths.device().is_cpu() && lengths.scalar_type() == at::kLong,
               "lengths: expected a CPU int64 tensor; got ", lengths.device(), " ",
               lengths.scalar_type());
@@ -97,6 +98,13 @@ inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_
     TORCH_CHECK(len[b] >= 1 && len[b] <= steps, "lengths: expected values in 1..", steps,
                 "; got ", len[b], " at row ", b);
   }
+  return lengths_c;
+}
+
+inline RowOrder order_by_length(const at::Tensor& lengths, int64_t steps, int64_t batch,
+                                bool reverse = false) {
+  const at::Tensor lengths_c = checked_lengths(lengths, steps, batch);
+  const int64_t* len = lengths_c.const_data_ptr<int64_t>();
   RowOrder order{at::empty({batch}, lengths.options()), std::vector<int64_t>(steps, 0),
                  std::vector<int64_t>(batch), reverse};
   int64_t* index = order.index.mutable_data_ptr<int64_t>();

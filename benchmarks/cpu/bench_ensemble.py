@@ -1,7 +1,7 @@
 """The cpu backend at its GEMM floor, and K networks in one call, forward + backward on the CPU.
 
     python benchmarks/cpu/bench_ensemble.py [--repeats N] [--threads 1 2] [--json PATH] [--skip-floor]
-                                        [--skip-ensemble]
+                                        [--skip-ensemble] [--skip-padded]
 
 Floor rows, per shape (T, B, H) in (20, 64, 64), (50, 64, 128), (100, 256, 500), I = 1, float32:
   cpu backend    leaky_rnn(..., backend="cpu"), loss = output.sum(), backward
@@ -14,6 +14,10 @@ and tau, a shared input:
   K calls        the same networks one leaky_rnn call each
   vmap(ref)      torch.func.vmap over leaky_rnn(..., backend="reference"): what a user writes today
   K nn.RNN       K torch.nn.RNN modules, one after another
+Padded rows: K = 4 networks of (T_k, 64, 64), T_k = 12, 20, 16, 9, as the ensemble trainer runs
+networks whose tasks have different sequence lengths:
+  padded call    one leaky_rnn call, every input padded to the longest T, lengths (K, B) per network
+  K calls        each network one call at its own T, no lengths
 
 The harness is hand-written rather than torch.utils.benchmark: on a machine shared with other
 work the load drifts over seconds, so the rows being compared run interleaved, round by round, in
@@ -36,6 +40,7 @@ import timescale_kernels as tk
 
 FLOOR_SHAPES = [(20, 64, 64), (50, 64, 128), (100, 256, 500)]
 ENSEMBLES = [(8, (20, 64, 64)), (4, (100, 256, 500))]
+PADDED = ((12, 20, 16, 9), 64, 64)  # each network's T, then B and H
 
 
 def params(hidden, inputs=1, count=None, seed=0):
@@ -120,6 +125,28 @@ def ensemble_rows(count, steps, batch, hidden):
             "K nn.RNN": modules}
 
 
+def padded_rows(lengths, batch, hidden):
+    """One call over K networks padded to the longest T with per-network lengths, against K calls."""
+    count, steps = len(lengths), max(lengths)
+    xs = [torch.randn(t, batch, 1) for t in lengths]
+    padded = torch.zeros(count, steps, batch, 1)
+    for k, x in enumerate(xs):
+        padded[k, :x.shape[0]] = x
+    per_row = torch.tensor(lengths).unsqueeze(1).expand(count, batch).contiguous()
+    h0 = torch.zeros(count, batch, hidden)
+    p = params(hidden, count=count)
+    singles = [{k: v[i].detach().clone().requires_grad_() for k, v in p.items()} for i in range(count)]
+
+    def together():
+        out, _ = tk.leaky_rnn(padded, h0, *p.values(), backend="cpu", lengths=per_row)
+        out.sum().backward()
+
+    def separate():
+        for x, q in zip(xs, singles):
+            leaky_step(x, h0[0], q)
+    return {"padded call": together, "K calls": separate}
+
+
 def report(title, ms, base, others):
     print(title)
     for name, value in ms.items():
@@ -134,6 +161,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--skip-ensemble", action="store_true")
+    parser.add_argument("--skip-padded", action="store_true")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: the process's CPU time per call (for an oversubscribed machine, one thread)")
     args = parser.parse_args()
@@ -154,6 +182,12 @@ def main() -> None:
                    "one call", ("K calls", "vmap(ref)", "K nn.RNN"))
             results.append(dict(kind="ensemble", K=count, shape=shape, threads=threads, repeats=repeats,
                                 median_ms=ms))
+        if not args.skip_padded:
+            ms = {k: 1e3 * v for k, v in time_rounds(padded_rows(*PADDED), args.repeats, clock).items()}
+            report(f"padded ensemble T_k={PADDED[0]}, (B, H) = {PADDED[1:]}, {threads} thread(s), median of "
+                   f"{args.repeats}, {args.clock} clock", ms, "padded call", ("K calls",))
+            results.append(dict(kind="padded", lengths=PADDED[0], shape=PADDED[1:], threads=threads,
+                                repeats=args.repeats, median_ms=ms))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(benchmark="bench_ensemble", date=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -3,8 +3,9 @@
 Each thread owns blocks of (network, batch rows) for the whole sequence; each step of a block is
 one direct BLAS call and one fused element-wise pass over its rows (csrc/row_blocks.h). See core.py
 for the contract; every tensor may carry a leading network dimension K (an ensemble, one call).
-With lengths the kernel orders each network's rows by length inside the call, so that each step
-computes only the rows still running.
+With lengths a row past its length is held, and each step's GEMM covers only the rows around those
+still running (in reverse time order with lengths, each network's rows are ordered by length
+instead, csrc/loops.h).
 
 The kernel is looked for once per process, at first use (the first is_available()): the prebuilt
 extension timescale_kernels._C where it loads (a build ahead of time against this torch), else the
@@ -124,8 +125,9 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     every tensor (u (K, T, B, H), h0 (K, B, H), w (K, H, H), alpha (K, H), lengths (K, B)).
 
     Returns h (T, B, H) = h_1..h_T and drive (T, B, H) (an empty tensor unless save_drive). With
-    lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified. reverse
-    (not with lengths): the steps read u[T-1] first and u[0] last, h[t] the state after u[t].
+    lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified. reverse:
+    the steps read u[T-1] first and u[0] last (with lengths, each row's u[lengths[b] - 1] first),
+    h[t] the state after u[t].
     """
     _check_precision(precision)
     return torch.ops.timescale_kernels_cpu.forward(
