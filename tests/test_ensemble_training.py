@@ -135,20 +135,20 @@ def test_sigkill_mid_epoch_then_resume_ends_bit_for_bit(tmp_path):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        done = [len(RunDir(killed / f"seed_{s}").read_metrics()) for s in seeds]
+        done = [len(RunDir(killed / f"seed{s}").read_metrics()) for s in seeds]
         if min(done) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    epochs_at_kill = [len(RunDir(killed / f"seed_{s}").read_metrics()) for s in seeds]
+    epochs_at_kill = [len(RunDir(killed / f"seed{s}").read_metrics()) for s in seeds]
     assert min(epochs_at_kill) < epochs
     assert main(["train", "--resume", str(killed), "--quiet"]) == 0
     for s in seeds:
-        _assert_same(_final_state(RunDir(tmp_path / "straight" / f"seed_{s}")),
-                     _final_state(RunDir(killed / f"seed_{s}")), f"seed {s}")
-        assert json.loads((killed / f"seed_{s}" / "summary.json").read_text())["epochs"] == epochs
+        _assert_same(_final_state(RunDir(tmp_path / "straight" / f"seed{s}")),
+                     _final_state(RunDir(killed / f"seed{s}")), f"seed {s}")
+        assert json.loads((killed / f"seed{s}" / "summary.json").read_text())["epochs"] == epochs
 
 
 def test_a_kill_between_two_networks_saves_is_redone_in_step(tmp_path):
@@ -158,19 +158,19 @@ def test_a_kill_between_two_networks_saves_is_redone_in_step(tmp_path):
     assert main(_train_args(*args)) == 0
     cut = tmp_path / "cut"
     assert main(_train_args(cut, (0, 1), 3)) == 0
-    lagging = RunDir(cut / "seed_1")
+    lagging = RunDir(cut / "seed1")
     lagging.state_path.write_bytes(lagging.previous_state_path.read_bytes())
-    assert lagging.load_state()["epoch"] == 2 and RunDir(cut / "seed_0").load_state()["epoch"] == 3
+    assert lagging.load_state()["epoch"] == 2 and RunDir(cut / "seed0").load_state()["epoch"] == 3
     assert main(["train", "--resume", str(cut), "--max-epochs", "5", "--quiet"]) == 0
     for s in (0, 1):
-        _assert_same(_final_state(RunDir(tmp_path / "straight" / f"seed_{s}")), _final_state(RunDir(cut / f"seed_{s}")),
+        _assert_same(_final_state(RunDir(tmp_path / "straight" / f"seed{s}")), _final_state(RunDir(cut / f"seed{s}")),
                      f"seed {s}")
 
 
 def test_train_with_several_seeds_writes_one_run_directory_each(tmp_path):
     assert main(_train_args(tmp_path / "ens", (4, 2), 1)) == 0
     for seed in (4, 2):
-        run = tmp_path / "ens" / f"seed_{seed}"
+        run = tmp_path / "ens" / f"seed{seed}"
         assert json.loads((run / "config.json").read_text())["seed"] == seed
         assert (run / "summary.json").is_file() and (run / "plots").is_dir()
     assert main(_train_args(tmp_path / "one", (3,), 1)) == 0

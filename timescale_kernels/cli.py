@@ -56,7 +56,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if name != "seed":
             p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
     p.add_argument("--seed", type=int, nargs="+", metavar="SEED",
-                   help="one seed (default 0), or several: they train together as one ensemble into OUT/seed_S")
+                   help="one seed (default 0), or several: they train together as one ensemble into OUT/seedS, as a sweep names its runs")
     for name in _FLOAT_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)

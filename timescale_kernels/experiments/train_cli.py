@@ -1,10 +1,10 @@
 """`timescale-kernels train`: one network into --out, or several seeds as one ensemble.
 
     train --seed 0 --out DIR             DIR is the run directory (rundir.py)
-    train --seed 0 1 2 3 --out DIR       the seeds train together (ensemble.py) into DIR/seed_0 ...
-    train --resume DIR                   either layout: a run directory, or a folder of seed_* runs
+    train --seed 0 1 2 3 --out DIR       the seeds train together (ensemble.py) into DIR/seed0 ... (as a sweep names its runs)
+    train --resume DIR                   either layout: a run directory, or a folder of seed* runs
 
-Every run directory is a lone run's: `train --resume DIR/seed_1` also goes on alone. Bad input
+Every run directory is a lone run's: `train --resume DIR/seed1` also goes on alone. Bad input
 raises ConfigError or RunDirError before anything is written (the command line prints one line).
 """
 from __future__ import annotations
@@ -20,14 +20,14 @@ from .ensemble import EnsembleTrainer, align_epochs, check_one_shape
 from .rundir import RunDir, RunDirError, check_resume_config, run_lock
 from .trainer import Trainer
 
-SEED_DIR = "seed_{}"
+SEED_DIR = "seed{}"  # as a sweep names its runs: runs/CONDITION/seed{S}
 
 
 def seed_dirs(path) -> list[Path]:
-    """The seed_* run directories of an ensemble's folder, by seed."""
-    found = [p for p in Path(path).glob("seed_*") if p.is_dir() and p.name[5:].isdigit()
+    """The seed* run directories of an ensemble's folder, by seed."""
+    found = [p for p in Path(path).glob("seed*") if p.is_dir() and p.name[4:].isdigit()
              and (p / "config.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    return sorted(found, key=lambda p: int(p.name[4:]))
 
 
 def check_seeds(seeds) -> list[int]:
