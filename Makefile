@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create .venv if absent, install torch (keeping one that is already importable, e.g. a
-# CUDA build), this package with its C++ extension, and the test (pytest, triton, nn4n) and sweep
-# (Ray) extras.
+# CUDA build), this package with its C++ extension, and the test (pytest, triton, nn4n), sweep
+# (Ray) and examples (neurogym) extras.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -20,7 +20,7 @@ $(VPY):
 $(STAMP): $(VPY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install "$(TORCH_SPEC)"
 	$(VPY) -m pip install -q setuptools wheel ninja
-	TIMESCALE_KERNELS_REQUIRE_EXT=1 $(VPY) -m pip install -q --no-build-isolation -e ".[test,sweep]"
+	TIMESCALE_KERNELS_REQUIRE_EXT=1 $(VPY) -m pip install -q --no-build-isolation -e ".[test,sweep,examples]"
 	$(VPY) -c "import timescale_kernels as tk; print('backends:', tk.available_backends())"
 	touch $(STAMP)
 
