@@ -16,8 +16,8 @@ def default_ensemble(config) -> int:
 
     GPU: one small network leaves the device idle between its per-step launches; 32 below 256
     neurons, 8 above (predicted, benchmarks/NOTES.md). CPU: 1, since at one thread an ensemble of 4 at
-    64 neurons measured 1.22x the CPU time of its networks one after another (the op's K-network CPU
-    path with per-network lengths costs more than K lone calls; NOTES.md); ask with --ensemble K.
+    64 neurons measured 1.11x the time of its networks one after another: there the recurrences' GEMMs
+    are most of a step and cost the same together or apart (NOTES.md); ask with --ensemble K.
     """
     if str(config.device).startswith("cuda"):
         return 32 if config.hidden_size < 256 else 8
