@@ -1,6 +1,9 @@
 """Shared fixtures. Without CUDA, Triton kernels run under the interpreter on the CPU."""
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -49,3 +52,17 @@ def cli_fails(argv, capsys, match):
     assert exit_info.value.code == 2, err
     assert err.count("\n") == 1 and match in err, err
     return err
+
+
+def compile_script_rows(script: str, tmp_path, side=None, quick=False, jobs=2, timeout=900) -> dict:
+    """{'triton': version, 'rows': [...]} from benchmarks/kernel_tools/<script> (triton_compile.py,
+    triton_cards.py) run with --json in a subprocess, `side` (a triton installed aside) first on
+    PYTHONPATH and TRITON_INTERPRET unset, so that it compiles for real."""
+    out = tmp_path / "rows.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (side, REPO) if p] + [env.get("PYTHONPATH", "")])
+    argv = [sys.executable, str(REPO / "benchmarks" / "kernel_tools" / script), "--json", str(out), "--jobs", str(jobs)]
+    run = subprocess.run(argv + (["--quick"] if quick else []), env=env, capture_output=True, text=True,
+                         timeout=timeout, cwd=REPO)
+    assert out.is_file(), run.stderr[-3000:]
+    return json.loads(out.read_text())

@@ -5,16 +5,14 @@ plan is the one the rule picks on that card), compiles for its sm_XX with triton
 and reports registers, spills and shared memory; it runs in a subprocess under triton 3.6.0 (the GPU
 machine's, `make triton-3.6`) for every case and under the newest triton for the quick ones.
 """
-import json
 import os
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, compile_script_rows
 from timescale_kernels.ops import choices, devices
 from timescale_kernels.ops import triton_recurrence as tr
 
@@ -24,30 +22,18 @@ import triton_cards  # noqa: E402
 SIDE = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
 
 
-def card_rows(tmp_path, side=None, quick=False) -> dict:
-    """{'triton': version, 'rows': [...]} from triton_cards.py in a subprocess (2 processes)."""
-    out = tmp_path / "cards.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (side, REPO) if p] + [env.get("PYTHONPATH", "")])
-    argv = [sys.executable, str(REPO / "benchmarks" / "kernel_tools" / "triton_cards.py"), "--jobs", "2", "--json", str(out)]
-    run = subprocess.run(argv + (["--quick"] if quick else []), env=env, capture_output=True, text=True,
-                         timeout=1200, cwd=REPO)
-    assert out.is_file(), run.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
 @pytest.fixture(scope="module")
 def rows36(tmp_path_factory):
     if not (SIDE / "triton").is_dir():
         pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
-    result = card_rows(tmp_path_factory.mktemp("cards36"), side=SIDE)
+    result = compile_script_rows("triton_cards.py", tmp_path_factory.mktemp("cards36"), side=SIDE, timeout=1200)
     assert result["triton"] == "3.6.0"
     return result["rows"]
 
 
 @pytest.fixture(scope="module")
 def rows_newest(tmp_path_factory):
-    return card_rows(tmp_path_factory.mktemp("cards_newest"), quick=True)["rows"]
+    return compile_script_rows("triton_cards.py", tmp_path_factory.mktemp("cards_newest"), quick=True, timeout=1200)["rows"]
 
 
 # ---- the record and the rules, without compiling ----

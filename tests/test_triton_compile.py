@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, compile_script_rows
 from timescale_kernels.ops import triton_persistent as tp
 from timescale_kernels.ops import triton_recurrence as tr
 
@@ -29,24 +29,12 @@ import triton_compile as tc  # noqa: E402
 SIDE = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
 
 
-def compile_rows(tmp_path, side=None, quick=False, jobs=2) -> dict:
-    """{'triton': version, 'rows': [...]} from triton_compile.py in a subprocess."""
-    out = tmp_path / "rows.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (side, REPO) if p] + [env.get("PYTHONPATH", "")])
-    argv = [sys.executable, str(REPO / "benchmarks" / "kernel_tools" / "triton_compile.py"), "--json", str(out), "--jobs", str(jobs)]
-    run = subprocess.run(argv + (["--quick"] if quick else []), env=env, capture_output=True, text=True,
-                         timeout=900, cwd=REPO)
-    assert out.is_file(), run.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
 @pytest.fixture(scope="module")
 def rows36(tmp_path_factory):
     """Every case compiled under triton 3.6.0."""
     if not (SIDE / "triton").is_dir():
         pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
-    result = compile_rows(tmp_path_factory.mktemp("t36"), side=SIDE)
+    result = compile_script_rows("triton_compile.py", tmp_path_factory.mktemp("t36"), side=SIDE)
     assert result["triton"] == "3.6.0"
     return result["rows"]
 
@@ -54,7 +42,7 @@ def rows36(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows_newest(tmp_path_factory):
     """The quick cases compiled under the newest triton installed."""
-    return compile_rows(tmp_path_factory.mktemp("newest"), quick=True)["rows"]
+    return compile_script_rows("triton_compile.py", tmp_path_factory.mktemp("newest"), quick=True)["rows"]
 
 
 def _label_value(row, key: str):

@@ -2,8 +2,8 @@
 torch.autograd.Function, which costs about 140 us less per forward+backward than the op's dispatch
 (benchmarks/NOTES.md): a tenth of a call at the quick preset's size (T, B, H) = (20, 64, 64).
 
-run_recurrence picks the path: under torch.compile the op (which the compiler traces), without a
-gradient to build the backend's forward alone, and otherwise the Function. All three compute with
+run_recurrence_of_params picks the path: under torch.compile the op (which the compiler traces),
+without a gradient to build the backend's forward alone, and otherwise the Function. All three compute with
 the same backend calls, so they give the same numbers. Differentiating the gradients again raises
 the error that names the reference backend. Under a torch.func transform a second Function, with
 forward and setup_context apart, carries the op (torch.func.grad runs through the cpu backend).
@@ -74,34 +74,13 @@ def _gradients(ctx, grad_h, grad_last=None, need_dw=True):
     return d_drive, dh0, dw, d_alpha
 
 
-class _Recurrence(torch.autograd.Function):
-    """(h, h_n) = recurrence(u, h0, w, alpha, ...)[0] and each row's last state (core.last_state, a
-    tensor of its own), the drive kept for the backward pass. h_n's gradient reaches the backward
-    kernels apart: a loss on h_n alone builds no (T, B, H) gradient. The classic form (forward with
-    ctx), about 60 us per call cheaper than the one below: plain eager calls."""
-
-    @staticmethod
-    def forward(ctx, u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse):
-        h, drive = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, True, lengths,
-                                  reverse)
-        ctx.save_for_backward(h, h0, drive, w, alpha, lengths)
-        ctx.args, ctx.reverse = (nonlinearity, placement, backend, precision), reverse
-        ctx.set_materialize_grads(False)
-        last = last_state(h, lengths, reverse)
-        return h, (last.clone() if last._base is h else last)
-
-    @staticmethod
-    def backward(ctx, grad_h, grad_last):
-        if grad_h is None and grad_last is None:
-            return (None,) * 10
-        return *_gradients(ctx, grad_h, grad_last), None, None, None, None, None, None
-
-
 class _RecurrenceOfParams(torch.autograd.Function):
-    """_Recurrence taking weight_hh and tau themselves: W (the diagonal masked unless
-    self_connections) and alpha = 1 / clamp(tau, min=1) are formed in forward and their gradients
-    returned from backward, the same arithmetic autograd's masked_fill, clamp and reciprocal nodes
-    would do, without those nodes (a dozen ATen calls and three graph nodes fewer per call).
+    """(h, h_n) = recurrence(u, h0, W, alpha, ...)[0] and each row's last state (core.last_state, a
+    tensor of its own), the drive kept for the backward pass; h_n's gradient reaches the backward
+    kernels apart (a loss on h_n alone builds no (T, B, H) gradient). It takes weight_hh and tau
+    themselves: W (the diagonal masked unless self_connections) and alpha = 1 / clamp(tau, min=1) are
+    formed in forward and their gradients returned from backward, the same arithmetic autograd's
+    masked_fill, clamp and reciprocal nodes would do, without those nodes (a dozen ATen calls and three graph nodes fewer per call).
     weight_hh (H, H) or (K, H, H); tau (H,), 0-dim, (K, H) or (K, 1)."""
 
     @staticmethod
@@ -141,7 +120,8 @@ def _zero_diagonal(w: torch.Tensor) -> torch.Tensor:
 
 
 class _RecurrenceForTransforms(torch.autograd.Function):
-    """The same with forward and setup_context apart, as torch.func's transforms (grad, ...) need:
+    """The recurrence from W and alpha with forward and setup_context apart, as torch.func's transforms
+    (grad, ...) need:
     (h, drive), the drive not differentiable."""
 
     @staticmethod
@@ -174,36 +154,29 @@ class _RecurrenceForTransforms(torch.autograd.Function):
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
-def run_recurrence(u, h0, w, alpha, nonlinearity: str, placement: str, backend: str, precision: str,
-                   needs_grad: bool, lengths: torch.Tensor | None = None,
-                   reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """h (T, B, H) of core.recurrence (zero past each row's length) and each row's last state h_n
-    (B, H) (core.last_state), differentiable when needs_grad."""
-    if torch.compiler.is_compiling():
-        h = recurrence(u, h0, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths, reverse)[0]
-    elif _transforms_active():  # its vmap rule runs a mapped call as one ensemble
-        h = _RecurrenceForTransforms.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths,
-                                           reverse)[0]
-    elif not needs_grad:
-        h = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, False, lengths, reverse)[0]
-    else:
-        return _Recurrence.apply(u, h0, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse)
-    return h, last_state(h, lengths, reverse)
-
-
 def run_recurrence_of_params(u, h0, weight_hh, tau, self_connections: bool, nonlinearity: str, placement: str,
                              backend: str, precision: str, needs_grad: bool, lengths: torch.Tensor | None = None,
                              reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """run_recurrence from weight_hh (H, H) (or (K, H, H)) and tau ((H,) or 0-dim; (K, H) or (K, 1))
-    instead of the masked W and alpha: in eager mode with gradients one autograd node
-    (_RecurrenceOfParams); under torch.compile, a torch.func transform or without gradients, the
-    mask and alpha as plain ops around run_recurrence."""
-    if needs_grad and not torch.compiler.is_compiling() and not _transforms_active():
+    """h (T, B, H) of the recurrence (zero past each row's length) and each row's last state h_n
+    (B, H) (core.last_state), differentiable when needs_grad; from weight_hh (H, H) or (K, H, H) and
+    tau (H,), 0-dim, (K, H) or (K, 1), not from the masked W and alpha. In eager mode with gradients:
+    one autograd node (_RecurrenceOfParams). Otherwise the mask and alpha as plain ops, then the op
+    under torch.compile (which traces it), the transforms' Function under a torch.func transform, or
+    the backend's forward alone without gradients."""
+    compiling = torch.compiler.is_compiling()
+    if needs_grad and not compiling and not _transforms_active():
         return _RecurrenceOfParams.apply(u, h0, weight_hh, tau, self_connections, nonlinearity, placement, backend,
                                          precision, lengths, reverse)
     w = masked_recurrent_weight(weight_hh, self_connections)
     alpha = (1.0 / torch.clamp(tau, min=1.0)).expand(*weight_hh.shape[:-2], weight_hh.shape[-1]).contiguous()
-    return run_recurrence(u, h0, w, alpha, nonlinearity, placement, backend, precision, needs_grad, lengths, reverse)
+    args = (u, h0, w, alpha, nonlinearity, placement, backend, precision)
+    if compiling:
+        h = recurrence(*args, needs_grad, lengths, reverse)[0]
+    elif _transforms_active():  # its vmap rule runs a mapped call as one ensemble
+        h = _RecurrenceForTransforms.apply(*args, lengths, reverse)[0]
+    else:
+        h = serial_forward(*args, False, lengths, reverse)[0]
+    return h, last_state(h, lengths, reverse)
 
 
 # The cpu backend's output pool serves blocks of at least this many bytes (csrc/output_pool.h).
