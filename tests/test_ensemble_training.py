@@ -48,30 +48,30 @@ def assert_trains_as_alone(lone: Trainer, member: Trainer) -> None:
     assert lone.stop_reason == member.stop_reason
 
 
+def train_alone_and_together(configs) -> tuple[list, list]:
+    """(lone Trainers, ensemble members) of the same configs, each trained to its stop."""
+    lone = [Trainer(c) for c in configs]
+    for trainer in lone:
+        trainer.run()
+    members = [Trainer(c) for c in configs]
+    EnsembleTrainer(members).run()
+    return lone, members
+
+
 @pytest.mark.parametrize("task,curriculum", [("parity", "multi"), ("parity", "single"), ("dms", "multi"),
                                              ("dms", "single")])
 def test_each_network_trains_as_it_would_alone(task, curriculum):
     # One ensemble holds a trained-tau and a fixed-tau network (tau is then a parameter of one and a
     # buffer of the other), with different seeds, so different lengths each step and different N's.
     settings = [dict(seed=0), dict(seed=3, learn_tau=False, tau_init=[1.0, 1.0])]
-    configs = [quick(task=task, curriculum=curriculum, **s) for s in settings]
-    lone = [Trainer(c) for c in configs]
-    for trainer in lone:
-        trainer.run()
-    members = [Trainer(c) for c in configs]
-    EnsembleTrainer(members).run()
+    lone, members = train_alone_and_together([quick(task=task, curriculum=curriculum, **s) for s in settings])
     for a, b in zip(lone, members):
         assert_trains_as_alone(a, b)
     assert max(t.curriculum.promotions for t in lone) >= 2  # promotions (and heads) did happen
 
 
 def test_gru_networks_train_network_by_network_as_alone():
-    configs = [quick(s, model="gru", max_epochs=6) for s in (0, 1)]
-    lone = [Trainer(c) for c in configs]
-    for trainer in lone:
-        trainer.run()
-    members = [Trainer(c) for c in configs]
-    EnsembleTrainer(members).run()
+    lone, members = train_alone_and_together([quick(s, model="gru", max_epochs=6) for s in (0, 1)])
     for a, b in zip(lone, members):
         assert [r["N_reached"] for r in a.metrics] == [r["N_reached"] for r in b.metrics]
         assert all(_close(ra["loss"], rb["loss"]) for ra, rb in zip(a.metrics, b.metrics))
