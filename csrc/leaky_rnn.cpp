@@ -17,9 +17,13 @@
 // torch.nn.RNN's packed path does; outputs stay in batch order.
 //
 //   timescale_kernels_cpu::forward(u, h0, w, alpha, nonlinearity, placement, save_drive, lengths,
-//                                  reverse) -> (h, drive)
+//                                  reverse, rates) -> (h, drive, rate)
 //   timescale_kernels_cpu::backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement,
-//                                   lengths, reverse) -> (d_drive, dh0, d_alpha)
+//                                   lengths, reverse, grad_last, rates) -> (d_drive, dh0, d_alpha)
+//
+// rates ("voltage" only, not in reverse with lengths): the forward also writes the output r = f(v)
+// (zero past each row's length) from inside its loop, and the backward takes r's gradient as
+// grad_h, applying f'(v) there: no element-wise pass over (T, B, H) outside the loops.
 //   timescale_kernels_cpu::nonlinearities() -> the names, in code order
 //   timescale_kernels_cpu::empty_cache()
 
@@ -107,10 +111,10 @@ void forward_by_length(const at::Tensor& u, const at::Tensor& h0, const at::Tens
 // row's from lengths[b]-1 down to 0), h[t] the state after reading u[t], so that h[0] is the last
 // state; held steps stay where they are. One parallel region for the whole call (row_blocks.h),
 // except in reverse with lengths: each network's rows ordered by length (loops.h), one after another.
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_, const at::Tensor& h0_, const at::Tensor& w_,
-                                           const at::Tensor& alpha_, int64_t nonlinearity, int64_t placement,
-                                           bool save_drive, const std::optional<at::Tensor>& lengths,
-                                           bool reverse) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& u_, const at::Tensor& h0_, const at::Tensor& w_, const at::Tensor& alpha_,
+    int64_t nonlinearity, int64_t placement, bool save_drive, const std::optional<at::Tensor>& lengths,
+    bool reverse, bool rates) {
   const bool ensemble = u_.dim() == 4;
   const at::Tensor u = networks_of(u_, ensemble), h0 = networks_of(h0_, ensemble);
   const at::Tensor w = networks_of(w_, ensemble), alpha = networks_of(alpha_, ensemble);
@@ -119,6 +123,9 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_, const at::Tenso
   at::Tensor h = OutputPool::instance().empty(u.sizes(), u.options());
   at::Tensor drive =
       save_drive ? OutputPool::instance().empty(u.sizes(), u.options()) : at::empty({0}, u.options());
+  TORCH_CHECK(!rates || (placement == kVoltage && !(lengths.has_value() && reverse)),
+              "rates: the \"voltage\" placement only, and not in reverse with lengths");
+  at::Tensor rate = rates ? OutputPool::instance().empty(u.sizes(), u.options()) : at::empty({0}, u.options());
   DenormalsAreZero denormal_guard;
   if (steps > 0 && lengths.has_value() && reverse) {
     const at::Tensor len = networks_of(*lengths, ensemble);
@@ -135,11 +142,11 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_, const at::Tenso
           nonlinearity, placement, u.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
           w_t.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), keep.const_data_ptr<scalar_t>(),
           len.defined() ? len.const_data_ptr<int64_t>() : nullptr, h.mutable_data_ptr<scalar_t>(), save_drive ? drive.mutable_data_ptr<scalar_t>() : nullptr, save_drive,
-          networks, steps, batch, hidden, TimeOrder{steps, reverse});
+          networks, steps, batch, hidden, TimeOrder{steps, reverse}, rates ? rate.mutable_data_ptr<scalar_t>() : nullptr);
     });
   }
-  if (ensemble) return {h, drive};
-  return {h.squeeze(0), save_drive ? drive.squeeze(0) : drive};
+  if (ensemble) return {h, drive, rate};
+  return {h.squeeze(0), save_drive ? drive.squeeze(0) : drive, rates ? rate.squeeze(0) : rate};
 }
 
 // d_alpha (K, H) in alpha's dtype: each network's (P, H) double partial sums added in a fixed order.
@@ -185,11 +192,13 @@ at::Tensor backward_by_length(const at::Tensor& grad_h, const at::Tensor& h, con
 at::Tensor backward_blocks(const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& h0,
                            const at::Tensor& drive, const at::Tensor& w, const at::Tensor& alpha,
                            int64_t nonlinearity, int64_t placement, bool reverse, const at::Tensor& lengths,
-                           const at::Tensor& grad_last, at::Tensor& d_drive, at::Tensor& d_alpha_partial) {
+                           const at::Tensor& grad_last, at::Tensor& d_drive, at::Tensor& d_alpha_partial,
+                           bool rates) {
   const int64_t networks = h.size(0), steps = h.size(1), batch = h0.size(1), hidden = h0.size(2);
-  at::Tensor dh = grad_h.select(1, reverse ? 0 : steps - 1).clone(at::MemoryFormat::Contiguous);
+  // With rates, grad_h (the output's) enters inside the loop, step by step.
+  at::Tensor dh = rates ? at::zeros_like(h0) : grad_h.select(1, reverse ? 0 : steps - 1).clone(at::MemoryFormat::Contiguous);
   // A row that does not run the last step gets its grad_h where it is held instead (the loop).
-  if (lengths.defined()) dh.masked_fill_((lengths < steps).unsqueeze(-1), 0);
+  if (lengths.defined() && !rates) dh.masked_fill_((lengths < steps).unsqueeze(-1), 0);
   if (grad_last.defined()) dh.add_(grad_last);
   const at::Tensor keep = 1 - alpha;
   const int64_t strides[4] = {grad_h.stride(0), grad_h.stride(1), grad_h.stride(2), grad_h.stride(3)};
@@ -200,7 +209,7 @@ at::Tensor backward_blocks(const at::Tensor& grad_h, const at::Tensor& h, const 
         alpha.const_data_ptr<scalar_t>(), keep.const_data_ptr<scalar_t>(),
         lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr, d_drive.mutable_data_ptr<scalar_t>(),
         dh.mutable_data_ptr<scalar_t>(), d_alpha_partial.mutable_data_ptr<double>(), networks, steps, batch,
-        hidden, TimeOrder{steps, reverse});
+        hidden, TimeOrder{steps, reverse}, rates);
   });
   return dh;
 }
@@ -216,7 +225,8 @@ at::Tensor backward_blocks(const at::Tensor& grad_h, const at::Tensor& h, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_h_, const at::Tensor& h_, const at::Tensor& h0_, const at::Tensor& drive_,
     const at::Tensor& w_, const at::Tensor& alpha_, int64_t nonlinearity, int64_t placement,
-    const std::optional<at::Tensor>& lengths, bool reverse, const std::optional<at::Tensor>& grad_last_) {
+    const std::optional<at::Tensor>& lengths, bool reverse, const std::optional<at::Tensor>& grad_last_,
+    bool rates) {
   const bool ensemble = h_.dim() == 4;
   const at::Tensor grad_h = networks_of(grad_h_, ensemble), h = networks_of(h_, ensemble);
   const at::Tensor h0 = networks_of(h0_, ensemble), drive = networks_of(drive_, ensemble);
@@ -233,6 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
                 "grad_last: expected a CPU tensor of shape ", h0_.sizes(), " and dtype ", h0.scalar_type(),
                 "; got ", grad_last_->sizes(), ", ", grad_last_->scalar_type(), " on ", grad_last_->device());
   }
+  TORCH_CHECK(!rates || (placement == kVoltage && !(lengths.has_value() && reverse)),
+              "rates: the \"voltage\" placement only, and not in reverse with lengths");
   at::Tensor d_drive = OutputPool::instance().empty(h.sizes(), h.options());
   const int64_t blocks = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
   at::Tensor d_alpha_partial = at::zeros({networks, blocks, hidden}, alpha.options().dtype(at::kDouble));
@@ -249,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     } else {
       const at::Tensor len = network_lengths(lengths, ensemble, networks, steps, batch);
       dh0 = backward_blocks(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, reverse, len, grad_last,
-                            d_drive, d_alpha_partial);
+                            d_drive, d_alpha_partial, rates);
     }
   }
   at::Tensor d_alpha = sum_partials(d_alpha_partial, alpha);
@@ -268,11 +280,11 @@ std::vector<std::string> nonlinearities() {
 TORCH_LIBRARY(timescale_kernels_cpu, m) {
   m.def(
       "forward(Tensor u, Tensor h0, Tensor w, Tensor alpha, int nonlinearity, int placement, "
-      "bool save_drive, Tensor? lengths=None, bool reverse=False) -> (Tensor, Tensor)");
+      "bool save_drive, Tensor? lengths=None, bool reverse=False, bool rates=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_h, Tensor h, Tensor h0, Tensor drive, Tensor w, Tensor alpha, "
       "int nonlinearity, int placement, Tensor? lengths=None, bool reverse=False, "
-      "Tensor? grad_last=None) -> (Tensor, Tensor, Tensor)");
+      "Tensor? grad_last=None, bool rates=False) -> (Tensor, Tensor, Tensor)");
   // The nonlinearity names in code order (checked against timescale_kernels/ops/choices.py).
   m.def("nonlinearities() -> str[]", &timescale_kernels::nonlinearities);
   // Frees the output blocks kept for reuse (see output_pool.h).

@@ -81,13 +81,16 @@ struct BlockLengths {
 // u, h, drive (K, T, B, H), h0 (K, B, H), w_t (K, H, H) = each W^T, alpha and keep (K, H), all
 // contiguous; lengths (K, B) contiguous, or nullptr where every row runs every step (with lengths,
 // forward time order only). drive is written only when save_drive (otherwise each block uses a
-// scratch buffer), and not where a row is held.
+// scratch buffer), and not where a row is held. rate (K, T, B, H) or nullptr: "voltage" only, where
+// the output r_t = f(v_t) is written (zero where a row is held), each step's matmul operand read
+// back from it (f(v_0) at the first step).
 template <typename T, int64_t NL, int64_t PL>
 struct ForwardBlocksLoop {
   static void run(const T* u, const T* h0, const T* w_t, const T* alpha, const T* keep, const int64_t* lengths,
                   T* h, T* drive, bool save_drive, int64_t networks, int64_t steps, int64_t batch, int64_t hidden,
-                  TimeOrder time) {
+                  TimeOrder time, T* rate_out = nullptr) {
     const int64_t plane = batch * hidden, sequence = steps * plane;
+    const bool out = PL == kVoltage && rate_out != nullptr;
     for_each_block(networks, batch, [&](int64_t k, int64_t r0, int64_t r1) {
       const int64_t rows = r1 - r0;
       const BlockLengths lens{lengths == nullptr ? nullptr : lengths + k * batch + r0, rows};
@@ -107,17 +110,20 @@ struct ForwardBlocksLoop {
         const int64_t at_t = base + time(s) * plane;
         const T* h_prev = s == 0 ? h0 + (k * batch + r0) * hidden : h + base + time(s - 1) * plane;
         const auto [lo, hi] = lens.span(s);
-        gemm_rows<T>(hi - lo, hidden, hidden, (PL == kVoltage ? rate.data() : h_prev) + lo * hidden, hidden, m,
-                     hidden, T(0), product.data() + lo * hidden, hidden);
+        const T* operand = PL != kVoltage ? h_prev : !out || s == 0 ? rate.data() : rate_out + base + time(s - 1) * plane;
+        gemm_rows<T>(hi - lo, hidden, hidden, operand + lo * hidden, hidden, m, hidden, T(0),
+                     product.data() + lo * hidden, hidden);
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = i * hidden;
           if (!lens.runs(i, s)) {  // held (never at s = 0: lengths are at least 1)
             std::memcpy(h + at_t + row, h_prev + row, hidden * sizeof(T));
+            if (out) std::memset(rate_out + at_t + row, 0, hidden * sizeof(T));
             continue;
           }
           T* d = save_drive ? drive + at_t + row : scratch.data() + row;
+          T* r = PL != kVoltage ? nullptr : out ? rate_out + at_t + row : rate.data() + row;
           forward_row<T, NL, PL>(u + at_t + row, product.data() + row, d, h_prev + row, h + at_t + row, a, kp,
-                                 hidden, PL == kVoltage ? rate.data() + row : nullptr);
+                                 hidden, r);
         }
       }
     });
@@ -148,12 +154,17 @@ struct GradRowReader {
 // run step T - 1) and leaves as dh0. A held row passes its adjoint through, gets d_drive = 0, and
 // takes grad_h at its last valid step, lengths[b] - 1. d_alpha_partial (K, P, H): network k's
 // partial sums over its blocks of kRowsPerPartial rows, P = ceil(B / kRowsPerPartial).
+// rates ("voltage" only): grad_h is the gradient of the output r_t = f(v_t), not of v_t; each
+// running step adds f'(v_t) grad_h[t] to the adjoint of v_t, and dh enters as the gradient of
+// each row's last v alone (nothing of grad_h: the caller leaves it out).
 template <typename T, int64_t NL, int64_t PL>
 struct BackwardBlocksLoop {
   static void run(const T* grad_h, const int64_t* gs, const T* h, const T* h0, const T* drive, const T* w,
                   const T* alpha, const T* keep, const int64_t* lengths, T* d_drive, T* dh, double* d_alpha_partial,
-                  int64_t networks, int64_t steps, int64_t batch, int64_t hidden, TimeOrder time) {
+                  int64_t networks, int64_t steps, int64_t batch, int64_t hidden, TimeOrder time,
+                  bool rates = false) {
     const int64_t plane = batch * hidden, sequence = steps * plane;
+    const bool of_rates = PL == kVoltage && rates;
     const int64_t partials = (batch + kRowsPerPartial - 1) / kRowsPerPartial;
     for_each_block(networks, batch, [&](int64_t k, int64_t r0, int64_t r1) {
       const int64_t rows = r1 - r0;
@@ -173,17 +184,29 @@ struct BackwardBlocksLoop {
         const T* h_prev = s == 0 ? h0 + (k * batch + r0) * hidden : h + base + t_prev * plane;
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = i * hidden, b = r0 + i;
-          // The gradient reaching h_{t-1} from outside, where the row ran the step before.
-          const T* gp = t_prev >= 0 && lens.runs(i, s - 1) ? grad.row(k, t_prev, b) : nullptr;
+          // The gradient reaching h_{t-1} from outside, where the row ran the step before (with
+          // rates, that reaching r_t, where the row runs this step).
+          const T* gp = of_rates ? (lens.runs(i, s) ? grad.row(k, t, b) : nullptr)
+                                 : (t_prev >= 0 && lens.runs(i, s - 1) ? grad.row(k, t_prev, b) : nullptr);
+          if (of_rates && !lens.runs(i, s)) {
+            held_row_backward<T>(nullptr, dh_k + row, d_drive + at_t + row, hidden);
+            continue;
+          }
           if (!lens.runs(i, s)) {
             held_row_backward<T>(gp, dh_k + row, d_drive + at_t + row, hidden);
             continue;
           }
           // "voltage": product holds the later step's d_drive W where the row ran that step.
           const bool later = PL == kVoltage && s + 1 < steps && lens.runs(i, s + 1);
-          backward_row<T, double, NL, PL>(drive + at_t + row, h_prev + row, h + at_t + row, gp, dh_k + row,
-                                          d_drive + at_t + row, partial + (b / kRowsPerPartial) * hidden, a, kp,
-                                          hidden, later ? product.data() + row : nullptr);
+          const T* factor_of = later ? product.data() + row : nullptr;  // what f'(v_t) multiplies
+          if (of_rates && later) {
+            add_row<T>(product.data() + row, gp, hidden);
+          } else if (of_rates) {
+            factor_of = gp;
+          }
+          backward_row<T, double, NL, PL>(drive + at_t + row, h_prev + row, h + at_t + row, of_rates ? nullptr : gp,
+                                          dh_k + row, d_drive + at_t + row, partial + (b / kRowsPerPartial) * hidden,
+                                          a, kp, hidden, factor_of);
         }
         const auto [lo, hi] = lens.span(s);  // held rows inside it have d_drive = 0: they gain nothing
         if constexpr (PL == kVoltage) {  // product = d_drive_t W over the running rows

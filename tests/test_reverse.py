@@ -37,8 +37,12 @@ def test_reverse_equals_the_flipped_run(backend, placement, with_lengths):
     want_out, want_h_n = run(flipped, backend, placement, lengths, False, reverse_in_time(noise, lengths))
     want_out = reverse_in_time(want_out, lengths)
     assert rel_err(out, want_out) <= 1e-6 and rel_err(h_n, want_h_n) <= 1e-6
-    # the last step read input[0]; "voltage" returns the state v there and outputs f(v)
-    assert torch.equal(torch.tanh(h_n) if placement == "voltage" else h_n, out[0])
+    # the last step read input[0]; "voltage" returns the state v there and outputs f(v) (the cpu
+    # kernels' own tanh, within an ulp of torch's)
+    if placement == "voltage":
+        torch.testing.assert_close(out[0], torch.tanh(h_n), rtol=2e-7, atol=1e-7)
+    else:
+        assert torch.equal(h_n, out[0])
     gen = torch.Generator().manual_seed(6)
     g_out, g_n = torch.randn(out.shape, generator=gen), torch.randn(h_n.shape, generator=gen)
     got = torch.autograd.grad((out * g_out).sum() + (h_n * g_n).sum(), list(args.values()))

@@ -36,12 +36,15 @@ du -> dx, dW_ih, the biases.
 
 placement "voltage": the core's h is the state v (the pre-activation; h_n = v_T comes out of it as
 for the other placements), and its output r = f(v) is made from it by the caller (rates(), one
-element-wise pass, zero past each row's length). Kept this way, rather than a kernel writing r
-too, so that the core's contract (two (T, B, H) results, the state sequence and the drive) is the
-same for every placement: the forward's step needs f(v_{t-1}) only as its matmul operand, which
-the kernels form on the fly. The backward receives the gradient of v (the caller's autograd
-multiplies the output's gradient by f'(v) and adds h_n's), and the weight gradient reads the
-rates: dW = d_drive^T f(v_prev) (weight_gradient's `rate`). The gradient, reverse time, carrying
+element-wise pass, zero past each row's length), so that the core's contract (two (T, B, H)
+results, the state sequence and the drive) is the same for every placement: the forward's step
+needs f(v_{t-1}) only as its matmul operand, which the kernels form on the fly. The backward
+receives the gradient of v (the caller's autograd multiplies the output's gradient by f'(v) and
+adds h_n's), and the weight gradient reads the rates: dW = d_drive^T f(v_prev) (weight_gradient's
+`rate`). A backend whose module sets VOLTAGE_RATES (cpu) also offers the voltage form without
+those three passes over (T, B, H) (native_rates, used by eager.py's Function): its forward writes r
+beside v from inside its loop (serial_forward_rates) and its backward takes r's gradient, applying
+f'(v) in the loop (serial_backward's `rates`); dW then reads the saved r. The gradient, reverse time, carrying
 dv (the adjoint of v_t; grad_v[t] added as it arrives):
 
     d_drive_t = alpha dv_t
@@ -147,6 +150,24 @@ def serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision,
     return h, drive
 
 
+def native_rates(backend: str, placement: str, lengths, reverse: bool) -> bool:
+    """True where the backend's kernels write the "voltage" output r = f(v) themselves and take its
+    gradient (its module sets VOLTAGE_RATES): not in reverse time order with lengths."""
+    return (placement == "voltage" and getattr(COMPILED.get(backend), "VOLTAGE_RATES", False)
+            and not (reverse and lengths is not None))
+
+
+def serial_forward_rates(u, h0, w, alpha, nonlinearity, backend, precision, lengths=None, reverse=False,
+                         save_drive=True):
+    """(v, drive, r), each (T, B, H) (or (K, T, B, H)), for "voltage" where native_rates: the states v
+    (not zeroed past a row's length: the caller reads each row's last one, and the backward does not
+    read past it), the saved drive (empty unless save_drive), and the output r = f(v), zero past
+    each row's length."""
+    return COMPILED[backend].forward(u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(),
+                                     nonlinearity, "voltage", save_drive, precision, lengths=lengths, reverse=reverse,
+                                     rates=True)
+
+
 def running_mask(steps: int, lengths: torch.Tensor) -> torch.Tensor:
     """(T, B, 1) bool: True where step t < lengths[b]; (K, T, B, 1) for lengths (K, B)."""
     return (torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(-2)).unsqueeze(-1)
@@ -230,11 +251,16 @@ def _fold_last(grad_h, grad_last, lengths, reverse):
 
 
 def serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths=None,
-                    reverse=False, grad_last=None):
+                    reverse=False, grad_last=None, rates=False):
     """The body of the recurrence_backward op (same arguments and results), callable without the op.
     grad_h keeps its strides (e.g. the expanded gradient of output.sum()); each backend copies what
     it needs. grad_last (B, H) or None: the gradient of last_state(h), which a backend with
-    GRAD_LAST takes apart and the others receive folded into grad_h."""
+    GRAD_LAST takes apart and the others receive folded into grad_h. rates (where native_rates):
+    grad_h is the gradient of the output r = f(h) of serial_forward_rates, not of h."""
+    if rates:
+        return COMPILED[backend].backward(grad_h, h, h0.contiguous(), drive, w.contiguous(), alpha.contiguous(),
+                                          nonlinearity, placement, precision, lengths=lengths, reverse=reverse,
+                                          grad_last=None if grad_last is None else grad_last.contiguous(), rates=True)
     module = backward_or_reference(backend, kernel_key(h.device, h.dtype, nonlinearity, placement, precision,
                                                        lengths is not None, h0.shape))
     if h.dim() == 4 and not getattr(module, "ENSEMBLE", False):  # one network at a time

@@ -29,6 +29,9 @@ from .choices import nonlinearity_code, placement_code
 NATIVE_REVERSE = True  # the loops run reverse time order in place (core.py flips for backends without)
 PREBUILT = "timescale_kernels._C"
 ENSEMBLE = True  # K networks (a leading K on every tensor) in one call of the kernels
+# "voltage": the kernels write the output r = f(v) from inside the forward loop and take its gradient
+# in the backward loop (not in reverse time order with lengths; core.native_rates).
+VOLTAGE_RATES = True
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def _check_precision(precision: str) -> None:
 
 
 def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool, precision: str,
-            lengths: torch.Tensor | None = None, reverse: bool = False):
+            lengths: torch.Tensor | None = None, reverse: bool = False, rates: bool = False):
     """u (T, B, H), h0 (B, H), w (H, H) masked, alpha (H,), all float32 or all float64, on the CPU;
     lengths None or int64 (B,) with values in 1..T, in any order. K networks at once: a leading K on
     every tensor (u (K, T, B, H), h0 (K, B, H), w (K, H, H), alpha (K, H), lengths (K, B)).
@@ -128,18 +131,22 @@ def forward(u, h0, w, alpha, nonlinearity: str, placement: str, save_drive: bool
     lengths, h[t, b] = h[t - 1, b] for t >= lengths[b], and drive there is unspecified. reverse:
     the steps read u[T-1] first and u[0] last (with lengths, each row's u[lengths[b] - 1] first),
     h[t] the state after u[t].
+    rates ("voltage", not in reverse with lengths): returns (h, drive, r) instead, r (T, B, H) =
+    f(h), zero past each row's length, written by the forward loop.
     """
     _check_precision(precision)
-    return torch.ops.timescale_kernels_cpu.forward(
+    h, drive, r = torch.ops.timescale_kernels_cpu.forward(
         u.contiguous(), h0.contiguous(), w.contiguous(), alpha.contiguous(), nonlinearity_code(nonlinearity),
-        placement_code(placement), bool(save_drive), lengths, bool(reverse))
+        placement_code(placement), bool(save_drive), lengths, bool(reverse), bool(rates))
+    return (h, drive, r) if rates else (h, drive)
 
 
 GRAD_LAST = True  # backward takes the gradient of the last state apart (core.py folds it in for the others)
 
 
 def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, precision: str,
-             lengths: torch.Tensor | None = None, reverse: bool = False, grad_last: torch.Tensor | None = None):
+             lengths: torch.Tensor | None = None, reverse: bool = False, grad_last: torch.Tensor | None = None,
+             rates: bool = False):
     """grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,); lengths and reverse as in forward;
     grad_last (B, H) or None: the gradient of each row's last state, added where the loop starts (it
     passes through a row's held steps to its last one).
@@ -149,8 +156,9 @@ def backward(grad_h, h, h0, drive, w, alpha, nonlinearity: str, placement: str, 
     Returns d_drive (T, B, H), dh0 (B, H), d_alpha (H,); dW is left to the caller (one GEMM). With
     lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 for t >= lengths[b], and the gradient
     passes through those steps.
+    rates (as in forward): grad_h is the gradient of r = f(h), not of h; the loop applies f'(h).
     """
     _check_precision(precision)
     return torch.ops.timescale_kernels_cpu.backward(
         grad_h, h.contiguous(), h0.contiguous(), drive.contiguous(), w.contiguous(), alpha.contiguous(),
-        nonlinearity_code(nonlinearity), placement_code(placement), lengths, bool(reverse), grad_last)
+        nonlinearity_code(nonlinearity), placement_code(placement), lengths, bool(reverse), grad_last, bool(rates))

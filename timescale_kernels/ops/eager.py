@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .core import _rate_of, as_ensemble, last_state, recurrence, serial_backward, serial_forward, weight_gradient
-from .reference import masked_recurrent_weight
+from .core import (_rate_of, as_ensemble, last_state, native_rates, rates, recurrence, serial_backward, serial_forward,
+                   serial_forward_rates, weight_gradient)
+from .reference import activation, masked_recurrent_weight
 
 
 class _BackwardKernels(torch.autograd.Function):
@@ -32,9 +33,9 @@ class _BackwardKernels(torch.autograd.Function):
 
     @staticmethod
     def forward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths, reverse,
-                grad_last):
+                grad_last, rates=False):
         return serial_backward(grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths,
-                               reverse, grad_last)
+                               reverse, grad_last, rates)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -48,29 +49,36 @@ class _BackwardKernels(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths,
-             reverse, grad_last):
+             reverse, grad_last, rates=False):
         dims = in_dims[:6] + (in_dims[10], in_dims[12])
         tensors, unflatten = as_ensemble(info.batch_size, dims, (grad_h, h, h0, drive, w, alpha, lengths, grad_last))
         results = _BackwardKernels.apply(*tensors[:6], nonlinearity, placement, backend, precision, tensors[6],
-                                         reverse, tensors[7])
+                                         reverse, tensors[7], rates)
         return tuple(unflatten(r) for r in results), (0, 0, 0)
 
 
-def _gradients(ctx, grad_h, grad_last=None, need_dw=True):
+def _gradients(ctx, grad_h, grad_last=None, need_dw=True, rate_out=None):
     """(du, dh0, dW, dalpha) from the saved (h, h0, drive, w, alpha, lengths): the backward kernels,
     then dW as GEMMs. grad_h None: no gradient reaches h from outside (one zero row stands for all
     of it, no (T, B, H) tensor); grad_last: the gradient of each row's last state, or None; dW None
-    when not need_dw (a frozen weight_hh: no GEMM)."""
+    when not need_dw (a frozen weight_hh: no GEMM). rate_out: the saved output r = f(h) of
+    serial_forward_rates ("voltage" where native_rates), grad_h then being r's gradient, or None."""
     h, h0, drive, w, alpha, lengths = ctx.saved_tensors[:6]
+    of_rates = rate_out is not None
     if grad_h is None:
         grad_h = h.new_zeros((1,) * (h.dim() - 1) + (h.shape[-1],)).expand(h.shape)
     if torch.is_grad_enabled() or _transforms_active():  # create_graph=True, or a torch.func transform
         d_drive, dh0, d_alpha = _BackwardKernels.apply(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths,
-                                                       ctx.reverse, grad_last)
+                                                       ctx.reverse, grad_last, of_rates)
     else:
         d_drive, dh0, d_alpha = serial_backward(grad_h, h, h0, drive, w, alpha, *ctx.args, lengths, ctx.reverse,
-                                                grad_last)
-    dw = weight_gradient(d_drive, h, h0, lengths, ctx.reverse, rate=_rate_of(ctx.args)) if need_dw else None
+                                                grad_last, of_rates)
+    if not need_dw:
+        dw = None
+    elif of_rates:  # the step's operand f(v_prev): the saved rates, and f(v_0) for the first step
+        dw = weight_gradient(d_drive, rate_out, activation(ctx.args[0])(h0), lengths, ctx.reverse)
+    else:
+        dw = weight_gradient(d_drive, h, h0, lengths, ctx.reverse, rate=_rate_of(ctx.args))
     return d_drive, dh0, dw, d_alpha
 
 
@@ -81,7 +89,10 @@ class _RecurrenceOfParams(torch.autograd.Function):
     themselves: W (the diagonal masked unless self_connections) and alpha = 1 / clamp(tau, min=1) are
     formed in forward and their gradients returned from backward, the same arithmetic autograd's
     masked_fill, clamp and reciprocal nodes would do, without those nodes (a dozen ATen calls and three graph nodes fewer per call).
-    weight_hh (H, H) or (K, H, H); tau (H,), 0-dim, (K, H) or (K, 1)."""
+    weight_hh (H, H) or (K, H, H); tau (H,), 0-dim, (K, H) or (K, 1). "voltage" where
+    core.native_rates: the first result is the output r = f(v) written by the kernels (v saved for the
+    backward, h_n = v_T), its gradient taken by the backward kernels; otherwise the state v, whose
+    rate the caller forms (run_recurrence_of_params)."""
 
     @staticmethod
     def forward(ctx, u, h0, weight_hh, tau, self_connections, nonlinearity, placement, backend, precision, lengths,
@@ -89,25 +100,31 @@ class _RecurrenceOfParams(torch.autograd.Function):
         w = weight_hh if self_connections else _zero_diagonal(weight_hh.clone())
         recip = torch.clamp(tau, min=1.0).reciprocal()  # 1 / clamp(tau): the same bits
         alpha = recip.expand(*weight_hh.shape[:-2], weight_hh.shape[-1]).contiguous()
-        h, drive = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, True, lengths,
-                                  reverse)
-        ctx.save_for_backward(h, h0, drive, w, alpha, lengths, tau, recip)
+        ctx.rates = native_rates(backend, placement, lengths, reverse)
+        if ctx.rates:
+            h, drive, out = serial_forward_rates(u, h0, w, alpha, nonlinearity, backend, precision, lengths, reverse)
+        else:
+            h, drive = serial_forward(u, h0, w, alpha, nonlinearity, placement, backend, precision, True, lengths,
+                                      reverse)
+            out = h
+        ctx.save_for_backward(h, h0, drive, w, alpha, lengths, tau, recip, out if ctx.rates else None)
         ctx.args, ctx.reverse = (nonlinearity, placement, backend, precision), reverse
         ctx.self_connections = self_connections
         ctx.set_materialize_grads(False)
         last = last_state(h, lengths, reverse)
-        return h, (last.clone() if last._base is h else last)
+        return out, (last.clone() if ctx.rates or last._base is h else last)
 
     @staticmethod
     def backward(ctx, grad_h, grad_last):
         if grad_h is None and grad_last is None:
             return (None,) * 11
-        du, dh0, dw, d_alpha = _gradients(ctx, grad_h, grad_last, need_dw=ctx.needs_input_grad[2])
+        du, dh0, dw, d_alpha = _gradients(ctx, grad_h, grad_last, need_dw=ctx.needs_input_grad[2],
+                                          rate_out=ctx.saved_tensors[8] if ctx.rates else None)
         if dw is not None and not ctx.self_connections:
             _zero_diagonal(dw)  # dw is a fresh GEMM result
         d_tau = None
         if ctx.needs_input_grad[3]:
-            tau, recip = ctx.saved_tensors[6:]
+            tau, recip = ctx.saved_tensors[6:8]
             d_recip = d_alpha.sum_to_size(recip.shape)  # expand's gradient: a shared tau sums over H
             d_tau = torch.where(tau >= 1.0, -d_recip * (recip * recip), 0.0)  # reciprocal', then clamp's mask
         return du, dh0, dw, d_tau, None, None, None, None, None, None, None
@@ -157,16 +174,20 @@ _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambd
 def run_recurrence_of_params(u, h0, weight_hh, tau, self_connections: bool, nonlinearity: str, placement: str,
                              backend: str, precision: str, needs_grad: bool, lengths: torch.Tensor | None = None,
                              reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """h (T, B, H) of the recurrence (zero past each row's length) and each row's last state h_n
-    (B, H) (core.last_state), differentiable when needs_grad; from weight_hh (H, H) or (K, H, H) and
-    tau (H,), 0-dim, (K, H) or (K, 1), not from the masked W and alpha. In eager mode with gradients:
-    one autograd node (_RecurrenceOfParams). Otherwise the mask and alpha as plain ops, then the op
-    under torch.compile (which traces it), the transforms' Function under a torch.func transform, or
-    the backend's forward alone without gradients."""
+    """The op's output (T, B, H) (zero past each row's length) and each row's last state h_n (B, H)
+    (core.last_state), differentiable when needs_grad; from weight_hh (H, H) or (K, H, H) and tau
+    (H,), 0-dim, (K, H) or (K, 1), not from the masked W and alpha. The output is the state h, or
+    for "voltage" the rate f(v) (h_n stays v_T). In eager mode with gradients: one autograd node
+    (_RecurrenceOfParams). Otherwise the mask and alpha as plain ops, then the op under
+    torch.compile (which traces it), the transforms' Function under a torch.func transform, or the
+    backend's forward alone without gradients."""
     compiling = torch.compiler.is_compiling()
     if needs_grad and not compiling and not _transforms_active():
-        return _RecurrenceOfParams.apply(u, h0, weight_hh, tau, self_connections, nonlinearity, placement, backend,
-                                         precision, lengths, reverse)
+        out, h_n = _RecurrenceOfParams.apply(u, h0, weight_hh, tau, self_connections, nonlinearity, placement,
+                                             backend, precision, lengths, reverse)
+        if placement == "voltage" and not native_rates(backend, placement, lengths, reverse):
+            out = rates(out, nonlinearity, lengths)  # the Function's output is v there
+        return out, h_n
     w = masked_recurrent_weight(weight_hh, self_connections)
     alpha = (1.0 / torch.clamp(tau, min=1.0)).expand(*weight_hh.shape[:-2], weight_hh.shape[-1]).contiguous()
     args = (u, h0, w, alpha, nonlinearity, placement, backend, precision)
@@ -174,9 +195,14 @@ def run_recurrence_of_params(u, h0, weight_hh, tau, self_connections: bool, nonl
         h = recurrence(*args, needs_grad, lengths, reverse)[0]
     elif _transforms_active():  # its vmap rule runs a mapped call as one ensemble
         h = _RecurrenceForTransforms.apply(*args, lengths, reverse)[0]
+    elif native_rates(backend, placement, lengths, reverse):  # the kernel writes f(v): no pass over it here
+        h, _, out = serial_forward_rates(u, h0, w, alpha, nonlinearity, backend, precision, lengths, reverse,
+                                         save_drive=False)
+        return out, last_state(h, lengths, reverse).clone()
     else:
         h = serial_forward(*args, False, lengths, reverse)[0]
-    return h, last_state(h, lengths, reverse)
+    out = rates(h, nonlinearity, lengths) if placement == "voltage" else h
+    return out, last_state(h, lengths, reverse)
 
 
 # The cpu backend's output pool serves blocks of at least this many bytes (csrc/output_pool.h).

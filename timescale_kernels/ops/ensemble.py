@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from .core import rates
 from .eager import _transforms_active, run_recurrence_of_params
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -83,8 +82,6 @@ def run_compiled_ensemble(backend: str, tensors: dict, nonlinearity: str, placem
     needs_grad = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in t.values())
     output, h_n = run_recurrence_of_params(u, t["hx"], t["weight_hh"], t["tau"], self_connections, nonlinearity,
                                            placement, backend, precision, needs_grad, lengths, reverse)
-    if placement == "voltage":  # the core's states are v: the output is the rate f(v), h_n stays v_T
-        output = rates(output, nonlinearity, lengths)
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n

@@ -16,7 +16,7 @@ import torch
 from .backends import fall_back_from, kernel_key, note_auto_triton, record_triton_failure, resolve_backend, triton_failed
 from .checks import (check_drive_noise, check_lengths, check_network_args, check_network_lengths, check_op_args,
                      network_count, per_network)
-from .core import rates, reverse_in_time
+from .core import reverse_in_time
 from .eager import input_projection, run_recurrence_of_params
 from .ensemble import ARG_NAMES, run_compiled_ensemble
 from .reference import leaky_rnn_reference
@@ -218,8 +218,6 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
     # h_n: each row's last valid state (the output is zero past it; in reverse, the state after input[0])
     output, h_n = run_recurrence_of_params(u, hx, weight_hh, tau, self_connections, nonlinearity, placement, backend,
                                            precision, needs_grad, lengths, reverse)
-    if placement == "voltage":  # the core's states are v: the output is the rate f(v), h_n stays v_T
-        output = rates(output, nonlinearity, lengths)
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n
