@@ -43,6 +43,7 @@
 #include "loops.h"
 #include "output_pool.h"
 #include "row_blocks.h"
+#include "serial_core.h"
 
 namespace timescale_kernels {
 namespace {
@@ -103,6 +104,8 @@ void forward_by_length(const at::Tensor& u, const at::Tensor& h0, const at::Tens
   });
 }
 
+}  // namespace
+
 // u (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none
 //   -> h (T, B, H) = h_1..h_T and drive (T, B, H) (empty unless save_drive).
 // K networks at once: every tensor with a leading K (u (K, T, B, H), ..., lengths (K, B)).
@@ -148,6 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
   if (ensemble) return {h, drive, rate};
   return {h.squeeze(0), save_drive ? drive.squeeze(0) : drive, rates ? rate.squeeze(0) : rate};
 }
+
+namespace {
 
 // d_alpha (K, H) in alpha's dtype: each network's (P, H) double partial sums added in a fixed order.
 at::Tensor sum_partials(const at::Tensor& d_alpha_partial, const at::Tensor& alpha) {
@@ -214,6 +219,8 @@ at::Tensor backward_blocks(const at::Tensor& grad_h, const at::Tensor& h, const 
   return dh;
 }
 
+}  // namespace
+
 // grad_h, h, drive (T, B, H), h0 (B, H), w (H, H), alpha (H,), lengths (B,) int64 or none,
 // grad_last (B, H) or none -> d_drive (T, B, H), dh0 (B, H), d_alpha (H,); K networks at once with
 // a leading K on every tensor. With lengths, grad_h[t, b] is ignored and d_drive[t, b] = 0 from step
@@ -268,6 +275,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   if (ensemble) return {d_drive, dh0, d_alpha};
   return {d_drive.squeeze(0), dh0.squeeze(0), d_alpha.squeeze(0)};
 }
+
+namespace {
 
 // The names of the nonlinearities, in the order of their codes.
 std::vector<std::string> nonlinearities() {

@@ -158,7 +158,7 @@ def test_pooled_input_projection_equals_the_gemm(monkeypatch, in_size, bias):
     """At 8 MB and more, the cpu backend's input projection u is written into the output pool (an
     element-wise pass for one input); its output and every gradient equal the one-GEMM path's."""
     import timescale_kernels as tk
-    from timescale_kernels.ops import eager
+    from timescale_kernels.ops import eager, whole
     calls = []
     original = eager._PooledProjection.forward
     monkeypatch.setattr(eager._PooledProjection, "forward",
@@ -173,14 +173,19 @@ def test_pooled_input_projection_equals_the_gemm(monkeypatch, in_size, bias):
     tau = (1 + 3 * torch.rand(hidden)).requires_grad_()
     leaves = [t for t in (x, h0, w_ih, w_hh, b_ih, b_hh, tau) if t is not None]
     results = {}
+
+    def run():
+        out, h_n = tk.leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity="tanh", backend="cpu")
+        return (out, h_n, *torch.autograd.grad(out.square().sum() + h_n.sum(), leaves))
+    results["whole"] = run()  # the whole op in C++ (whole.py), which pools u there
+    monkeypatch.setattr(whole, "applies", lambda *a: False)  # the Python path from here on
     for name, threshold in (("pooled", eager._POOL_MIN_BYTES), ("gemm", 1 << 62)):
         monkeypatch.setattr(eager, "_POOL_MIN_BYTES", threshold)
-        out, h_n = tk.leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity="tanh", backend="cpu")
-        grads = torch.autograd.grad(out.square().sum() + h_n.sum(), leaves)
-        results[name] = (out, h_n, *grads)
+        results[name] = run()
     assert len(calls) == 1
-    for got, want in zip(results["pooled"], results["gemm"]):
+    for got, want, whole_op in zip(results["pooled"], results["gemm"], results["whole"]):
         assert_close_rel("pooled vs gemm", got, want, 1e-6)
+        assert torch.equal(whole_op, got), "the whole op's pooled path vs the Python one's"
     monkeypatch.setattr(eager, "_POOL_MIN_BYTES", 8 << 20)
     with torch.no_grad():  # inference takes the pool too
         out, _ = tk.leaky_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity="tanh", backend="cpu")

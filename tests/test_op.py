@@ -173,18 +173,28 @@ def test_the_last_states_gradient_reaches_the_kernels_apart(backend, reached, le
         assert rel_err(got, want) <= 1e-9, (name, rel_err(got, want))
 
 
-def test_a_loss_on_h_n_alone_builds_no_time_sized_gradient(monkeypatch):
-    """On the cpu backend the backward kernels see one zero row for the output's gradient and h_n's
-    gradient apart."""
+@pytest.mark.parametrize("path", ["whole", "python"])
+def test_a_loss_on_h_n_alone_builds_no_time_sized_gradient(monkeypatch, path):
+    """On the cpu backend the backward kernels see no (T, B, H) gradient for the output (none at all on
+    the whole op's path, one zero row on the Python path) and h_n's gradient apart."""
     if "cpu" not in FAST_BACKENDS:
         pytest.skip("the C++ extension is not built")
-    from timescale_kernels.ops import eager
+    from timescale_kernels.ops import eager, whole
     seen = []
-    original = eager.serial_backward
-    monkeypatch.setattr(eager, "serial_backward", lambda grad_h, *a: seen.append((grad_h, a[11])) or original(grad_h, *a))
+    if path == "whole":
+        original = whole._whole_backward
+        monkeypatch.setattr(whole, "_whole_backward", lambda *a: seen.append((a[0], a[1])) or original(*a))
+    else:
+        monkeypatch.setattr(whole, "applies", lambda *a: False)
+        original = eager.serial_backward
+        monkeypatch.setattr(eager, "serial_backward",
+                            lambda grad_h, *a: seen.append((grad_h, a[11])) or original(grad_h, *a))
     args = op_args(T=9, B=4, H=13)
     _, hn = tk.leaky_rnn(*args.values(), backend="cpu")
     hn.sum().backward()
     (grad_h, grad_last), = seen
-    assert grad_h.stride() == (0, 0, 1) and grad_h.shape == (9, 4, 13) and not grad_h.any()
+    if path == "whole":
+        assert grad_h is None
+    else:
+        assert grad_h.stride() == (0, 0, 1) and grad_h.shape == (9, 4, 13) and not grad_h.any()
     assert grad_last.shape == (4, 13) and torch.equal(grad_last, torch.ones(4, 13))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import whole
 from .eager import _transforms_active, run_recurrence_of_params
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -73,7 +74,12 @@ def ensemble_projection(input, weight_ih, bias_ih, bias_hh, drive_noise) -> torc
 def run_compiled_ensemble(backend: str, tensors: dict, nonlinearity: str, placement: str, self_connections: bool,
                           precision: str, lengths: torch.Tensor | None, reverse: bool):
     """(output (K, T, B, H), h_n (K, B, H)) of K networks on a compiled backend; tensors by name
-    (ARG_NAMES), each with its leading K; lengths (K, B) int64 or None."""
+    (ARG_NAMES), each with its leading K; lengths (K, B) int64 or None. On the cpu backend in eager
+    mode: one C++ call each way (whole.py)."""
+    t = tensors
+    if whole.applies(backend, t["input"], t["drive_noise"], lengths, reverse):
+        return whole.run(t["input"], t["hx"], t["weight_ih"], t["weight_hh"], t["bias_ih"], t["bias_hh"], t["tau"],
+                         nonlinearity, placement, self_connections, lengths, reverse)
     out_dtype = tensors["input"].dtype
     if out_dtype in _LOW_PRECISION:
         tensors = {k: None if v is None else v.float() for k, v in tensors.items()}

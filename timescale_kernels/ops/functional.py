@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from . import whole
 from .backends import fall_back_from, kernel_key, note_auto_triton, record_triton_failure, resolve_backend, triton_failed
 from .checks import (check_drive_noise, check_lengths, check_network_args, check_network_lengths, check_op_args,
                      network_count, per_network)
@@ -205,7 +206,11 @@ def _autocast_dtype(input) -> torch.dtype | None:
 
 def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
                   self_connections, precision, lengths, drive_noise, reverse=False):
-    """leaky_rnn on a compiled backend: input projection, the serial core, the output mask."""
+    """leaky_rnn on a compiled backend: input projection, the serial core, the output mask (on the cpu
+    backend in eager mode, all of it in one C++ call each way: whole.py)."""
+    if whole.applies(backend, input, drive_noise, lengths, reverse):
+        return whole.run(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
+                         self_connections, lengths, reverse)
     out_dtype = input.dtype
     if out_dtype in _LOW_PRECISION:
         input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise = (
