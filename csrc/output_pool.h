@@ -51,7 +51,10 @@ class OutputPool {
 
  private:
   static constexpr size_t kAlign = size_t(2) << 20;  // the x86-64 huge page size
-  static constexpr size_t kMinBytes = 4 * kAlign;
+  // From 1 MiB: an ensemble's training step allocates tensors of a few MB whose size changes with
+  // the step's longest sequence, and glibc serves those from fresh mmap'ed pages time and again;
+  // rounded up to whole 2 MiB blocks, most steps find one of the right size here.
+  static constexpr size_t kMinBytes = size_t(1) << 20;
   // A stacked bidirectional network frees about ten blocks at the end of a step (each direction's h and
   // drive, the layers' concatenated inputs and their gradients), and the next step needs them all again.
   static constexpr size_t kMaxBlocks = 16;

@@ -27,6 +27,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <optional>
@@ -39,7 +40,8 @@
 namespace timescale_kernels {
 namespace {
 
-// The Python side's threshold for pooled projections (ops/eager.py _POOL_MIN_BYTES).
+// The Python side's threshold for its pooled projection (ops/eager.py _POOL_MIN_BYTES), where a
+// single input's projection becomes an element-wise pass.
 constexpr int64_t kPoolMinBytes = int64_t(8) << 20;
 
 // alpha (K, H) contiguous = 1 / clamp(tau, min=1), tau (H,), 0-dim, (K, H) or (K, 1).
@@ -58,26 +60,24 @@ at::Tensor bias_sum(const std::optional<at::Tensor>& b_ih, const std::optional<a
 }
 
 // u = x w_ih^T + bias: (T*B, H) for one network (eager.input_projection), (K, T*B, H) for K
-// (ensemble._project).
+// (ensemble._project), with the same ATen operation as the Python path, into a block of the output
+// pool (recycled memory) where it is large enough.
 at::Tensor projection(const at::Tensor& flat, const at::Tensor& w_ih, const at::Tensor& bias, bool ensemble) {
+  const int64_t hidden = w_ih.size(-2), rows = flat.size(-2);
+  const std::vector<int64_t> sizes =
+      ensemble ? std::vector<int64_t>{flat.size(0), rows, hidden} : std::vector<int64_t>{rows, hidden};
+  at::Tensor out = OutputPool::instance().empty(sizes, flat.options());
   if (ensemble) {
     const at::Tensor w_t = w_ih.transpose(1, 2);
     const at::Tensor b = bias.defined() ? bias.unsqueeze(1) : bias;
-    if (flat.size(2) == 1) return b.defined() ? at::addcmul(b, flat, w_t) : flat * w_t;
-    return b.defined() ? at::baddbmm(b, flat, w_t) : at::bmm(flat, w_t);
+    if (flat.size(2) == 1) return b.defined() ? at::addcmul_out(out, b, flat, w_t) : at::mul_out(out, flat, w_t);
+    return b.defined() ? at::baddbmm_out(out, b, flat, w_t) : at::bmm_out(out, flat, w_t);
   }
   const at::Tensor w_t = w_ih.t();
-  const int64_t bytes = flat.size(0) * w_ih.size(0) * flat.element_size();
-  if (bytes >= kPoolMinBytes) {  // into a recycled block (eager._PooledProjection)
-    at::Tensor out = OutputPool::instance().empty({flat.size(0), w_ih.size(0)}, flat.options());
-    if (flat.size(1) == 1) {
-      bias.defined() ? at::addcmul_out(out, bias, flat, w_t) : at::mul_out(out, flat, w_t);
-    } else {
-      bias.defined() ? at::addmm_out(out, bias, flat, w_t) : at::mm_out(out, flat, w_t);
-    }
-    return out;
+  if (rows * hidden * flat.element_size() >= kPoolMinBytes && flat.size(1) == 1) {  // eager._PooledProjection
+    return bias.defined() ? at::addcmul_out(out, bias, flat, w_t) : at::mul_out(out, flat, w_t);
   }
-  return bias.defined() ? at::addmm(bias, flat, w_t) : at::mm(flat, w_t);
+  return bias.defined() ? at::addmm_out(out, bias, flat, w_t) : at::mm_out(out, flat, w_t);
 }
 
 // Rows (k, t, b) with t >= lengths[k, b] of h (K, T, B, H) set to zero.
@@ -170,10 +170,21 @@ at::Tensor weight_gradient(const at::Tensor& d_drive, const at::Tensor& h, const
   at::Tensor d_rows = (reverse ? d_drive.narrow(0, 0, steps - 1) : d_drive.narrow(0, 1, steps - 1)).reshape({-1, hidden});
   at::Tensor h_rows = (reverse ? h.narrow(0, 1, steps - 1) : h.narrow(0, 0, steps - 1)).reshape({-1, hidden});
   if (lengths.defined()) {  // the pairs still running (forward order): later step t < lengths[b]
-    const at::Tensor later = at::arange(1, steps, lengths.options());
-    const at::Tensor running = (later.unsqueeze(1) < lengths).flatten().nonzero().squeeze(1);
-    d_rows = d_rows.index_select(0, running);
-    h_rows = h_rows.index_select(0, running);
+    const at::Tensor len = lengths.contiguous();
+    const int64_t* l = len.const_data_ptr<int64_t>();
+    const int64_t batch = len.numel();
+    if (batch > 0 && std::all_of(l, l + batch, [&](int64_t v) { return v == l[0]; })) {
+      // Every row of the same length (an ensemble's network whose sequences were padded): the
+      // running pairs are the first (L - 1) * B rows, the same rows in the same order as the gather
+      // would give, without copying them.
+      d_rows = d_rows.narrow(0, 0, (l[0] - 1) * batch);
+      h_rows = h_rows.narrow(0, 0, (l[0] - 1) * batch);
+    } else {
+      const at::Tensor later = at::arange(1, steps, lengths.options());
+      const at::Tensor running = (later.unsqueeze(1) < lengths).flatten().nonzero().squeeze(1);
+      d_rows = d_rows.index_select(0, running);
+      h_rows = h_rows.index_select(0, running);
+    }
   }
   return dw.addmm(d_rows.t(), h_rows);
 }

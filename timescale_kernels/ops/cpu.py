@@ -109,7 +109,7 @@ def nonlinearities() -> tuple[str, ...]:
 
 def empty_cache() -> None:
     """Frees the memory blocks the cpu backend keeps for reuse by the next call (csrc/output_pool.h):
-    blocks of 8 MB and more (outputs, input projections, a stacked layer's input), at most 16 of them
+    blocks of 1 MiB and more (outputs, input projections, a stacked layer's input), at most 16 of them
     and 4 GB, as torch.cuda.empty_cache() does for CUDA's caching allocator."""
     if _source is not None and is_available():  # nothing to free (and nothing to compile) before first use
         torch.ops.timescale_kernels_cpu.empty_cache()

@@ -50,7 +50,7 @@ class _Whole(torch.autograd.Function):
         saved = ctx.saved_tensors
         args = (grad_out, grad_h_n, *saved[:10], *ctx.options, needs)
         if torch.is_grad_enabled():  # create_graph=True: gradients whose node refuses a second derivative,
-            grads = _WholeBackward.apply(len(args), *args, *saved[10:])  # reached from every input
+            grads = _SecondOrderGuard.apply(len(args), *args, *saved[10:])  # reached from every input
         else:
             grads = _whole_backward(*args)
         return *(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None
@@ -63,7 +63,7 @@ def _whole_backward(grad_out, grad_h_n, x, h0, w_ih, w, h, drive, rate, alpha, t
         self_connections, reverse, needs))
 
 
-class _WholeBackward(torch.autograd.Function):
+class _SecondOrderGuard(torch.autograd.Function):
     """The backward kernels where autograd watches (create_graph=True): first order only."""
 
     @staticmethod
