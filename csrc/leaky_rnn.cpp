@@ -7,7 +7,8 @@
 // no barrier per step. With per-row lengths a row past its length is held, and a step's GEMM covers
 // only the block's rows around those still running. The weight gradient is not computed here:
 // core.py does it with one GEMM per network over all T*B rows after the reverse loop. Large outputs
-// come from output_pool.h.
+// come from output_pool.h. whole_op.cpp wraps these two entry points in the whole op (projection,
+// alpha, mask and every gradient), one call each way.
 //
 // The loops also run the sequence in reverse time order (reverse=True), reading and writing the
 // tensors in place, for the reverse direction of a bidirectional layer. With lengths, where each row

@@ -40,17 +40,23 @@ inline void forward_row(const T* __restrict u, const T* __restrict product, T* _
 // pointer inside the vectorised loop becomes a masked load, which on x86 costs a microcode assist
 // per vector where the pointer is null (its address unmapped): 17 us a step at (B, H) = (64, 64),
 // where the step's whole arithmetic takes about 9 us.
-template <typename T, typename AccT, int64_t NL, int64_t PL, bool kGradPrev, bool kProduct>
+template <typename T, typename AccT, int64_t NL, int64_t PL, bool kGradPrev, bool kProduct, bool kRate>
 inline void backward_row_loop(const T* __restrict drive, const T* __restrict h_prev, const T* __restrict h,
                               const T* __restrict grad_prev, T* __restrict dh, T* __restrict d_drive,
                               AccT* __restrict d_alpha_acc, const T* __restrict alpha, const T* __restrict keep,
-                              int64_t hidden, const T* __restrict product) {
+                              int64_t hidden, const T* __restrict product, const T* __restrict grad_rate) {
 #pragma omp simd
   for (int64_t j = 0; j < hidden; ++j) {
     T carried;
     if constexpr (PL == kVoltage) {
       T dv = dh[j];
-      if constexpr (kProduct) dv = dh[j] + derivative_at<NL>(h[j]) * product[j];
+      if constexpr (kProduct && kRate) {
+        dv = dh[j] + derivative_at<NL>(h[j]) * (product[j] + grad_rate[j]);
+      } else if constexpr (kProduct) {
+        dv = dh[j] + derivative_at<NL>(h[j]) * product[j];
+      } else if constexpr (kRate) {
+        dv = dh[j] + derivative_at<NL>(h[j]) * grad_rate[j];
+      }
       d_drive[j] = flush(alpha[j] * dv);
       d_alpha_acc[j] += static_cast<AccT>(dv * (drive[j] - h_prev[j]));
       carried = keep[j] * dv;
@@ -78,27 +84,28 @@ inline void backward_row_loop(const T* __restrict drive, const T* __restrict h_p
 // d_alpha terms in AccT. "voltage": the adjoint of v_t is dh + f'(v_t) * product, product being the
 // later step's d_drive W (its f'(v_t) factor is applied here, where v_t is read anyway; nullptr
 // where no later step ran), and the caller writes d_drive W to product instead of adding it to dh.
-// (Where the output is the rate r_t = f(v_t), the caller adds r_t's gradient to product first.)
+// grad_rate ("voltage" with the rate as the output): r_t = f(v_t)'s gradient from outside, added to
+// product before the f'(v_t) factor (nullptr where it reaches v itself, through grad_prev).
 template <typename T, typename AccT, int64_t NL, int64_t PL>
 inline void backward_row(const T* __restrict drive, const T* __restrict h_prev,
                          const T* __restrict h, const T* __restrict grad_prev, T* __restrict dh,
                          T* __restrict d_drive, AccT* __restrict d_alpha_acc,
                          const T* __restrict alpha, const T* __restrict keep, int64_t hidden,
-                         const T* __restrict product = nullptr) {
-  const bool with_product = PL == kVoltage && product != nullptr;
-  if (grad_prev != nullptr && with_product) {
-    backward_row_loop<T, AccT, NL, PL, true, true>(drive, h_prev, h, grad_prev, dh, d_drive, d_alpha_acc, alpha,
-                                                  keep, hidden, product);
-  } else if (grad_prev != nullptr) {
-    backward_row_loop<T, AccT, NL, PL, true, false>(drive, h_prev, h, grad_prev, dh, d_drive, d_alpha_acc, alpha,
-                                                   keep, hidden, product);
-  } else if (with_product) {
-    backward_row_loop<T, AccT, NL, PL, false, true>(drive, h_prev, h, grad_prev, dh, d_drive, d_alpha_acc, alpha,
-                                                   keep, hidden, product);
-  } else {
-    backward_row_loop<T, AccT, NL, PL, false, false>(drive, h_prev, h, grad_prev, dh, d_drive, d_alpha_acc, alpha,
-                                                    keep, hidden, product);
-  }
+                         const T* __restrict product = nullptr, const T* __restrict grad_rate = nullptr) {
+  const bool p = PL == kVoltage && product != nullptr, r = PL == kVoltage && grad_rate != nullptr;
+  const bool g = grad_prev != nullptr;
+#define TK_ROW(G, P, R)                                                                                          \
+  return backward_row_loop<T, AccT, NL, PL, G, P, R>(drive, h_prev, h, grad_prev, dh, d_drive, d_alpha_acc, alpha, \
+                                                     keep, hidden, product, grad_rate)
+  if (g && p && r) TK_ROW(true, true, true);
+  if (g && p) TK_ROW(true, true, false);
+  if (g && r) TK_ROW(true, false, true);
+  if (g) TK_ROW(true, false, false);
+  if (p && r) TK_ROW(false, true, true);
+  if (p) TK_ROW(false, true, false);
+  if (r) TK_ROW(false, false, true);
+  TK_ROW(false, false, false);
+#undef TK_ROW
 }
 
 // "voltage" after the last reverse step: dh0 = dh + f'(v_0) * product (product = the first step's
@@ -108,14 +115,6 @@ inline void voltage_initial_row(const T* __restrict h0, const T* __restrict prod
                                 T* __restrict dh, int64_t hidden) {
 #pragma omp simd
   for (int64_t j = 0; j < hidden; ++j) dh[j] = flush(dh[j] + derivative_at<NL>(h0[j]) * product[j]);
-}
-
-// product += g, in place: the gradient reaching the rate f(v_t) from outside joins the later step's
-// d_drive W before the f'(v_t) factor.
-template <typename T>
-inline void add_row(T* __restrict product, const T* __restrict g, int64_t hidden) {
-#pragma omp simd
-  for (int64_t j = 0; j < hidden; ++j) product[j] += g[j];
 }
 
 // A row past its length in a reverse step: h_t = h_{t-1}, so the adjoint passes through unchanged

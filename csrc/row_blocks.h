@@ -198,15 +198,10 @@ struct BackwardBlocksLoop {
           }
           // "voltage": product holds the later step's d_drive W where the row ran that step.
           const bool later = PL == kVoltage && s + 1 < steps && lens.runs(i, s + 1);
-          const T* factor_of = later ? product.data() + row : nullptr;  // what f'(v_t) multiplies
-          if (of_rates && later) {
-            add_row<T>(product.data() + row, gp, hidden);
-          } else if (of_rates) {
-            factor_of = gp;
-          }
           backward_row<T, double, NL, PL>(drive + at_t + row, h_prev + row, h + at_t + row, of_rates ? nullptr : gp,
                                           dh_k + row, d_drive + at_t + row, partial + (b / kRowsPerPartial) * hidden,
-                                          a, kp, hidden, factor_of);
+                                          a, kp, hidden, later ? product.data() + row : nullptr,
+                                          of_rates ? gp : nullptr);
         }
         const auto [lo, hi] = lens.span(s);  // held rows inside it have d_drive = 0: they gain nothing
         if constexpr (PL == kVoltage) {  // product = d_drive_t W over the running rows

@@ -302,3 +302,13 @@ def test_study_span_reads_once_where_every_seed_shares_one_N():
     rows = [r for r in rows if r["N"] == 9]
     text = _span(_View(runs, rows), "c", "tau", 15, 32, "single", "tau mean")
     assert text.startswith("single tau mean: only N = 9 in every seed: ") and "->" not in text, text
+
+
+def test_the_report_divides_an_ensembles_training_time_among_its_networks():
+    from timescale_kernels.experiments.sweep.report import condition_table
+    runs = {f"c/seed{s}": {"status": "done", "condition": "c", "seed": s, "group": "group0", "wall_time": 400.0,
+                           "epochs": 3, "N_reached": 5, "stop_reason": "max_epochs"} for s in range(4)}
+    runs["c/seed4"] = {"status": "done", "condition": "c", "seed": 4, "group": "group1", "wall_time": 100.0,
+                       "epochs": 3, "N_reached": 5, "stop_reason": "max_epochs"}
+    row = [line for line in condition_table(runs) if line.startswith("| c |")][0]
+    assert "| 100 ± 0 (n=5) |" in row

@@ -7,6 +7,10 @@ With lengths a row past its length is held, and each step's GEMM covers only the
 still running (in reverse time order with lengths, each network's rows are ordered by length
 instead, csrc/loops.h).
 
+In eager mode the whole op (alpha, the masked weight, the input projection, this loop, every gradient)
+runs as one C++ call each way (csrc/whole_op.cpp, whole.py); this module's forward and backward are
+the serial core that the torch.library op, torch.compile and torch.func's rules call.
+
 The kernel is looked for once per process, at first use (the first is_available()): the prebuilt
 extension timescale_kernels._C where it loads (a build ahead of time against this torch), else the
 one compiled for this torch in the user's cache, compiled there first if absent (cpu_build.py). Only

@@ -1,5 +1,6 @@
 """The recurrence in eager mode: the same forward and backward as core.py's torch.library op, through a
-torch.autograd.Function, which costs about 140 us less per forward+backward than the op's dispatch
+torch.autograd.Function (on the cpu backend, functional.py first offers the call to whole.py, which
+runs the whole op in one C++ call each way with the same numbers; what it does not serve comes here), which costs about 140 us less per forward+backward than the op's dispatch
 (benchmarks/NOTES.md): a tenth of a call at the quick preset's size (T, B, H) = (20, 64, 64).
 
 run_recurrence_of_params picks the path: under torch.compile the op (which the compiler traces),

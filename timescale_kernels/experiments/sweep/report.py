@@ -31,19 +31,31 @@ def scale_rows(spec: dict) -> list[tuple[str, object, object]]:
     return [(k, STUDY_SCALE[k], ours[k]) for k in STUDY_SCALE]
 
 
+def network_seconds(run: dict, group_sizes: dict) -> float | None:
+    """A run's training wall time, divided among the networks of its ensemble (which trained in one
+    process at once, each reporting the ensemble's time)."""
+    wall = run.get("wall_time")
+    if wall is None:
+        return None
+    return wall / max(1, group_sizes.get(run.get("group"), 1))
+
+
 def condition_table(runs: dict) -> list[str]:
     by = defaultdict(list)
+    group_sizes = defaultdict(int)
     for r in runs.values():
         by[r["condition"]].append(r)
-    lines = ["| condition | runs done / failed / all | N reached (0: none passed) | epochs | training time per run (s) "
-             "| stopped by |",
+        if r.get("group") is not None:
+            group_sizes[r["group"]] += 1
+    lines = ["| condition | runs done / failed / all | N reached (0: none passed) | epochs | training time per network "
+             "(s; an ensemble's divided among its networks) | stopped by |",
              "| --- | --- | --- | --- | --- | --- |"]
     for cond, rs in by.items():
         done = [r for r in rs if r["status"] == "done"]
         failed = sum(r["status"] == "failed" for r in rs)
         reasons = sorted({str(r.get("stop_reason")) for r in done})
         lines.append(f"| {cond} | {len(done)} / {failed} / {len(rs)} | {fmt([r.get('N_reached') or 0 for r in done], 1)} | "
-                     f"{fmt([r.get('epochs') for r in done], 0)} | {fmt([r.get('wall_time') for r in done], 0)} | "
+                     f"{fmt([r.get('epochs') for r in done], 0)} | {fmt([network_seconds(r, group_sizes) for r in done], 0)} | "
                      f"{', '.join(reasons) or '-'} |")
     return lines
 
