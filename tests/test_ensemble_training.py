@@ -232,5 +232,8 @@ def test_runs_group_by_shape_in_chunks_of_the_ensemble_size():
     runs = [g["runs"] for g in forced]
     assert ["dms/seed4", "dms/seed0"] in runs and ["dms/seed1", "dms/seed2", "dms/seed3"] in runs
     assert sorted(r for g in runs for r in g) == sorted(configs)  # every run once
-    chosen = group_runs(list(configs), configs, None, [])
-    assert {g["chosen_by"] for g in chosen} == {"device and shape"} and {g["ensemble"] for g in chosen} == {1}  # CPU
+    chosen = group_runs(list(configs), configs, None, [])  # the CPU's default: 4 leaky networks a group
+    assert {g["chosen_by"] for g in chosen} == {"device and shape"} and {g["ensemble"] for g in chosen} == {4}
+    assert [len(g["runs"]) for g in chosen] == [4, 1, 4, 1]
+    grus = {f"gru/seed{s}": quick(s, model="gru") for s in range(3)}
+    assert [g["ensemble"] for g in group_runs(list(grus), grus, None, [])] == [1, 1, 1]

@@ -12,16 +12,18 @@ from ..ensemble import check_one_shape, shape_of
 
 
 def default_ensemble(config) -> int:
-    """Networks per ensemble for a shape, from its device and size (recorded in sweep.json).
+    """Networks per ensemble for a shape, from its device, model and size (recorded in sweep.json).
 
     GPU: one small network leaves the device idle between its per-step launches; 32 below 256
-    neurons, 8 above (predicted, benchmarks/NOTES.md). CPU: 1, since at one thread an ensemble of 4 at
-    64 neurons measured 1.11x the time of its networks one after another: there the recurrences' GEMMs
-    are most of a step and cost the same together or apart (NOTES.md); ask with --ensemble K.
+    neurons, 8 above (predicted, benchmarks/NOTES.md). CPU: 4 leaky networks, which at 64 neurons
+    and one thread train as one ensemble in 0.72x the time of the four one after another (NOTES.md:
+    the batch, readout, loss and optimizer once for all, and the op's overhead once); GRU and LSTM 1,
+    since an ensemble runs their recurrences one after another and its few shared parts do not pay
+    for the longer task (a group of four is four runs' time on one worker). Ask with --ensemble K.
     """
     if str(config.device).startswith("cuda"):
         return 32 if config.hidden_size < 256 else 8
-    return 1
+    return 4 if config.model == "leaky" else 1
 
 
 def group_runs(runs: list, configs: dict, size: int | None, forced: list) -> list[dict]:
