@@ -207,6 +207,39 @@ at::Tensor network_weight_gradient(const at::Tensor& d_drive, const at::Tensor& 
   return dw.baddbmm(d_rows.transpose(1, 2), h_rows);
 }
 
+// The input projection's gradients (ensemble._Projection's for K networks, addmm's or
+// eager._PooledProjection's for one) into out[0] (x), out[2] (w_ih), out[4] and out[5] (the biases).
+void projection_gradients(const at::Tensor& d_drive, const at::Tensor& x, const at::Tensor& w_ih,
+                          const std::array<bool, 7>& needs, bool ensemble, std::vector<at::Tensor>& out) {
+  const int64_t networks = d_drive.size(0), steps = d_drive.size(1), batch = d_drive.size(2);
+  const int64_t hidden = d_drive.size(3), in_size = x.size(-1);
+  if (ensemble) {  // ensemble._Projection
+    const at::Tensor d_u = d_drive.view({networks, steps * batch, hidden});
+    const at::Tensor flat = x.reshape({networks, steps * batch, in_size});
+    if (needs[0]) out[0] = at::bmm(d_u, w_ih).view(x.sizes());
+    if (needs[2]) out[2] = at::bmm(flat.transpose(1, 2), d_u).transpose(1, 2);
+    if (needs[4] || needs[5]) {
+      const at::Tensor d_bias = d_u.sum(1);
+      if (needs[4]) out[4] = d_bias;
+      if (needs[5]) out[5] = d_bias;
+    }
+  } else {
+    const at::Tensor d_u = d_drive.view({steps * batch, hidden});
+    const at::Tensor flat = x.reshape({steps * batch, in_size});
+    if (needs[0]) {
+      at::Tensor d_flat = OutputPool::instance().empty({steps * batch, in_size}, d_drive.options());
+      at::mm_out(d_flat, d_u, w_ih);
+      out[0] = d_flat.view(x.sizes());
+    }
+    if (needs[2]) out[2] = d_u.t().mm(flat);  // as addmm's backward computes it for a transposed operand
+    if (needs[4] || needs[5]) {
+      const at::Tensor d_bias = d_u.sum(0);
+      if (needs[4]) out[4] = d_bias;
+      if (needs[5]) out[5] = d_bias;
+    }
+  }
+}
+
 // needs: which of (x, h0, w_ih, w_hh, b_ih, b_hh, tau) want a gradient. Returns the seven gradients,
 // each shaped as its tensor (an empty tensor where not wanted).
 std::vector<at::Tensor> whole_backward(const std::optional<at::Tensor>& grad_out,
@@ -219,8 +252,7 @@ std::vector<at::Tensor> whole_backward(const std::optional<at::Tensor>& grad_out
                                        std::array<bool, 7> needs) {
   const bool ensemble = x.dim() == 4;
   const bool rates = placement == kVoltage;
-  const int64_t networks = h.size(0), steps = h.size(1), batch = h.size(2), hidden = h.size(3);
-  const int64_t in_size = x.size(-1);
+  const int64_t hidden = h.size(3);
   const at::Tensor h0k = lead(h0, ensemble).contiguous();
   const std::optional<at::Tensor> len =
       lengths.has_value() ? std::optional<at::Tensor>(lead(*lengths, ensemble)) : std::nullopt;
@@ -247,36 +279,7 @@ std::vector<at::Tensor> whole_backward(const std::optional<at::Tensor>& grad_out
     const at::Tensor d_recip = unlead(d_alpha, ensemble).sum_to_size(recip.sizes());
     out[6] = at::where(tau >= 1.0, -d_recip * (recip * recip), at::zeros({}, tau.options()));
   }
-  if (needs[0] || needs[2] || needs[4] || needs[5]) {
-    if (ensemble) {  // ensemble._Projection
-      const at::Tensor d_u = d_drive.view({networks, steps * batch, hidden});
-      const at::Tensor flat = x.reshape({networks, steps * batch, in_size});
-      if (needs[0]) out[0] = at::bmm(d_u, w_ih).view(x.sizes());
-      if (needs[2]) out[2] = at::bmm(flat.transpose(1, 2), d_u).transpose(1, 2);
-      if (needs[4] || needs[5]) {
-        const at::Tensor d_bias = d_u.sum(1);
-        if (needs[4]) out[4] = d_bias;
-        if (needs[5]) out[5] = d_bias;
-      }
-    } else {
-      const at::Tensor d_u = d_drive.view({steps * batch, hidden});
-      const at::Tensor flat = x.reshape({steps * batch, in_size});
-      const bool pooled = steps * batch * hidden * int64_t(h.element_size()) >= kPoolMinBytes;
-      if (needs[0]) {
-        at::Tensor d_flat = pooled && steps * batch * in_size * int64_t(h.element_size()) >= kPoolMinBytes
-                                ? OutputPool::instance().empty({steps * batch, in_size}, h.options())
-                                : at::empty({steps * batch, in_size}, h.options());
-        at::mm_out(d_flat, d_u, w_ih);
-        out[0] = d_flat.view(x.sizes());
-      }
-      if (needs[2]) out[2] = d_u.t().mm(flat);  // as addmm's backward computes it for a transposed operand
-      if (needs[4] || needs[5]) {
-        const at::Tensor d_bias = d_u.sum(0);
-        if (needs[4]) out[4] = d_bias;
-        if (needs[5]) out[5] = d_bias;
-      }
-    }
-  }
+  if (needs[0] || needs[2] || needs[4] || needs[5]) projection_gradients(d_drive, x, w_ih, needs, ensemble, out);
   return out;
 }
 
