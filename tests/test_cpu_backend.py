@@ -134,7 +134,7 @@ def test_backward_accepts_strided_grad_h(layout, lengths):
 
 
 def test_recycled_output_memory_is_never_shared():
-    """Outputs of 8 MB and more come from a pool of recycled blocks: a live tensor's block must
+    """Outputs of 1 MiB and more come from a pool of recycled blocks: a live tensor's block must
     never be handed out again, a freed one may be."""
     u, h0, w, alpha = make_inputs(30, 128, 600, seed=10)
     h1, d1 = cpu.forward(u, h0, w, alpha, "relu", "outside", True, "fp32")
