@@ -54,6 +54,15 @@ def cli_fails(argv, capsys, match):
     return err
 
 
+def triton36_side() -> Path:
+    """Where triton 3.6.0 (the GPU machine's) is installed beside the newest (make triton-3.6;
+    TIMESCALE_KERNELS_TRITON36 overrides); the calling test is skipped where it is not."""
+    side = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
+    if not (side / "triton").is_dir():
+        pytest.skip(f"triton 3.6.0 is not installed beside the newest at {side} (make triton-3.6)")
+    return side
+
+
 def compile_script_rows(script: str, tmp_path, side=None, quick=False, jobs=2, timeout=900) -> dict:
     """{'triton': version, 'rows': [...]} from benchmarks/kernel_tools/<script> (triton_compile.py,
     triton_cards.py) run with --json in a subprocess, `side` (a triton installed aside) first on

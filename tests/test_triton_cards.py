@@ -5,28 +5,22 @@ plan is the one the rule picks on that card), compiles for its sm_XX with triton
 and reports registers, spills and shared memory; it runs in a subprocess under triton 3.6.0 (the GPU
 machine's, `make triton-3.6`) for every case and under the newest triton for the quick ones.
 """
-import os
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compile_script_rows
+from conftest import REPO, compile_script_rows, triton36_side
 from timescale_kernels.ops import choices, devices
 from timescale_kernels.ops import triton_recurrence as tr
 
 sys.path[:0] = [str(REPO / "benchmarks" / d) for d in ("gpu", "kernel_tools", "cpu")]
 import triton_cards  # noqa: E402
 
-SIDE = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
-
-
 @pytest.fixture(scope="module")
 def rows36(tmp_path_factory):
-    if not (SIDE / "triton").is_dir():
-        pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
-    result = compile_script_rows("triton_cards.py", tmp_path_factory.mktemp("cards36"), side=SIDE, timeout=1200)
+    result = compile_script_rows("triton_cards.py", tmp_path_factory.mktemp("cards36"), side=triton36_side(),
+                                 timeout=1200)
     assert result["triton"] == "3.6.0"
     return result["rows"]
 

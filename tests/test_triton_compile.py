@@ -13,11 +13,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compile_script_rows
+from conftest import REPO, compile_script_rows, triton36_side
 from timescale_kernels.ops import triton_persistent as tp
 from timescale_kernels.ops import triton_recurrence as tr
 
@@ -26,15 +25,10 @@ import ptx_checks  # noqa: E402
 import sass_loops  # noqa: E402
 import triton_compile as tc  # noqa: E402
 
-SIDE = Path(os.environ.get("TIMESCALE_KERNELS_TRITON36", REPO / ".venv" / "triton-3.6.0"))
-
-
 @pytest.fixture(scope="module")
 def rows36(tmp_path_factory):
     """Every case compiled under triton 3.6.0."""
-    if not (SIDE / "triton").is_dir():
-        pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
-    result = compile_script_rows("triton_compile.py", tmp_path_factory.mktemp("t36"), side=SIDE)
+    result = compile_script_rows("triton_compile.py", tmp_path_factory.mktemp("t36"), side=triton36_side())
     assert result["triton"] == "3.6.0"
     return result["rows"]
 
@@ -226,10 +220,9 @@ def test_row_align_promises_nothing_of_the_pointers():
     """ROW_ALIGN speaks of H and the row stride only: a tensor that starts off a 16-byte boundary (a
     view into a larger buffer) is read 4 bytes at a time by the same ROW_ALIGN = 4 kernel, and the
     aligned tensors beside it keep their 16-byte loads (triton 3.6.0, sm_90)."""
-    if not (SIDE / "triton").is_dir():
-        pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
+    side = triton36_side()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(SIDE), str(REPO), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(side), str(REPO), env.get("PYTHONPATH", "")])
     run = subprocess.run([sys.executable, "-c", MISALIGNED_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -375,11 +368,10 @@ def test_every_persistent_tuning_candidate_compiles_with_one_arrival_per_program
     """`make gpu-tune` times persistent tilings the rule does not pick (other grids, 4 warps): under
     triton 3.6.0 each compiles within an H200's shared memory, and each kernel's grid barrier is
     passed by one thread per program."""
-    if not (SIDE / "triton").is_dir():
-        pytest.skip(f"triton 3.6.0 is not installed beside the newest at {SIDE} (make triton-3.6)")
+    side = triton36_side()
     out = tmp_path / "tune.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(SIDE), str(REPO), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(side), str(REPO), env.get("PYTHONPATH", "")])
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_tools" / "bench_tune.py"), "compile", "--only",
                           "persistent", "--jobs", "2", "--json", str(out)], env=env, capture_output=True, text=True,
                          timeout=900, cwd=REPO)

@@ -3,7 +3,7 @@ path it replaces in eager mode (the input projection and eager._RecurrenceOfPara
 core): the same outputs and gradients, to the bit, for one network and for ensembles, every
 placement and nonlinearity, lengths, reverse time order, shared tensors, missing biases, tau shapes,
 frozen tensors, float32 and float64, and with no gradient at all. Calls it does not serve (drive
-noise, reverse with lengths, half precision) take the Python path."""
+noise, reverse with lengths) take the Python path; half precision is cast to float32 and served."""
 import pytest
 import torch
 
@@ -119,4 +119,7 @@ def test_it_is_what_leaky_rnn_runs_on_the_cpu_backend(monkeypatch):
     tk.leaky_rnn(*args.values(), backend="cpu")[0].sum().backward()
     ens = ensemble_args(2, T=3, B=2, H=5, dtype=torch.float32)
     tk.leaky_rnn(*[ens[n] for n in NAMES], backend="cpu")
-    assert len(calls) == 2
+    half = {k: v.detach().bfloat16() for k, v in op_args(T=3, B=2, H=5, seed=9).items()}
+    out, h_n = tk.leaky_rnn(*half.values(), backend="cpu")  # cast to float32, served, cast back
+    assert out.dtype == h_n.dtype == torch.bfloat16
+    assert len(calls) == 3

@@ -386,10 +386,14 @@ def _backward_setup_context(ctx, inputs, output):
     ctx.backend = inputs[8]
 
 
+def second_derivative_error(backend: str) -> RuntimeError:
+    """The error raised where the backward kernels of a compiled backend would be differentiated."""
+    return RuntimeError(f"leaky_rnn: gradients of gradients (create_graph=True) are not supported by the "
+                        f"{backend!r} backend; use backend='reference', which supports them")
+
+
 def _double_backward(ctx, grad_d_drive, grad_dh0, grad_d_alpha):
-    raise RuntimeError(
-        f"leaky_rnn: gradients of gradients (create_graph=True) are not supported by the {ctx.backend!r} "
-        "backend; use backend='reference', which supports them")
+    raise second_derivative_error(ctx.backend)
 
 
 # The compiled backward kernels are not differentiable: a second derivative through them raises,

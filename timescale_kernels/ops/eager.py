@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import (_rate_of, as_ensemble, last_state, native_rates, rates, recurrence, serial_backward, serial_forward,
-                   serial_forward_rates, weight_gradient)
+from .core import (_rate_of, as_ensemble, last_state, native_rates, rates, recurrence, second_derivative_error,
+                   serial_backward, serial_forward, serial_forward_rates, weight_gradient)
 from .reference import activation, masked_recurrent_weight
 
 
@@ -44,9 +44,7 @@ class _BackwardKernels(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"leaky_rnn: gradients of gradients (create_graph=True) are not supported by the {ctx.backend!r} "
-            "backend; use backend='reference', which supports them")
+        raise second_derivative_error(ctx.backend)
 
     @staticmethod
     def vmap(info, in_dims, grad_h, h, h0, drive, w, alpha, nonlinearity, placement, backend, precision, lengths,

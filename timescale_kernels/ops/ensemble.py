@@ -76,18 +76,18 @@ def run_compiled_ensemble(backend: str, tensors: dict, nonlinearity: str, placem
     """(output (K, T, B, H), h_n (K, B, H)) of K networks on a compiled backend; tensors by name
     (ARG_NAMES), each with its leading K; lengths (K, B) int64 or None. On the cpu backend in eager
     mode: one C++ call each way (whole.py)."""
-    t = tensors
-    if whole.applies(backend, t["input"], t["drive_noise"], lengths, reverse):
-        return whole.run(t["input"], t["hx"], t["weight_ih"], t["weight_hh"], t["bias_ih"], t["bias_hh"], t["tau"],
-                         nonlinearity, placement, self_connections, lengths, reverse)
     out_dtype = tensors["input"].dtype
     if out_dtype in _LOW_PRECISION:
         tensors = {k: None if v is None else v.float() for k, v in tensors.items()}
     t = tensors
-    u = ensemble_projection(t["input"], t["weight_ih"], t["bias_ih"], t["bias_hh"], t["drive_noise"])
-    needs_grad = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in t.values())
-    output, h_n = run_recurrence_of_params(u, t["hx"], t["weight_hh"], t["tau"], self_connections, nonlinearity,
-                                           placement, backend, precision, needs_grad, lengths, reverse)
+    if whole.applies(backend, t["input"], t["drive_noise"], lengths, reverse):
+        output, h_n = whole.run(t["input"], t["hx"], t["weight_ih"], t["weight_hh"], t["bias_ih"], t["bias_hh"],
+                                t["tau"], nonlinearity, placement, self_connections, lengths, reverse)
+    else:
+        u = ensemble_projection(t["input"], t["weight_ih"], t["bias_ih"], t["bias_hh"], t["drive_noise"])
+        needs_grad = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in t.values())
+        output, h_n = run_recurrence_of_params(u, t["hx"], t["weight_hh"], t["tau"], self_connections, nonlinearity,
+                                               placement, backend, precision, needs_grad, lengths, reverse)
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n

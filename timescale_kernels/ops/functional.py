@@ -208,21 +208,22 @@ def _run_compiled(backend, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, ta
                   self_connections, precision, lengths, drive_noise, reverse=False):
     """leaky_rnn on a compiled backend: input projection, the serial core, the output mask (on the cpu
     backend in eager mode, all of it in one C++ call each way: whole.py)."""
-    if whole.applies(backend, input, drive_noise, lengths, reverse):
-        return whole.run(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
-                         self_connections, lengths, reverse)
     out_dtype = input.dtype
     if out_dtype in _LOW_PRECISION:
         input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise = (
             None if t is None else t.float()
             for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    u = _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise, backend)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
-    # h_n: each row's last valid state (the output is zero past it; in reverse, the state after input[0])
-    output, h_n = run_recurrence_of_params(u, hx, weight_hh, tau, self_connections, nonlinearity, placement, backend,
-                                           precision, needs_grad, lengths, reverse)
+    if whole.applies(backend, input, drive_noise, lengths, reverse):
+        output, h_n = whole.run(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity, placement,
+                                self_connections, lengths, reverse)
+    else:
+        u = _input_projection(input, weight_ih, bias_ih, bias_hh, drive_noise, backend)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, drive_noise))
+        # h_n: each row's last valid state (the output is zero past it; in reverse, the state after input[0])
+        output, h_n = run_recurrence_of_params(u, hx, weight_hh, tau, self_connections, nonlinearity, placement,
+                                               backend, precision, needs_grad, lengths, reverse)
     if out_dtype != output.dtype:
         output, h_n = output.to(out_dtype), h_n.to(out_dtype)
     return output, h_n

@@ -7,8 +7,9 @@ mask and h_n are one C++ call, and the backward loop with every gradient another
 same ATen calls as the Python path, so both give the same numbers.
 
 applies() says where it serves: the cpu backend in eager mode (not under torch.compile or a
-torch.func transform, whose rules live on the Python path), float32 or float64, without drive
-noise, and not in reverse time order with lengths; everything else takes the Python path.
+torch.func transform, whose rules live on the Python path), float32 or float64 (half precision is
+cast to float32 before), without drive noise, and not in reverse time order with lengths;
+everything else takes the Python path.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from . import cpu
 from .choices import nonlinearity_code, placement_code
+from .core import second_derivative_error
 from .eager import _transforms_active
 
 _DTYPES = (torch.float32, torch.float64)
@@ -72,8 +74,7 @@ class _SecondOrderGuard(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError("leaky_rnn: gradients of gradients (create_graph=True) are not supported by the "
-                           "'cpu' backend; use backend='reference', which supports them")
+        raise second_derivative_error("cpu")
 
 
 def run(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, tau, nonlinearity: str, placement: str,
