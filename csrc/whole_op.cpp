@@ -36,6 +36,7 @@
 #include "activations.h"
 #include "output_pool.h"
 #include "serial_core.h"
+#include "whole_op.h"
 
 namespace timescale_kernels {
 namespace {
@@ -120,6 +121,8 @@ at::Tensor last_states(const at::Tensor& h, const std::optional<at::Tensor>& len
 at::Tensor lead(const at::Tensor& t, bool ensemble) { return ensemble ? t : t.unsqueeze(0); }
 at::Tensor unlead(const at::Tensor& t, bool ensemble) { return ensemble ? t : t.squeeze(0); }
 
+}  // namespace
+
 std::vector<at::Tensor> whole_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                       const std::optional<at::Tensor>& b_hh, const at::Tensor& tau,
@@ -149,6 +152,8 @@ std::vector<at::Tensor> whole_forward(const at::Tensor& x, const at::Tensor& h0,
   return {unlead(out, ensemble), unlead(h_n, ensemble), save ? h : none, save ? drive : none, save ? w : none,
           save ? alpha : none, save && rates ? rate : none};
 }
+
+namespace {
 
 // f(x) with torch's own functions (reference.activation), for the bits the Python path gives.
 at::Tensor activation(const at::Tensor& x, int64_t nonlinearity) {
@@ -240,8 +245,8 @@ void projection_gradients(const at::Tensor& d_drive, const at::Tensor& x, const 
   }
 }
 
-// needs: which of (x, h0, w_ih, w_hh, b_ih, b_hh, tau) want a gradient. Returns the seven gradients,
-// each shaped as its tensor (an empty tensor where not wanted).
+}  // namespace
+
 std::vector<at::Tensor> whole_backward(const std::optional<at::Tensor>& grad_out,
                                        const std::optional<at::Tensor>& grad_h_n, const at::Tensor& x,
                                        const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w,
@@ -283,7 +288,6 @@ std::vector<at::Tensor> whole_backward(const std::optional<at::Tensor>& grad_out
   return out;
 }
 
-}  // namespace
 }  // namespace timescale_kernels
 
 TORCH_LIBRARY_FRAGMENT(timescale_kernels_cpu, m) {
