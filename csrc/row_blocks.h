@@ -131,19 +131,29 @@ struct ForwardBlocksLoop {
 };
 
 // The rows of grad_h (K, T, B, H) with any strides (gs: its four strides) one at a time, each
-// contiguous: in place where the columns are, else copied into a row buffer.
+// contiguous: in place where the columns are, else copied into a row buffer (which a row at the
+// same address as the last one read reuses: output.sum()'s gradient, a stride-0 expansion of one
+// number, is filled once).
 template <typename T>
 struct GradRowReader {
   const T* grad_h;
   const int64_t* gs;
   int64_t hidden;
   std::vector<T> buffer;
+  const T* last = nullptr;
   GradRowReader(const T* g, const int64_t* strides, int64_t h)
       : grad_h(g), gs(strides), hidden(h), buffer(h <= 1 || strides[3] == 1 ? 0 : h) {}
   const T* row(int64_t k, int64_t t, int64_t b) {
     const T* gp = grad_h + k * gs[0] + t * gs[1] + b * gs[2];
     if (buffer.empty()) return gp;
-    for (int64_t j = 0; j < hidden; ++j) buffer[j] = gp[j * gs[3]];  // e.g. the stride-0 expansion of output.sum()
+    if (gp != last) {
+      if (gs[3] == 0) {
+        std::fill(buffer.begin(), buffer.end(), *gp);
+      } else {
+        for (int64_t j = 0; j < hidden; ++j) buffer[j] = gp[j * gs[3]];
+      }
+      last = gp;
+    }
     return buffer.data();
   }
 };

@@ -109,8 +109,10 @@ def test_full_op_matches_torch_rnn_at_tau_one():
 def strided_grad(layout: str, shape) -> torch.Tensor:
     """A non-contiguous (T, B, H) gradient of one of the layouts autograd hands the backward."""
     steps, batch, hidden = shape
-    if layout == "expanded":  # output.sum(): stride 0 everywhere, copied per step
+    if layout == "expanded":  # output.sum(): stride 0 everywhere, filled once
         return torch.randn(1, 1, 1).expand(shape)
+    if layout == "expanded-columns":  # (output * c[..., None]).sum(): one number per row, filled per row
+        return torch.randn(steps, batch, 1).expand(shape)
     if layout == "expanded-rows":  # stride 0 over t and b, rows contiguous: read in place
         return torch.randn(1, 1, hidden).expand(shape)
     if layout == "transposed":  # batch_first: rows contiguous, read in place
@@ -121,7 +123,8 @@ def strided_grad(layout: str, shape) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("lengths", [None, torch.tensor([3, 5, 1, 2, 5, 4])])
-@pytest.mark.parametrize("layout", ["expanded", "expanded-rows", "transposed", "concatenated", "strided-columns"])
+@pytest.mark.parametrize("layout", ["expanded", "expanded-columns", "expanded-rows", "transposed", "concatenated",
+                                    "strided-columns"])
 def test_backward_accepts_strided_grad_h(layout, lengths):
     u, h0, w, alpha = make_inputs(5, 6, 37, seed=9)
     h, drive = cpu.forward(u, h0, w, alpha, "tanh", "inside", True, "fp32", lengths)
