@@ -35,6 +35,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -299,6 +300,18 @@ TORCH_LIBRARY(timescale_kernels_cpu, m) {
   m.def("nonlinearities() -> str[]", &timescale_kernels::nonlinearities);
   // Frees the output blocks kept for reuse (see output_pool.h).
   m.def("empty_cache() -> ()", [] { timescale_kernels::OutputPool::instance().release(); });
+  // Whether every value of a float or double tensor is finite: one pass, for the argument checks
+  // (torch.isfinite(t).all() makes several ATen calls and tensors; at 64 neurons that shows).
+  m.def("all_finite(Tensor t) -> bool", [](const at::Tensor& t) {
+    TORCH_CHECK(t.device().is_cpu(), "all_finite: a CPU tensor");
+    const at::Tensor c = t.contiguous();
+    bool finite = true;
+    AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "timescale_kernels_cpu::all_finite", [&] {
+      const scalar_t* data = c.const_data_ptr<scalar_t>();
+      for (int64_t i = 0, n = c.numel(); i < n; ++i) finite &= std::isfinite(data[i]);
+    });
+    return finite;
+  });
   // An uninitialised contiguous CPU tensor from the same pool (for the input projection u).
   m.def("empty_pooled(int[] size, ScalarType dtype) -> Tensor",
         [](std::vector<int64_t> size, at::ScalarType dtype) {

@@ -271,3 +271,31 @@ def test_bad_arguments_are_rejected():
         cpu.forward(u, h0, w[:3], alpha, "tanh", "outside", True, "fp32")
     with pytest.raises(RuntimeError, match="u: expected"):
         cpu.forward(u[:, :1], h0, w, alpha, "tanh", "outside", True, "fp32")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_matches_torch(dtype):
+    """The argument checks' one-pass finiteness test (C++) against torch.isfinite(t).all(), on tensors
+    of every shape the checks hand it (0-dim, empty, strided) and each kind of non-finite value."""
+    from timescale_kernels.ops import checks
+    assert checks._cpu_all_finite is not None  # the kernels loaded: the checks use it
+    op = torch.ops.timescale_kernels_cpu.all_finite
+    cases = [torch.randn(13, dtype=dtype), torch.tensor(2.5, dtype=dtype), torch.empty(0, dtype=dtype),
+             torch.randn(6, 4, dtype=dtype)[:, 1], torch.full((3,), torch.finfo(dtype).max, dtype=dtype)]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for at in (0, 7, 12):
+            t = torch.randn(13, dtype=dtype)
+            t[at] = bad
+            cases.append(t)
+    for t in cases:
+        assert op(t) == bool(torch.isfinite(t).all()), t
+
+
+def test_a_non_finite_tau_is_refused_through_the_fast_check():
+    """With the kernels loaded, leaky_rnn's tau check takes the C++ pass and still names the values."""
+    import timescale_kernels as tk
+    from helpers import op_args
+    args = op_args(T=3, B=2, H=5)
+    args["tau"] = torch.tensor([2.0, float("nan"), 3.0, float("inf"), 1.5])
+    with pytest.raises(ValueError, match=r"tau: expected finite values; got \[nan, inf\]"):
+        tk.leaky_rnn(*args.values(), backend="cpu")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from . import cpu_build
+from .checks import use_cpu_all_finite
 from .choices import nonlinearity_code, placement_code
 
 NATIVE_REVERSE = True  # the loops run reverse time order in place (core.py flips for backends without)
@@ -85,6 +86,8 @@ def kernel_source() -> KernelSource:
     with _lock:
         if _source is None:
             _source = _find_kernel()
+            if not _source.error and hasattr(torch.ops.timescale_kernels_cpu, "all_finite"):
+                use_cpu_all_finite(torch.ops.timescale_kernels_cpu.all_finite)
             if _source.error:
                 warnings.warn("timescale_kernels: the C++ CPU kernel is not available, CPU runs use the slow "
                               f"reference loop ({_source.error})", RuntimeWarning, stacklevel=4)
