@@ -21,7 +21,8 @@ networks whose tasks have different sequence lengths:
 
 The harness is hand-written rather than torch.utils.benchmark: on a machine shared with other
 work the load drifts over seconds, so the rows being compared run interleaved, round by round, in
-one process (each round runs every row once), and the ratios come from the medians of those rounds.
+one process (each round runs every row once, in an order shuffled each round), and the ratios
+come from the medians of those rounds.
 --clock cpu times each call by the process's CPU time instead of the wall clock: on an oversubscribed
 machine a call longer than a scheduler slice is descheduled for most of its wall time; CPU time
 counts only its own work (with one thread; with more it sums the threads' times).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import random
 import statistics
 import time
 
@@ -83,14 +85,19 @@ def nn_rnn_step(rnn, x, h0):
 
 
 def time_rounds(rows: dict, repeats: int, clock=time.perf_counter) -> dict:
-    """Median seconds per call of each row: a warm-up call each, then rounds running every row once."""
+    """Median seconds per call of each row: a warm-up call each, then rounds running every row once,
+    in an order shuffled each round (a fixed seed). A call's time depends on the row before it (at
+    (20, 64, 64) the same call read 1.16x to 1.43x the GEMM loop by its place in a fixed order), so in
+    a fixed or rotated order a row would always follow the same row; shuffled, each follows each."""
     for fn in rows.values():
         fn()
+    names, order = list(rows), random.Random(0)
     times = {name: [] for name in rows}
     for _ in range(repeats):
-        for name, fn in rows.items():
+        order.shuffle(names)
+        for name in names:
             start = clock()
-            fn()
+            rows[name]()
             times[name].append(clock() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
