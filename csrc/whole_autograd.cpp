@@ -41,6 +41,10 @@ std::optional<at::Tensor> present(const at::Tensor& t) {
 // What the backward needs besides the incoming gradients, in whole_backward's order from x to tau.
 struct Saved {
   at::Tensor x, h0, w_ih, w, h, drive, rate, alpha, tau, lengths;
+  // From ten tensors in that order, the first at v[at].
+  static Saved from(const std::vector<at::Tensor>& v, size_t at) {
+    return {v[at], v[at + 1], v[at + 2], v[at + 3], v[at + 4], v[at + 5], v[at + 6], v[at + 7], v[at + 8], v[at + 9]};
+  }
 };
 
 std::vector<at::Tensor> run_backward(const at::Tensor& grad_out, const at::Tensor& grad_h_n, const Saved& s,
@@ -57,12 +61,12 @@ struct SecondOrderGuard : public torch::autograd::Function<SecondOrderGuard> {
   static variable_list forward(AutogradContext* ctx, at::TensorList connected, const std::vector<at::Tensor>& tensors,
                                int64_t nonlinearity, int64_t placement, bool self_connections, bool reverse,
                                std::array<bool, kInputs> needs) {
-    const Saved s{tensors[2], tensors[3], tensors[4], tensors[5], tensors[6],
-                  tensors[7], tensors[8], tensors[9], tensors[10], tensors[11]};
-    return run_backward(tensors[0], tensors[1], s, nonlinearity, placement, self_connections, reverse, needs);
+    return run_backward(tensors[0], tensors[1], Saved::from(tensors, 2), nonlinearity, placement, self_connections,
+                        reverse, needs);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // The text of core.second_derivative_error("cpu") (tests/test_whole_op.py compares them).
     TORCH_CHECK(false,
                 "leaky_rnn: gradients of gradients (create_graph=True) are not supported by the 'cpu' backend; "
                 "use backend='reference', which supports them");
@@ -109,8 +113,7 @@ struct WholeNode : public torch::autograd::Function<WholeNode> {
       }
       g = SecondOrderGuard::apply(at::TensorList(connected), tensors, o[0], o[1], o[2] != 0, o[3] != 0, needs);
     } else {
-      const Saved s{saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7], saved[8], saved[9]};
-      g = run_backward(grads[0], grads[1], s, o[0], o[1], o[2] != 0, o[3] != 0, needs);
+      g = run_backward(grads[0], grads[1], Saved::from(saved, 0), o[0], o[1], o[2] != 0, o[3] != 0, needs);
     }
     for (int i = 0; i < kInputs; ++i) {
       if (needs[i]) result[i] = g[i];

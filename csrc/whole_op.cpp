@@ -9,8 +9,9 @@
 //
 // At 64 neurons a step's arithmetic takes microseconds and the pieces around the loop, each an ATen
 // call from Python with its autograd node, cost more than the loop itself; here they are C++ calls
-// with no Python, no autograd node and no dispatch of the wrapper between them (ops/whole.py makes
-// the pair one autograd node). Every tensor may carry a leading network dimension K (an ensemble).
+// with no Python, no autograd node and no dispatch of the wrapper between them (whole_autograd.cpp
+// makes the pair one operator with one autograd node). Every tensor may carry a leading network
+// dimension K (an ensemble).
 //
 //   whole_forward(x, h0, w_ih, w_hh, b_ih, b_hh, tau, nonlinearity, placement, self_connections,
 //                 lengths, reverse, save) -> (out, h_n, h, drive, w, alpha, rate)
@@ -25,7 +26,6 @@
 // ops/whole.py sends those calls the Python way.
 
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
@@ -289,19 +289,3 @@ std::vector<at::Tensor> whole_backward(const std::optional<at::Tensor>& grad_out
 }
 
 }  // namespace timescale_kernels
-
-TORCH_LIBRARY_FRAGMENT(timescale_kernels_cpu, m) {
-  m.def(
-      "whole_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor tau, "
-      "int nonlinearity, int placement, bool self_connections, Tensor? lengths, bool reverse, bool save) "
-      "-> Tensor[]");
-  m.def(
-      "whole_backward(Tensor? grad_out, Tensor? grad_h_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w, Tensor h, "
-      "Tensor drive, Tensor rate, Tensor alpha, Tensor tau, Tensor? lengths, int nonlinearity, int placement, "
-      "bool self_connections, bool reverse, bool[7] needs) -> Tensor[]");
-}
-
-TORCH_LIBRARY_IMPL(timescale_kernels_cpu, CPU, m) {
-  m.impl("whole_forward", &timescale_kernels::whole_forward);
-  m.impl("whole_backward", &timescale_kernels::whole_backward);
-}
