@@ -275,3 +275,26 @@ def test_epoch_timing_gives_both_implementations_the_same_lengths(monkeypatch):
     assert seen["ours"] == seen["study"] and len(seen["ours"]) == 2 * 2 * (3 + 1)
     assert all(7 <= t <= 21 for t in seen["ours"])
     assert row["timed_lengths"] == seen["ours"][1:4] and len(set(seen["ours"])) > 1
+
+
+def _epochs(fixed, per_network, lone_network, sizes):
+    return {k: {"ensemble_s": [0.0, fixed + k * per_network], "lone_s": [0.0, k * lone_network]} for k in sizes}
+
+
+def test_ensemble_sizes_fit():
+    """The ensemble's epoch as fixed + K * per_network, and what a ratio of 0.5 would need."""
+    sys.path[:0] = [str(REPO / "benchmarks" / "cpu")]
+    from bench_ensemble_training import fit_sizes
+    fit = fit_sizes(_epochs(0.02, 0.07, 0.09, [1, 2, 4, 8]))
+    assert fit["fixed_s"] == pytest.approx(0.02) and fit["per_network_s"] == pytest.approx(0.07)
+    assert fit["lone_network_s"] == pytest.approx(0.09) and fit["ratio_limit"] == pytest.approx(0.07 / 0.09)
+    # at K = 4 the ratio is (0.02 + 4 p) / (4 * 0.09): 0.5 at p = 0.045 - 0.005
+    assert fit["per_network_needed_s"]["4"] == pytest.approx(0.04)
+    with pytest.raises(ValueError, match="at least two ensemble sizes"):
+        fit_sizes(_epochs(0.02, 0.07, 0.09, [4]))
+
+
+def test_ensemble_sizes_refused():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu" / "bench_ensemble_training.py"), "--seeds", "4",
+                           "4"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "expected distinct sizes" in proc.stderr

@@ -1,6 +1,6 @@
 """Four seeds trained as one ensemble against the same four one after another, in one process.
 
-    python benchmarks/cpu/bench_ensemble_training.py [--seeds 4] [--n-max 12] [--steps 50] [--rounds 5]
+    python benchmarks/cpu/bench_ensemble_training.py [--seeds 4 [K ...]] [--n-max 12] [--steps 50] [--rounds 5]
         [--threads 1] [--model leaky|gru|lstm] [--breakdown] [--json PATH]
 
 The quick shapes (64 neurons, batch 64), multi-head parity with the curriculum at N = 2..n_max (one
@@ -14,6 +14,12 @@ shared machine).
 stacking for the ensemble), the recurrence (forward and backward), the readout and loss (forward and
 backward) and the optimizer (clip, step, zero_grad), for the K lone networks together and for the
 ensemble, from an instrumented copy of the step (the phases separated by detaching the final state).
+
+--seeds K1 K2 ...: the comparison at each ensemble size, then a straight line through the ensemble's
+epoch CPU times, E(K) = fixed + K * per_network (least squares): per_network is what one more network
+costs the ensemble, fixed what the ensemble pays once. With one lone network's epoch l, the ratio at K
+is (fixed + K * per_network) / (K * l); it tends to per_network / l as K grows, and reaching a ratio r
+at K needs per_network <= r * l - fixed / K (printed for r = 0.5).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import argparse
 import datetime
 import json
 import platform
+import random
 import time
 
 import numpy as np
@@ -72,16 +79,42 @@ def ensemble_epoch(group):
     stack.write_back()
 
 
-def compare(args) -> dict:
-    """Median times of one epoch of the K networks, one after another and as one ensemble."""
-    times = {"lone": [], "ensemble": []}
+def compare(args, sizes: list[int]) -> dict:
+    """{K: median times of one epoch of K networks, one after another and as one ensemble} for each K
+    in sizes. Each round times every size, in a shuffled order (fixed seed), so that the machine's drift
+    reaches all sizes alike."""
+    times = {k: {"lone": [], "ensemble": []} for k in sizes}
+    order, shuffle = list(sizes), random.Random(0).shuffle
     for _ in range(args.rounds):
-        times["lone"].append(timed(lambda: lone_epochs(trainers(args.seeds, args.n_max, args.steps))))
-        times["ensemble"].append(timed(lambda: ensemble_epoch(trainers(args.seeds, args.n_max, args.steps))))
+        for k in order:
+            times[k]["lone"].append(timed(lambda: lone_epochs(trainers(k, args.n_max, args.steps))))
+            times[k]["ensemble"].append(timed(lambda: ensemble_epoch(trainers(k, args.n_max, args.steps))))
+        shuffle(order)
+    return {k: _medians(t) for k, t in times.items()}
+
+
+def _medians(times: dict) -> dict:
     med = {k: np.median(np.array(v), axis=0) for k, v in times.items()}
     return {"lone_s": med["lone"].tolist(), "ensemble_s": med["ensemble"].tolist(),
             "ratio_wall": float(med["ensemble"][0] / med["lone"][0]),
             "ratio_cpu": float(med["ensemble"][1] / med["lone"][1]), "rounds": times}
+
+
+def fit_sizes(epochs: dict, target: float = 0.5) -> dict:
+    """The ensemble's epoch CPU time as fixed + K * per_network, from {K: compare()'s result} at two or
+    more sizes (least squares), and one lone network's epoch (the lone epochs' CPU time over K, averaged).
+    Returns those three in seconds, the ratio as K grows (per_network / lone_network) and, at each K,
+    the per_network that the target ratio would need with the same fixed cost."""
+    sizes = sorted(epochs)
+    if len(sizes) < 2:
+        raise ValueError(f"fit_sizes: expected at least two ensemble sizes; got {sizes}")
+    k = np.array(sizes, dtype=float)
+    ensemble = np.array([epochs[s]["ensemble_s"][1] for s in sizes])
+    per_network, fixed = np.polyfit(k, ensemble, 1)
+    lone = float(np.mean([epochs[s]["lone_s"][1] / s for s in sizes]))
+    return {"fixed_s": float(fixed), "per_network_s": float(per_network), "lone_network_s": lone,
+            "ratio_limit": float(per_network / lone), "target": target,
+            "per_network_needed_s": {str(s): float(target * lone - fixed / s) for s in sizes}}
 
 
 def _phase(totals, name, start):
@@ -142,17 +175,18 @@ def ensemble_breakdown(group, steps) -> dict:
     return {k: 1e3 * v / steps for k, v in totals.items()}
 
 
-def breakdown(args) -> dict:
+def breakdown(args, seeds: int) -> dict:
     rows = {"lone": [], "ensemble": []}
     for _ in range(args.rounds):
-        rows["lone"].append(lone_breakdown(trainers(args.seeds, args.n_max, args.steps), args.steps))
-        rows["ensemble"].append(ensemble_breakdown(trainers(args.seeds, args.n_max, args.steps), args.steps))
+        rows["lone"].append(lone_breakdown(trainers(seeds, args.n_max, args.steps), args.steps))
+        rows["ensemble"].append(ensemble_breakdown(trainers(seeds, args.n_max, args.steps), args.steps))
     return {kind: {p: float(np.median([r[p] for r in rs])) for p in PHASES} for kind, rs in rows.items()}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[4],
+                   help="networks per ensemble; several sizes add the fit of the ensemble's cost against K")
     p.add_argument("--n-max", type=int, default=12)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=5)
@@ -162,25 +196,34 @@ def main():
     p.add_argument("--breakdown", action="store_true", help="also the per-step breakdown by phase (CPU time)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
+    if min(args.seeds) < 1 or len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds: expected distinct sizes of at least 1; got {args.seeds}")
     torch.set_num_threads(args.threads)
     MODEL["name"] = args.model
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "machine": platform.processor() or platform.machine(), "threads": args.threads, "seeds": args.seeds,
-           "model": args.model, "n_max": args.n_max, "steps": args.steps, "rounds": args.rounds, "epoch": compare(args)}
-    e = out["epoch"]
-    print(f"one epoch ({args.steps} steps + 2 test batches) of {args.seeds} networks at N = 2..{args.n_max}, "
-          f"{args.threads} thread(s): one after another {e['lone_s'][0]:.3f} s wall / {e['lone_s'][1]:.3f} s CPU, "
-          f"ensemble {e['ensemble_s'][0]:.3f} / {e['ensemble_s'][1]:.3f}: ratio {e['ratio_wall']:.3f} wall, "
-          f"{e['ratio_cpu']:.3f} CPU")
+           "machine": platform.processor() or platform.machine(), "threads": args.threads, "seeds": args.seeds[0],
+           "model": args.model, "n_max": args.n_max, "steps": args.steps, "rounds": args.rounds}
+    epochs = compare(args, args.seeds)
+    for seeds, e in epochs.items():
+        print(f"one epoch ({args.steps} steps + 2 test batches) of {seeds} networks at N = 2..{args.n_max}, "
+              f"{args.threads} thread(s): one after another {e['lone_s'][0]:.3f} s wall / {e['lone_s'][1]:.3f} s CPU, "
+              f"ensemble {e['ensemble_s'][0]:.3f} / {e['ensemble_s'][1]:.3f}: ratio {e['ratio_wall']:.3f} wall, "
+              f"{e['ratio_cpu']:.3f} CPU", flush=True)
+    out["epoch"] = epochs[args.seeds[0]]
+    if len(args.seeds) > 1:
+        out["sizes"] = {str(k): v for k, v in epochs.items()}
+        out["fit"] = fit = fit_sizes(epochs)
+        print(f"ensemble epoch CPU s = {fit['fixed_s']:.4f} + K x {fit['per_network_s']:.4f}; one lone network "
+              f"{fit['lone_network_s']:.4f} s: ratio -> {fit['ratio_limit']:.3f} as K grows; 0.5 would need a network's "
+              "share at " + ", ".join(f"K = {k}: {v:.4f} s" for k, v in fit["per_network_needed_s"].items()))
     if args.breakdown:
-        out["breakdown_ms_per_step"] = rows = breakdown(args)
+        out["breakdown_ms_per_step"] = rows = breakdown(args, args.seeds[0])
         print(f"{'CPU ms per step':<22}" + "".join(f"{p:>14}" for p in PHASES) + f"{'total':>10}")
         for kind, r in rows.items():
             print(f"{kind:<22}" + "".join(f"{r[p]:>14.3f}" for p in PHASES) + f"{sum(r.values()):>10.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
-
 
 if __name__ == "__main__":
     main()
