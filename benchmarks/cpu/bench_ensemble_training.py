@@ -16,10 +16,11 @@ backward) and the optimizer (clip, step, zero_grad), for the K lone networks tog
 ensemble, from an instrumented copy of the step (the phases separated by detaching the final state).
 
 --seeds K1 K2 ...: the comparison at each ensemble size, then a straight line through the ensemble's
-epoch CPU times, E(K) = fixed + K * per_network (least squares): per_network is what one more network
-costs the ensemble, fixed what the ensemble pays once. With one lone network's epoch l, the ratio at K
-is (fixed + K * per_network) / (K * l); it tends to per_network / l as K grows, and reaching a ratio r
-at K needs per_network <= r * l - fixed / K (printed for r = 0.5).
+epoch times (CPU time at one thread, wall time at several), E(K) = fixed + K * per_network (least
+squares): per_network is what one more network costs the ensemble, fixed what it pays once. With
+one lone network's epoch l, the ratio at K is (fixed + K * per_network) / (K * l); it tends to
+per_network / l as K grows, and reaching a ratio r at K needs per_network <= r * l - fixed / K
+(printed for r = 0.5).
 """
 from __future__ import annotations
 
@@ -100,20 +101,22 @@ def _medians(times: dict) -> dict:
             "ratio_cpu": float(med["ensemble"][1] / med["lone"][1]), "rounds": times}
 
 
-def fit_sizes(epochs: dict, target: float = 0.5) -> dict:
-    """The ensemble's epoch CPU time as fixed + K * per_network, from {K: compare()'s result} at two or
-    more sizes (least squares), and one lone network's epoch (the lone epochs' CPU time over K, averaged).
+def fit_sizes(epochs: dict, target: float = 0.5, column: int = 1) -> dict:
+    """The ensemble's epoch time as fixed + K * per_network, from {K: compare()'s result} at two or
+    more sizes (least squares), and one lone network's epoch (the lone epochs' time over K, averaged);
+    column 1 reads process CPU times (one thread), 0 wall times (several threads, whose CPU time
+    counts the threads' waiting).
     Returns those three in seconds, the ratio as K grows (per_network / lone_network) and, at each K,
     the per_network that the target ratio would need with the same fixed cost."""
     sizes = sorted(epochs)
     if len(sizes) < 2:
         raise ValueError(f"fit_sizes: expected at least two ensemble sizes; got {sizes}")
     k = np.array(sizes, dtype=float)
-    ensemble = np.array([epochs[s]["ensemble_s"][1] for s in sizes])
+    ensemble = np.array([epochs[s]["ensemble_s"][column] for s in sizes])
     per_network, fixed = np.polyfit(k, ensemble, 1)
-    lone = float(np.mean([epochs[s]["lone_s"][1] / s for s in sizes]))
-    return {"fixed_s": float(fixed), "per_network_s": float(per_network), "lone_network_s": lone,
-            "ratio_limit": float(per_network / lone), "target": target,
+    lone = float(np.mean([epochs[s]["lone_s"][column] / s for s in sizes]))
+    return {"time": ("wall", "CPU")[column], "fixed_s": float(fixed), "per_network_s": float(per_network),
+            "lone_network_s": lone, "ratio_limit": float(per_network / lone), "target": target,
             "per_network_needed_s": {str(s): float(target * lone - fixed / s) for s in sizes}}
 
 
@@ -212,10 +215,11 @@ def main():
     out["epoch"] = epochs[args.seeds[0]]
     if len(args.seeds) > 1:
         out["sizes"] = {str(k): v for k, v in epochs.items()}
-        out["fit"] = fit = fit_sizes(epochs)
-        print(f"ensemble epoch CPU s = {fit['fixed_s']:.4f} + K x {fit['per_network_s']:.4f}; one lone network "
-              f"{fit['lone_network_s']:.4f} s: ratio -> {fit['ratio_limit']:.3f} as K grows; 0.5 would need a network's "
-              "share at " + ", ".join(f"K = {k}: {v:.4f} s" for k, v in fit["per_network_needed_s"].items()))
+        out["fit"] = fit = fit_sizes(epochs, column=1 if args.threads == 1 else 0)
+        print(f"ensemble epoch {fit['time']} s = {fit['fixed_s']:.4f} + K x {fit['per_network_s']:.4f}; "
+              f"one lone network {fit['lone_network_s']:.4f} s: ratio -> {fit['ratio_limit']:.3f} as K grows; "
+              "0.5 would need a network's share at "
+              + ", ".join(f"K = {k}: {v:.4f} s" for k, v in fit["per_network_needed_s"].items()))
     if args.breakdown:
         out["breakdown_ms_per_step"] = rows = breakdown(args, args.seeds[0])
         print(f"{'CPU ms per step':<22}" + "".join(f"{p:>14}" for p in PHASES) + f"{'total':>10}")
