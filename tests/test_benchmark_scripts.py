@@ -295,6 +295,18 @@ def test_ensemble_sizes_fit():
 
 
 def test_ensemble_sizes_refused():
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu" / "bench_ensemble_training.py"), "--seeds", "4",
-                           "4"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    script = REPO / "benchmarks" / "cpu" / "bench_ensemble_training.py"
+    proc = subprocess.run([sys.executable, str(script), "--seeds", "4", "4"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
     assert proc.returncode == 2 and "expected distinct sizes" in proc.stderr
+
+
+def test_ensemble_sizes_fit_reads_wall_time_for_several_threads():
+    sys.path[:0] = [str(REPO / "benchmarks" / "cpu")]
+    from bench_ensemble_training import fit_sizes
+    epochs = {k: {"ensemble_s": [0.01 + 0.05 * k, 0.02 + 0.1 * k], "lone_s": [0.08 * k, 0.16 * k]} for k in (2, 4)}
+    wall, cpu = fit_sizes(epochs, column=0), fit_sizes(epochs)
+    assert wall["time"] == "wall" and wall["per_network_s"] == pytest.approx(0.05)
+    assert wall["fixed_s"] == pytest.approx(0.01)
+    assert cpu["time"] == "CPU" and cpu["per_network_s"] == pytest.approx(0.1)
+    assert cpu["lone_network_s"] == pytest.approx(0.16)
