@@ -16,8 +16,8 @@ def default_ensemble(config) -> int:
 
     GPU: one small network leaves the device idle between its per-step launches; 32 below 256
     neurons, 8 above (predicted, benchmarks/NOTES.md). CPU: 4 leaky networks, which at 64 neurons
-    and one thread train as one ensemble in 0.72x the time of the four one after another (NOTES.md:
-    the batch, readout, loss and optimizer once for all, and the op's overhead once); GRU and LSTM 1,
+    and one thread train as one ensemble in 0.72-0.93x the time of the four one after another (NOTES.md:
+    the readout, loss and optimizer once for all; the recurrences' arithmetic stays per network); GRU and LSTM 1,
     since an ensemble runs their recurrences one after another and its few shared parts do not pay
     for the longer task (a group of four is four runs' time on one worker). Ask with --ensemble K.
     """
