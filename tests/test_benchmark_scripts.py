@@ -296,8 +296,8 @@ def test_ensemble_sizes_fit():
 
 def test_ensemble_sizes_refused():
     script = REPO / "benchmarks" / "cpu" / "bench_ensemble_training.py"
-    proc = subprocess.run([sys.executable, str(script), "--seeds", "4", "4"], capture_output=True, text=True, timeout=120,
-                          cwd=REPO)
+    proc = subprocess.run([sys.executable, str(script), "--seeds", "4", "4"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "expected distinct sizes" in proc.stderr
 
 
@@ -310,3 +310,16 @@ def test_ensemble_sizes_fit_reads_wall_time_for_several_threads():
     assert wall["fixed_s"] == pytest.approx(0.01)
     assert cpu["time"] == "CPU" and cpu["per_network_s"] == pytest.approx(0.1)
     assert cpu["lone_network_s"] == pytest.approx(0.16)
+
+
+def test_ensemble_sizes_plot(tmp_path):
+    sys.path[:0] = [str(REPO / "benchmarks" / "cpu")]
+    from bench_ensemble_training import fit_sizes, plot_sizes
+    epochs = _epochs(0.02, 0.07, 0.09, [2, 4, 8])
+    out = {"threads": 1, "n_max": 12, "sizes": {str(k): v for k, v in epochs.items()}, "fit": fit_sizes(epochs)}
+    plot_sizes(out, tmp_path / "sizes.png")
+    assert (tmp_path / "sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    script = REPO / "benchmarks" / "cpu" / "bench_ensemble_training.py"
+    proc = subprocess.run([sys.executable, str(script), "--seeds", "4", "--plot", str(tmp_path / "one.png")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "two or more --seeds" in proc.stderr and not (tmp_path / "one.png").exists()

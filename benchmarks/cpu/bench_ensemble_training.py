@@ -20,7 +20,8 @@ epoch times (CPU time at one thread, wall time at several), E(K) = fixed + K * p
 squares): per_network is what one more network costs the ensemble, fixed what it pays once. With
 one lone network's epoch l, the ratio at K is (fixed + K * per_network) / (K * l); it tends to
 per_network / l as K grows, and reaching a ratio r at K needs per_network <= r * l - fixed / K
-(printed for r = 0.5).
+(printed for r = 0.5). --plot PATH draws it: each size's epoch time per network, lone and in the
+ensemble, with the fitted curve fixed / K + per_network and half a lone network's time.
 """
 from __future__ import annotations
 
@@ -120,6 +121,35 @@ def fit_sizes(epochs: dict, target: float = 0.5, column: int = 1) -> dict:
             "per_network_needed_s": {str(s): float(target * lone - fixed / s) for s in sizes}}
 
 
+def plot_sizes(out: dict, path: str) -> None:
+    """A PNG of out["sizes"] and out["fit"] (this script's JSON): epoch time per network against K."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fit, column = out["fit"], 1 if out["fit"].get("time", "CPU") == "CPU" else 0
+    sizes = sorted(int(k) for k in out["sizes"])
+    per = {kind: [out["sizes"][str(k)][f"{kind}_s"][column] / k for k in sizes] for kind in ("lone", "ensemble")}
+    fig = Figure(figsize=(6.0, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(sizes, per["lone"], "o-", color="0.45", label="one after another")
+    ax.plot(sizes, per["ensemble"], "o-", color="tab:blue", label="one ensemble")
+    grid = np.linspace(min(sizes), max(sizes), 200)
+    ax.plot(grid, fit["fixed_s"] / grid + fit["per_network_s"], "--", color="tab:blue",
+            label=f"fit: {fit['fixed_s']:.3f} / K + {fit['per_network_s']:.3f}")
+    ax.axhline(fit["target"] * fit["lone_network_s"], color="tab:red", lw=0.8,
+               label=f"{fit['target']:g} x a lone network")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(k) for k in sizes])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("networks K")
+    ax.set_ylabel(f"{fit.get('time', 'CPU')} s per network, one epoch")
+    ax.set_title(f"{out['threads']} thread(s), {out.get('model', 'leaky')}, N = 2..{out['n_max']}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _phase(totals, name, start):
     now = time.process_time()
     totals[name] += now - start
@@ -198,9 +228,12 @@ def main():
                    help="GRU and LSTM run their recurrences network by network inside the ensemble")
     p.add_argument("--breakdown", action="store_true", help="also the per-step breakdown by phase (CPU time)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--plot", help="with several --seeds: a PNG of the time per network against K")
     args = p.parse_args()
     if min(args.seeds) < 1 or len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds: expected distinct sizes of at least 1; got {args.seeds}")
+    if args.plot and len(args.seeds) < 2:
+        p.error("--plot: expected two or more --seeds")
     torch.set_num_threads(args.threads)
     MODEL["name"] = args.model
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
@@ -220,6 +253,8 @@ def main():
               f"one lone network {fit['lone_network_s']:.4f} s: ratio -> {fit['ratio_limit']:.3f} as K grows; "
               "0.5 would need a network's share at "
               + ", ".join(f"K = {k}: {v:.4f} s" for k, v in fit["per_network_needed_s"].items()))
+        if args.plot:
+            plot_sizes(out, args.plot)
     if args.breakdown:
         out["breakdown_ms_per_step"] = rows = breakdown(args, args.seeds[0])
         print(f"{'CPU ms per step':<22}" + "".join(f"{p:>14}" for p in PHASES) + f"{'total':>10}")
