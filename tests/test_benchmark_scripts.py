@@ -323,3 +323,16 @@ def test_ensemble_sizes_plot(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--seeds", "4", "--plot", str(tmp_path / "one.png")],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "two or more --seeds" in proc.stderr and not (tmp_path / "one.png").exists()
+
+
+def test_ensemble_sizes_run_each_in_its_own_process(tmp_path):
+    script = REPO / "benchmarks" / "cpu" / "bench_ensemble_training.py"
+    out = tmp_path / "sizes.json"
+    tiny = ["--steps", "1", "--rounds", "1", "--n-max", "2"]
+    proc = subprocess.run([sys.executable, str(script), "--seeds", "1", "2", *tiny, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert sorted(result["sizes"]) == ["1", "2"] and result["epoch"] == result["sizes"]["1"]
+    assert all(len(result["sizes"][k]["rounds"]["ensemble"]) == 1 for k in ("1", "2"))
+    assert result["fit"]["time"] == "CPU" and "networks at N = 2..2" in proc.stdout

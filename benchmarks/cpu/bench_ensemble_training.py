@@ -15,8 +15,9 @@ stacking for the ensemble), the recurrence (forward and backward), the readout a
 backward) and the optimizer (clip, step, zero_grad), for the K lone networks together and for the
 ensemble, from an instrumented copy of the step (the phases separated by detaching the final state).
 
---seeds K1 K2 ...: the comparison at each ensemble size, then a straight line through the ensemble's
-epoch times (CPU time at one thread, wall time at several), E(K) = fixed + K * per_network (least
+--seeds K1 K2 ...: the comparison at each ensemble size, each in its own process (in one process a
+size's times depend on the sizes run before it), then a straight line through the ensemble's epoch
+times (CPU time at one thread, wall time at several), E(K) = fixed + K * per_network (least
 squares): per_network is what one more network costs the ensemble, fixed what it pays once. With
 one lone network's epoch l, the ratio at K is (fixed + K * per_network) / (K * l); it tends to
 per_network / l as K grows, and reaching a ratio r at K needs per_network <= r * l - fixed / K
@@ -29,8 +30,11 @@ import argparse
 import datetime
 import json
 import platform
-import random
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,18 +85,33 @@ def ensemble_epoch(group):
     stack.write_back()
 
 
-def compare(args, sizes: list[int]) -> dict:
-    """{K: median times of one epoch of K networks, one after another and as one ensemble} for each K
-    in sizes. Each round times every size, in a shuffled order (fixed seed), so that the machine's drift
-    reaches all sizes alike."""
-    times = {k: {"lone": [], "ensemble": []} for k in sizes}
-    order, shuffle = list(sizes), random.Random(0).shuffle
+def compare(args, seeds: int) -> dict:
+    """Median times of one epoch of `seeds` networks, one after another and as one ensemble."""
+    times = {"lone": [], "ensemble": []}
     for _ in range(args.rounds):
-        for k in order:
-            times[k]["lone"].append(timed(lambda: lone_epochs(trainers(k, args.n_max, args.steps))))
-            times[k]["ensemble"].append(timed(lambda: ensemble_epoch(trainers(k, args.n_max, args.steps))))
-        shuffle(order)
-    return {k: _medians(t) for k, t in times.items()}
+        times["lone"].append(timed(lambda: lone_epochs(trainers(seeds, args.n_max, args.steps))))
+        times["ensemble"].append(timed(lambda: ensemble_epoch(trainers(seeds, args.n_max, args.steps))))
+    return _medians(times)
+
+
+def compare_sizes(args) -> dict:
+    """{K: compare(args, K)} for each K in args.seeds, each size in its own process: in one process
+    a size's times depend on the sizes run before it (K = 2 read 1.01-1.11x after larger ensembles
+    and 0.85-0.86x alone, benchmarks/NOTES.md)."""
+    epochs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in args.seeds:
+            path = Path(tmp) / f"{k}.json"
+            command = [sys.executable, str(Path(__file__).resolve()), "--seeds", str(k), "--n-max", str(args.n_max),
+                       "--steps", str(args.steps), "--rounds", str(args.rounds), "--threads", str(args.threads),
+                       "--model", args.model, "--json", str(path)]
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+            print(done.stdout, end="", flush=True)
+            if done.returncode != 0:
+                raise SystemExit(f"bench_ensemble_training: the run of {k} networks failed (exit status "
+                                 f"{done.returncode})")
+            epochs[k] = json.loads(path.read_text())["epoch"]
+    return epochs
 
 
 def _medians(times: dict) -> dict:
@@ -239,13 +258,15 @@ def main():
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(), "threads": args.threads, "seeds": args.seeds[0],
            "model": args.model, "n_max": args.n_max, "steps": args.steps, "rounds": args.rounds}
-    epochs = compare(args, args.seeds)
-    for seeds, e in epochs.items():
-        print(f"one epoch ({args.steps} steps + 2 test batches) of {seeds} networks at N = 2..{args.n_max}, "
+    if len(args.seeds) == 1:
+        out["epoch"] = e = compare(args, args.seeds[0])
+        print(f"one epoch ({args.steps} steps + 2 test batches) of {args.seeds[0]} networks at N = 2..{args.n_max}, "
               f"{args.threads} thread(s): one after another {e['lone_s'][0]:.3f} s wall / {e['lone_s'][1]:.3f} s CPU, "
               f"ensemble {e['ensemble_s'][0]:.3f} / {e['ensemble_s'][1]:.3f}: ratio {e['ratio_wall']:.3f} wall, "
               f"{e['ratio_cpu']:.3f} CPU", flush=True)
-    out["epoch"] = epochs[args.seeds[0]]
+    else:
+        epochs = compare_sizes(args)
+        out["epoch"] = epochs[args.seeds[0]]
     if len(args.seeds) > 1:
         out["sizes"] = {str(k): v for k, v in epochs.items()}
         out["fit"] = fit = fit_sizes(epochs, column=1 if args.threads == 1 else 0)
