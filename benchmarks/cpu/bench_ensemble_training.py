@@ -97,7 +97,7 @@ def compare(args, seeds: int) -> dict:
 def compare_sizes(args) -> dict:
     """{K: compare(args, K)} for each K in args.seeds, each size in its own process: in one process
     a size's times depend on the sizes run before it (K = 2 read 1.01-1.11x after larger ensembles
-    and 0.85-0.86x alone, benchmarks/NOTES.md)."""
+    and 0.85-0.92x alone, benchmarks/NOTES.md)."""
     epochs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.seeds:
