@@ -267,7 +267,6 @@ def main():
     else:
         epochs = compare_sizes(args)
         out["epoch"] = epochs[args.seeds[0]]
-    if len(args.seeds) > 1:
         out["sizes"] = {str(k): v for k, v in epochs.items()}
         out["fit"] = fit = fit_sizes(epochs, column=1 if args.threads == 1 else 0)
         print(f"ensemble epoch {fit['time']} s = {fit['fixed_s']:.4f} + K x {fit['per_network_s']:.4f}; "
@@ -284,6 +283,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
+
 
 if __name__ == "__main__":
     main()
